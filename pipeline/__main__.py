@@ -1,0 +1,5 @@
+"""``python -m pipeline`` runs the idxlake CLI."""
+
+from pipeline.cli import entry
+
+entry()

@@ -1,0 +1,43 @@
+"""Shared CLI plumbing: table options, output helpers. Light imports only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def parse_storage_options(pairs: list[str] | None) -> dict[str, str] | None:
+    """Turn ``["K=V", ...]`` into a dict (``None`` when empty).
+
+    Raises:
+        argparse.ArgumentTypeError: for an item without ``=``.
+    """
+    if not pairs:
+        return None
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"--storage-option expects KEY=VALUE, got {pair!r}")
+        out[key] = value
+    return out
+
+
+def add_table_options(parser: argparse.ArgumentParser, *, version: bool = True) -> None:
+    """Add ``--storage-option K=V`` (repeatable) and optionally ``--version N``."""
+    parser.add_argument("--storage-option", action="append", metavar="K=V", default=None,
+                        help="object-store option passed to delta-rs/pyarrow (repeatable), "
+                             "e.g. AWS_ENDPOINT_URL=http://127.0.0.1:9000")
+    if version:
+        parser.add_argument("--version", type=int, default=None, metavar="N",
+                            help="read this table version (time travel); default: latest")
+
+
+def storage_options(args: argparse.Namespace) -> dict[str, str] | None:
+    """The parsed ``--storage-option`` values of ``args``."""
+    return parse_storage_options(getattr(args, "storage_option", None))
+
+
+def is_tty() -> bool:
+    """True when stderr is a terminal (progress bars go there)."""
+    return sys.stderr.isatty()

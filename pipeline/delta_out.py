@@ -1,0 +1,173 @@
+"""Writing idxlake tables: ordered Parquet files + exactly one Delta commit.
+
+delta-rs' ``write_deltalake`` reorders record batches across row groups (seen on
+deltalake 1.6), which would scramble the ``id`` order of the files. So idxlake
+writes the Parquet files itself with pyarrow (exact row groups in id order, no
+dictionary or statistics on ``image``, statistics on ``id``/``label``) and then
+commits them with delta-rs' transaction API in ONE commit that also carries the new
+schema metadata and the lineage. Files of a failed attempt are deleted; the table
+stays at its previous version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from schemas import ID, IMAGE, LABEL, PARTITION_BY, SPLIT, TableExistsError, pyarrow_filesystem
+
+logger = logging.getLogger(__name__)
+
+Codec = Literal["LZ4_RAW", "ZSTD", "SNAPPY", "UNCOMPRESSED"]
+_PYARROW_CODECS = {"LZ4_RAW": "lz4_raw", "ZSTD": "zstd", "SNAPPY": "snappy", "UNCOMPRESSED": "none"}
+TARGET_FILE_BYTES = 128 << 20
+"""Roll to a new data file after about this many uncompressed image bytes."""
+
+
+@dataclass
+class PendingFiles:
+    """Data files written for a commit that has not happened yet (deleted on failure)."""
+
+    fs: pafs.FileSystem
+    root: str
+    actions: list[Any] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+
+    def discard(self) -> None:
+        """Delete every file written so far (best effort)."""
+        for path in self.paths:
+            try:
+                self.fs.delete_file(path)
+            except OSError as exc:  # pragma: no cover - best effort
+                logger.warning("could not remove uncommitted file %s: %s", path, exc)
+        self.paths.clear()
+        self.actions.clear()
+
+
+def _stats(rows: int, ids: list[int], labels: list[Any]) -> str:
+    return json.dumps({
+        "numRecords": rows,
+        "minValues": {ID: min(ids), LABEL: min(labels)} if rows else {},
+        "maxValues": {ID: max(ids), LABEL: max(labels)} if rows else {},
+        "nullCount": {ID: 0, LABEL: 0, IMAGE: 0},
+    })
+
+
+def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBatch], *, file_schema: pa.Schema,
+                row_group_rows: int, codec: Codec, target_file_bytes: int = TARGET_FILE_BYTES) -> None:
+    """Write one split's batches (without the ``split`` column) into rolling Parquet files.
+
+    Every batch becomes exactly one row group, so batches must hold ``row_group_rows`` rows
+    (the last may be shorter).
+    """
+    from deltalake.transaction import AddAction
+
+    writer: pq.ParquetWriter | None = None
+    rel = path = ""
+    rows, nbytes, ids, labels = 0, 0, [], []
+
+    def close() -> None:
+        nonlocal writer
+        if writer is None:
+            return
+        writer.close()
+        writer = None
+        size = pending.fs.get_file_info(path).size
+        pending.actions.append(AddAction(rel, size, {SPLIT: split}, int(time.time() * 1000), True,
+                                         _stats(rows, ids, labels)))
+
+    for batch in batches:
+        if writer is not None and nbytes >= target_file_bytes:
+            close()
+        if writer is None:
+            rel = f"{SPLIT}={split}/part-{len(pending.actions):05d}-{uuid.uuid4()}-c000.{codec.lower()}.parquet"
+            path = f"{pending.root}/{rel}"
+            pending.paths.append(path)
+            pending.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            writer = pq.ParquetWriter(
+                pending.fs.open_output_stream(path), file_schema, compression=_PYARROW_CODECS[codec],
+                use_dictionary=[LABEL], write_statistics=[ID, LABEL], store_schema=True)
+            rows, nbytes, ids, labels = 0, 0, [], []
+        writer.write_batch(batch, row_group_size=row_group_rows)
+        lo_hi = pc.min_max(batch.column(LABEL))
+        ids += [batch.column(ID)[0].as_py(), batch.column(ID)[-1].as_py()]
+        labels += [lo_hi["min"].as_py(), lo_hi["max"].as_py()]
+        rows += batch.num_rows
+        nbytes += batch.column(IMAGE).nbytes
+    close()
+
+
+def open_pending(table: str, storage_options: Mapping[str, str] | None) -> PendingFiles:
+    """Start a set of uncommitted files under ``table``."""
+    fs, root = pyarrow_filesystem(table, storage_options)
+    return PendingFiles(fs, root.rstrip("/"))
+
+
+def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
+           mode: Literal["create", "replace", "append", "overwrite"], splits: Sequence[str],
+           storage_options: Mapping[str, str] | None, name: str | None, description: str,
+           lineage: Mapping[str, Any]) -> None:
+    """Commit ``pending`` files as ONE Delta version carrying ``schema`` (with its metadata).
+
+    Args:
+        table: Table URI.
+        dt: The ``DeltaTable`` the ingest planned against (``None`` to create the table).
+        pending: Files to add.
+        schema: Table schema with the new ``image`` metadata.
+        mode: ``create`` a new table; ``replace`` the files of ``splits``; ``append`` files;
+            ``overwrite`` every file.
+        splits: The splits being written.
+        storage_options: Object-store options.
+        name: Table name (on create).
+        description: Table description (on create).
+        lineage: JSON-able lineage, stored as the commit's ``userMetadata``.
+
+    Raises:
+        TableExistsError: ``create`` raced with another writer creating the table.
+    """
+    from deltalake import CommitProperties, Schema
+    from deltalake.exceptions import DeltaError
+    from deltalake.transaction import create_table_with_add_actions
+
+    props = CommitProperties(custom_metadata={"userMetadata": json.dumps(lineage, sort_keys=True)})
+    if mode == "create":
+        try:
+            create_table_with_add_actions(
+                table, Schema.from_arrow(schema), pending.actions, mode="error", partition_by=list(PARTITION_BY),
+                name=name, description=description,
+                storage_options=dict(storage_options) if storage_options else None, commit_properties=props)
+        except DeltaError as exc:
+            if "exist" in str(exc).lower():
+                raise TableExistsError(f"{table}: another writer created the table meanwhile; run again") from exc
+            raise
+        return
+    filters: list[tuple[str, str, Any]] | None = {
+        "replace": [(SPLIT, "in", list(splits))],
+        "append": [(SPLIT, "in", [])],  # removes nothing: an append that may update the metadata
+        "overwrite": None,
+    }[mode]
+    dt.create_write_transaction(pending.actions, mode="overwrite", schema=schema, partition_by=list(PARTITION_BY),
+                                partition_filters=filters, commit_properties=props)
+
+
+def file_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema of the Parquet files: the table schema without partition columns."""
+    return pa.schema([f for f in schema if f.name not in PARTITION_BY], metadata=schema.metadata)
+
+
+def image_array(chunk: np.ndarray, record_nbytes: int) -> pa.BinaryArray:
+    """Zero-copy binary array over a C-contiguous chunk of equally sized records."""
+    n = len(chunk)
+    offsets = pa.py_buffer(np.arange(0, (n + 1) * record_nbytes, record_nbytes, dtype=np.int32))
+    return pa.Array.from_buffers(pa.binary(), n, [None, offsets, pa.py_buffer(chunk.reshape(-1).view(np.uint8))])

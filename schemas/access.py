@@ -1,0 +1,229 @@
+"""Opening an idxlake table: a pinned, picklable snapshot of its live files.
+
+Both the pipeline (export, SQL, show) and the loaders read table data through a
+:class:`TableSnapshot`: the version is resolved once from the Delta log, the live
+data files are listed with their split and row counts, and Parquet is then read
+with pyarrow alone. (deltalake's own runtime must not run inside forked DataLoader
+workers, and its ``to_pyarrow_dataset`` filesystem aborts the interpreter at exit
+on deltalake 1.6, so neither is used for reading.)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlparse
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from schemas.errors import MissingDataFileError, SchemaMismatchError, TableNotFoundError
+from schemas.table import SPLIT, TableMeta, meta_from_schema
+
+logger = logging.getLogger(__name__)
+
+
+def _opt(options: Mapping[str, str], *names: str) -> str | None:
+    lowered = {k.lower(): v for k, v in options.items()}
+    for name in names:
+        if name.lower() in lowered:
+            return lowered[name.lower()]
+    return None
+
+
+def pyarrow_filesystem(uri: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """Map a table or file URI (and delta-rs style storage options) to a pyarrow filesystem.
+
+    Args:
+        uri: Local path, ``file://`` URI or ``s3://bucket/key`` URI.
+        storage_options: delta-rs storage options (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+            ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ALLOW_HTTP``...), any case.
+
+    Returns:
+        ``(filesystem, path)`` where ``path`` is ``uri`` in that filesystem's terms.
+    """
+    parsed = urlparse(uri)
+    if parsed.scheme in ("s3", "s3a"):
+        opts = dict(storage_options or {})
+        endpoint = _opt(opts, "AWS_ENDPOINT_URL", "AWS_ENDPOINT", "endpoint", "endpoint_url")
+        allow_http = (_opt(opts, "AWS_ALLOW_HTTP", "allow_http") or "").lower() == "true"
+        kwargs: dict[str, object] = {}
+        if endpoint:
+            ep = urlparse(endpoint)
+            kwargs["endpoint_override"] = ep.netloc or ep.path
+            kwargs["scheme"] = ep.scheme or ("http" if allow_http else "https")
+        key = _opt(opts, "AWS_ACCESS_KEY_ID", "access_key_id")
+        secret = _opt(opts, "AWS_SECRET_ACCESS_KEY", "secret_access_key")
+        if key and secret:
+            kwargs["access_key"] = key
+            kwargs["secret_key"] = secret
+            token = _opt(opts, "AWS_SESSION_TOKEN", "session_token")
+            if token:
+                kwargs["session_token"] = token
+        region = _opt(opts, "AWS_REGION", "AWS_DEFAULT_REGION", "region")
+        if region:
+            kwargs["region"] = region
+        return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{unquote(parsed.path)}"
+    if parsed.scheme in ("", "file"):
+        path = unquote(parsed.path) if parsed.scheme == "file" else uri
+        return pafs.LocalFileSystem(), path
+    fs, path = pafs.FileSystem.from_uri(uri)
+    return fs, path
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """One live Parquet file of a pinned table version.
+
+    Attributes:
+        uri: Absolute URI (or local path) of the file.
+        split: Value of the ``split`` partition column for every row of the file.
+        size: Bytes on storage.
+        num_records: Rows in the file (from the Delta log).
+    """
+
+    uri: str
+    split: str
+    size: int
+    num_records: int
+
+
+@dataclass(frozen=True)
+class TableSnapshot:
+    """A pinned version of an idxlake table; cheap to pickle into DataLoader workers.
+
+    Attributes:
+        uri: Table URI as given.
+        version: The pinned Delta version.
+        meta: The table's :class:`TableMeta`.
+        schema: Arrow schema of the table (with field metadata).
+        files: Live data files of ``version``.
+        storage_options: Options for object stores (passed to pyarrow and delta-rs).
+        name: Table name from the Delta metadata, if set.
+        description: Table description from the Delta metadata, if set.
+    """
+
+    uri: str
+    version: int
+    meta: TableMeta
+    schema: pa.Schema
+    files: tuple[DataFile, ...]
+    storage_options: Mapping[str, str] | None = None
+    name: str | None = None
+    description: str | None = None
+    _fs: list[pafs.FileSystem] = field(default_factory=list, repr=False, compare=False)
+
+    def filesystem(self) -> pafs.FileSystem:
+        """The pyarrow filesystem holding the data files (created once per process)."""
+        if not self._fs:
+            self._fs.append(pyarrow_filesystem(self.uri, self.storage_options)[0])
+        return self._fs[0]
+
+    def file_path(self, data_file: DataFile) -> str:
+        """Path of ``data_file`` within :meth:`filesystem`."""
+        return pyarrow_filesystem(data_file.uri, self.storage_options)[1]
+
+    def files_of(self, splits: Sequence[str] | None = None) -> tuple[DataFile, ...]:
+        """Live files, restricted to ``splits`` when given."""
+        return tuple(f for f in self.files if splits is None or f.split in splits)
+
+    def dataset(self, splits: Sequence[str] | None = None) -> pads.FileSystemDataset:
+        """A pyarrow dataset over the live files, with ``split`` as a partition column.
+
+        Args:
+            splits: Keep only these splits (partition pruning); ``None`` keeps all.
+
+        Raises:
+            MissingDataFileError: if a file of the pinned version no longer exists.
+        """
+        files = self.files_of(splits)
+        fs = self.filesystem()
+        paths = [self.file_path(f) for f in files]
+        for path, data_file in zip(paths, files, strict=True):
+            if fs.get_file_info(path).type == pafs.FileType.NotFound:
+                raise MissingDataFileError(
+                    f"{self.uri}: data file {data_file.uri} of version {self.version} is missing "
+                    "(vacuumed or deleted?); read a newer version or restore the file")
+        if not files:
+            return pads.dataset(self.schema.empty_table())
+        return pads.FileSystemDataset.from_paths(
+            paths, schema=self.schema, format=pads.ParquetFileFormat(), filesystem=fs,
+            partitions=[pads.field(SPLIT) == f.split for f in files])
+
+
+def open_table(uri: str, *, version: int | None = None, storage_options: Mapping[str, str] | None = None):
+    """Open a Delta table, turning delta-rs errors into idxlake ones.
+
+    Args:
+        uri: Table path or URI.
+        version: Version to load; latest when ``None``.
+        storage_options: delta-rs storage options.
+
+    Returns:
+        A ``deltalake.DeltaTable``.
+
+    Raises:
+        TableNotFoundError: if there is no Delta table at ``uri`` or no such ``version``.
+    """
+    from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError
+    from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+    try:
+        return DeltaTable(uri, version=version, storage_options=dict(storage_options) if storage_options else None)
+    except DeltaTableNotFound as exc:
+        raise TableNotFoundError(f"{uri}: no Delta table here; create it with `idxlake ingest SOURCE {uri}`") from exc
+    except DeltaError as exc:
+        if version is not None:
+            raise TableNotFoundError(f"{uri}: cannot load version {version}: {exc}") from exc
+        raise TableNotFoundError(f"{uri}: cannot open Delta table: {exc}") from exc
+
+
+def snapshot(uri: str, *, version: int | None = None,
+             storage_options: Mapping[str, str] | None = None) -> TableSnapshot:
+    """Pin a version of an idxlake table: schema, metadata and live files, from the Delta log only.
+
+    Args:
+        uri: Table path or URI.
+        version: Version to pin; latest when ``None``.
+        storage_options: delta-rs storage options.
+
+    Raises:
+        TableNotFoundError: no table / version.
+        SchemaMismatchError: the table does not follow the idxlake contract or uses Delta
+            reader features (deletion vectors, column mapping) this reader cannot honour.
+    """
+    dt = open_table(uri, version=version, storage_options=storage_options)
+    return snapshot_of(dt, uri=uri, storage_options=storage_options)
+
+
+def snapshot_of(dt, *, uri: str, storage_options: Mapping[str, str] | None = None) -> TableSnapshot:
+    """Like :func:`snapshot`, from an already opened ``DeltaTable``."""
+    protocol = dt.protocol()
+    features = set(protocol.reader_features or ())
+    if protocol.min_reader_version == 2:
+        features.add("columnMapping")
+    unsupported = sorted(features & {"columnMapping", "deletionVectors"})
+    if unsupported:
+        raise SchemaMismatchError(
+            f"{uri}: table needs Delta reader features {unsupported} "
+            f"(reader version {protocol.min_reader_version}); idxlake reads plain Parquet tables. "
+            "Rewrite it with `idxlake ingest --mode overwrite`.")
+    schema = pa.schema(dt.schema().to_arrow())
+    meta = meta_from_schema(schema, where=uri)
+    actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
+    by_path = {unquote(a["path"]): a for a in actions}
+    files = []
+    for file_uri in dt.file_uris():
+        action = next((a for p, a in by_path.items() if unquote(file_uri).endswith(p)), None)
+        if action is None:  # pragma: no cover - delta-rs always lists both
+            raise SchemaMismatchError(f"{uri}: file {file_uri} has no add action")
+        files.append(DataFile(uri=file_uri, split=action.get(f"partition.{SPLIT}") or "",
+                              size=int(action["size_bytes"]), num_records=int(action["num_records"] or 0)))
+    md = dt.metadata()
+    files.sort(key=lambda f: (f.split, f.uri))
+    return TableSnapshot(uri=uri, version=dt.version(), meta=meta, schema=schema, files=tuple(files),
+                         storage_options=dict(storage_options) if storage_options else None,
+                         name=md.name, description=md.description)

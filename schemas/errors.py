@@ -1,0 +1,45 @@
+"""The one error hierarchy of idxlake.
+
+Every error the project raises on purpose derives from :class:`IdxlakeError` and
+also from the builtin it resembles (as huggingface/datasets does), so callers can
+catch either ``IdxlakeError`` or e.g. ``ValueError``. Messages name the file (or
+table, row, column), what was found, what was expected and what to do.
+"""
+
+from __future__ import annotations
+
+
+class IdxlakeError(Exception):
+    """Base class of every deliberate idxlake error."""
+
+
+class IdxFormatError(IdxlakeError, ValueError):
+    """An IDX file is malformed: bad magic, dims, payload size or compression."""
+
+
+class SourceError(IdxlakeError, ValueError):
+    """A set of source files is unusable: missing pair, mismatched counts, bad labels."""
+
+
+class TableNotFoundError(IdxlakeError, FileNotFoundError):
+    """No Delta table (or no such version) at the given location."""
+
+
+class TableExistsError(IdxlakeError, FileExistsError):
+    """The table already exists and the write mode forbids touching it."""
+
+
+class SchemaMismatchError(IdxlakeError, ValueError):
+    """A table does not follow the idxlake table contract, or is incompatible with a write."""
+
+
+class QueryError(IdxlakeError, ValueError):
+    """A SQL statement failed or was refused (e.g. it would modify the table)."""
+
+
+class LoaderConfigError(IdxlakeError, ValueError):
+    """A loader was configured wrongly: unknown column, empty selection, bad batch size."""
+
+
+class MissingDataFileError(IdxlakeError, FileNotFoundError):
+    """A data file referenced by a pinned table version is gone (e.g. vacuumed)."""

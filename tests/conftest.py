@@ -1,0 +1,84 @@
+"""Shared fixtures: synthetic IDX sources, small synthetic tables, and the real MNIST table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline import ingest, write_idx
+from pipeline.sources import bundled_mnist
+
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@dataclass
+class SyntheticSource:
+    """A synthetic IDX source directory and the arrays it holds (``arrays[split] = (images, labels)``)."""
+
+    root: Path
+    arrays: dict[str, tuple[np.ndarray, np.ndarray]]
+
+
+def make_source(root: Path, *, rows: dict[str, int] | None = None, shape: tuple[int, ...] = (28, 28),
+                dtype: str = "uint8", label_dtype: str = "uint8", classes: int = 10, gz: bool = True,
+                seed: int = 0, prefix: str = "") -> SyntheticSource:
+    """Write MNIST-named synthetic IDX files into ``root``.
+
+    Image ``i`` of each split starts with bytes that vary with ``i``; label ``i`` is ``i % classes``.
+    """
+    rows = rows or {"train": 300, "test": 100}
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for split, n in rows.items():
+        stem = "train" if split == "train" else "t10k" if split == "test" else split
+        if np.dtype(dtype).kind == "f":
+            images = rng.standard_normal((n, *shape)).astype(dtype)
+        else:
+            info = np.iinfo(dtype)
+            images = rng.integers(info.min, int(info.max) + 1, size=(n, *shape), dtype=dtype)
+        labels = (np.arange(n) % classes).astype(label_dtype)
+        suffix = ".gz" if gz else ""
+        write_idx(root / f"{prefix}{stem}-images-idx{len(shape) + 1}-ubyte{suffix}", images)
+        write_idx(root / f"{prefix}{stem}-labels-idx1-ubyte{suffix}", labels)
+        arrays[split] = (images, labels)
+    return SyntheticSource(root, arrays)
+
+
+@pytest.fixture
+def synthetic_source(tmp_path: Path) -> SyntheticSource:
+    """300 train + 100 test random 28x28 uint8 records, labels ``i % 10``, gzipped."""
+    return make_source(tmp_path / "src")
+
+
+@pytest.fixture
+def source_factory(tmp_path: Path) -> Callable[..., SyntheticSource]:
+    """Factory: ``source_factory(name, **make_source_kwargs)`` writes into ``tmp_path/name``."""
+    return lambda name="src", **kw: make_source(tmp_path / name, **kw)
+
+
+@pytest.fixture
+def synthetic_table(tmp_path: Path, synthetic_source: SyntheticSource) -> tuple[str, SyntheticSource]:
+    """A small idxlake table (row groups of 64 rows) ingested from ``synthetic_source``."""
+    table = str(tmp_path / "table")
+    ingest(synthetic_source.root, table, row_group_rows=64)
+    return table, synthetic_source
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The bundled real MNIST files."""
+    return bundled_mnist()
+
+
+@pytest.fixture(scope="session")
+def mnist_table(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The real MNIST ingested once per session. Read-only: tests that write use their own table."""
+    table = str(tmp_path_factory.mktemp("mnist") / "mnist")
+    ingest(None, table)
+    return table
