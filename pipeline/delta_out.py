@@ -74,14 +74,16 @@ def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBa
     from deltalake.transaction import AddAction
 
     writer: pq.ParquetWriter | None = None
+    sink: pa.NativeFile | None = None
     rel = path = ""
     rows, nbytes, ids, labels = 0, 0, [], []
 
     def close() -> None:
         nonlocal writer
-        if writer is None:
+        if writer is None or sink is None:
             return
         writer.close()
+        sink.close()  # ParquetWriter leaves a sink it did not open; closing completes an S3 upload
         writer = None
         size = pending.fs.get_file_info(path).size
         pending.actions.append(AddAction(rel, size, {SPLIT: split}, int(time.time() * 1000), True,
@@ -95,8 +97,9 @@ def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBa
             path = f"{pending.root}/{rel}"
             pending.paths.append(path)
             pending.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            sink = pending.fs.open_output_stream(path)
             writer = pq.ParquetWriter(
-                pending.fs.open_output_stream(path), file_schema, compression=_PYARROW_CODECS[codec],
+                sink, file_schema, compression=_PYARROW_CODECS[codec],
                 use_dictionary=[LABEL], write_statistics=[ID, LABEL], store_schema=True)
             rows, nbytes, ids, labels = 0, 0, [], []
         writer.write_batch(batch, row_group_size=row_group_rows)
@@ -105,7 +108,11 @@ def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBa
         labels += [lo_hi["min"].as_py(), lo_hi["max"].as_py()]
         rows += batch.num_rows
         nbytes += batch.column(IMAGE).nbytes
-    close()
+    try:
+        close()
+    finally:
+        if sink is not None and not sink.closed:
+            sink.close()
 
 
 def open_pending(table: str, storage_options: Mapping[str, str] | None) -> PendingFiles:

@@ -1,35 +1,37 @@
-"""Ingest pass 2: stream validated IDX records as Arrow batches into one atomic Delta commit.
+"""The batch ETL job: IDX files -> validated Arrow record batches -> one atomic Delta commit.
 
-``ingest(source, table)`` is the batch ETL job: discover the files, validate and hash
-them (:mod:`pipeline.scan`), then stream bounded record batches into
-``deltalake.write_deltalake``. Exactly one Delta commit is made; the table metadata
-(:class:`schemas.TableMeta`, with the new statistics and hashes) rides in that same
-commit, and lineage goes into its ``commitInfo``. Any failure (a bad file, a full
-disk, Ctrl-C) leaves the table at its previous version.
+One decoding pass per file: chunks are decompressed, validated and hashed on a
+background thread while the main thread folds them into the split statistics and
+writes Parquet row groups (:mod:`pipeline.delta_out`). When every file has been read
+to its end (gzip CRC checked, no byte missing or extra), the dataset is identified
+from the hashes and ONE Delta commit adds the files together with the new table
+metadata and the lineage. Any failure (a bad file found late, a full disk, Ctrl-C)
+deletes the files written so far and leaves the table at its previous version.
 """
 
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline import __version__
 from pipeline.delta_out import Codec, commit, file_schema, image_array, open_pending, write_split
-from pipeline.idx import DEFAULT_CHUNK_BYTES, IdxFile
-from pipeline.scan import ScannedSplit, identify, pixel_scale, scan_split
-from pipeline.sources import bundled_mnist, discover
+from pipeline.idx import IdxFile, scan_idx
+from pipeline.scan import ScannedSplit, SplitAccumulator, identify, named_spec, pixel_scale, source_files
+from pipeline.sources import SplitSource, bundled_mnist, discover
 from schemas import (
     GENERIC,
     LABEL,
     ROW_GROUP_ROWS,
-    IdxlakeError,
     SchemaMismatchError,
     SourceError,
     SplitMeta,
@@ -37,6 +39,7 @@ from schemas import (
     TableMeta,
     TableNotFoundError,
     arrow_schema,
+    get_dataset,
     meta_from_schema,
     open_table,
 )
@@ -44,10 +47,11 @@ from schemas import (
 logger = logging.getLogger(__name__)
 
 IngestMode = Literal["replace", "append", "overwrite", "error"]
-MAX_ROW_GROUP_BYTES = 64 << 20
-"""Row groups are capped at this many image bytes (bounds memory for large records)."""
 DEFAULT_CODEC: Codec = "LZ4_RAW"
-"""Chosen by benchmarks/bench_loader.py: LZ4 decodes ~2x faster than ZSTD for ~1.3x the bytes."""
+"""Chosen with benchmarks/bench_loader.py: LZ4 decodes faster than ZSTD for a modest size cost."""
+MAX_ROW_GROUP_BYTES = 64 << 20
+"""Row groups (and decoded chunks) are capped at this many image bytes: memory stays bounded."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,8 @@ class IngestResult:
         rows: Rows written per split.
         noop: True when the table already held exactly these sources.
         seconds: Wall time.
-        bytes_read: Uncompressed IDX bytes processed (both passes counted once).
+        bytes_read: Uncompressed IDX image bytes processed.
+        sources: File names per split.
     """
 
     table: str
@@ -78,6 +83,41 @@ class IngestResult:
     sources: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
+def _prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """Run ``it`` on a background thread, ``depth`` items ahead (decompression overlaps writing)."""
+    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(("item", item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(("done", None))
+        except BaseException as exc:
+            q.put(("error", exc))
+
+    thread = threading.Thread(target=work, name="idxlake-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = q.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()
+
+
 def _existing(table: str, storage_options: Mapping[str, str] | None) -> tuple[Any, TableMeta | None, int | None]:
     try:
         dt = open_table(table, storage_options=storage_options)
@@ -88,9 +128,8 @@ def _existing(table: str, storage_options: Mapping[str, str] | None) -> tuple[An
 
 def _check_compatible(old: TableMeta, new: TableMeta, table: str) -> None:
     if GENERIC not in (old.dataset, new.dataset) and old.dataset != new.dataset:
-        raise SchemaMismatchError(
-            f"{table}: table holds {old.dataset}, the source is {new.dataset}; use --mode overwrite to "
-            "replace the whole table, or another table")
+        raise SchemaMismatchError(f"{table}: table holds {old.dataset}, the source is {new.dataset}; use "
+                                  "--mode overwrite to replace the whole table, or another table")
     for attr in ("shape", "dtype", "label_dtype"):
         if getattr(old, attr) != getattr(new, attr):
             raise SchemaMismatchError(
@@ -98,28 +137,63 @@ def _check_compatible(old: TableMeta, new: TableMeta, table: str) -> None:
                 "use --mode overwrite to replace the whole table, or another table")
 
 
-def _batches(scanned: ScannedSplit, meta: TableMeta, schema: pa.Schema, *, id_offset: int, chunk_records: int,
-             progress: Callable[[int], None] | None) -> Iterator[pa.RecordBatch]:
-    """Record batches (without the partition column) of one split, ``chunk_records`` rows each."""
+def _headers(sources: Mapping[str, SplitSource]) -> TableMeta:
+    """Read and cross-check the headers of every file; the shape/dtype part of the table metadata."""
+    first = None
+    for src in sources.values():
+        with IdxFile(src.images) as images, IdxFile(src.labels) as labels:
+            if labels.header.record_shape:
+                raise SourceError(f"{src.labels.name}: labels must be 1-D, header says {labels.header.describe()}")
+            if images.header.count != labels.header.count:
+                raise SourceError(
+                    f"split {src.split!r}: {src.images.name} has {images.header.count} records but "
+                    f"{src.labels.name} has {labels.header.count}; files from different datasets?")
+            key = (images.header.record_shape, images.header.dtype, labels.header.dtype)
+            if first is None:
+                first = (key, src.images.name, images.header)
+            elif key != first[0]:
+                raise SourceError(f"{src.images.name}: records are {images.header.describe()}, but {first[1]} "
+                                  f"has {first[2].describe()}; mixed datasets?")
+    assert first is not None
+    (shape, dtype, label_dtype), _, _ = first
+    return TableMeta(dataset=GENERIC, shape=shape, dtype=dtype.name, label_dtype=label_dtype.name,
+                     scale=pixel_scale(dtype.name))
+
+
+def _stream(src: SplitSource, meta: TableMeta, schema: pa.Schema, out: dict[str, ScannedSplit], *,
+            id_offset: int, chunk_records: int, progress: Callable[[int], None] | None) -> Iterator[pa.RecordBatch]:
+    """Record batches of one split (no partition column); leaves its :class:`ScannedSplit` in ``out``."""
     label_type = schema.field(LABEL).type
-    src = scanned.source
+    acc = SplitAccumulator(meta.scale)
     with IdxFile(src.images) as images, IdxFile(src.labels) as labels:
         start = 0
-        for img, lab in zip(images.chunks(chunk_records), labels.chunks(chunk_records), strict=True):
+        chunks = zip(_prefetch(images.chunks(chunk_records)), labels.chunks(chunk_records), strict=True)
+        for img, lab in chunks:
             n = len(img)
+            acc.add(img, lab, labels_name=src.labels.name, first_row=start)
             if meta.transposed:
                 img = np.ascontiguousarray(np.swapaxes(img, -1, -2))
-            yield pa.record_batch([
-                pa.array(np.arange(id_offset + start, id_offset + start + n, dtype=np.int64)),
-                pa.array(lab).cast(label_type),
-                image_array(img, meta.record_nbytes),
-            ], schema=schema)
+            yield pa.record_batch([pa.array(np.arange(id_offset + start, id_offset + start + n, dtype=np.int64)),
+                                   pa.array(lab).cast(label_type), image_array(img, meta.record_nbytes)],
+                                  schema=schema)
             start += n
             if progress:
                 progress(img.nbytes)
-        for f, digest in ((images, scanned.images_digest), (labels, scanned.labels_digest)):
-            if f.digest is None or f.digest.sha256 != digest.sha256:
-                raise SourceError(f"{f.name}: file changed while it was being ingested; run the ingest again")
+        assert images.digest is not None and labels.digest is not None
+        out[src.split] = ScannedSplit(src, images.header, labels.header, images.digest, labels.digest,
+                                      acc.stats, acc.label_min if start else 0.0, acc.label_max if start else 0.0)
+
+
+def _already_holds(old: TableMeta, sources: Mapping[str, SplitSource]) -> bool:
+    """True when ``old`` records exactly these files (by content hash) for every split."""
+    for split, src in sources.items():
+        recorded = old.splits.get(split)
+        if recorded is None:
+            return False
+        files = source_files(src, scan_idx(src.images)[1], scan_idx(src.labels)[1])
+        if recorded.sources != files:
+            return False
+    return True
 
 
 def ingest(
@@ -131,7 +205,6 @@ def ingest(
     storage_options: Mapping[str, str] | None = None,
     row_group_rows: int = ROW_GROUP_ROWS,
     codec: Codec = DEFAULT_CODEC,
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
 ) -> IngestResult:
@@ -148,22 +221,19 @@ def ingest(
         storage_options: delta-rs storage options for object stores.
         row_group_rows: Rows per Parquet row group (the loader's streaming unit).
         codec: Parquet compression codec.
-        chunk_bytes: Decoded bytes per chunk in pass 1 (bounds memory).
-        progress: Called with the number of uncompressed bytes just processed.
+        progress: Called with the number of image bytes just processed.
         on_total: Called once with the total bytes ``progress`` will report.
 
     Returns:
         An :class:`IngestResult`.
 
     Raises:
-        IdxFormatError, SourceError: bad input (nothing is written).
+        IdxFormatError, SourceError: bad input (the table is left unchanged).
         TableExistsError: ``mode="error"`` and the table exists.
         SchemaMismatchError: the source does not fit the existing table.
     """
     t0 = time.perf_counter()
     if dataset is not None and dataset != GENERIC:
-        from schemas import get_dataset
-
         try:
             get_dataset(dataset)
         except KeyError as exc:
@@ -172,74 +242,66 @@ def ingest(
     dt, old, old_version = _existing(table, storage_options)
     if mode == "error" and old is not None:
         raise TableExistsError(f"{table}: table exists (version {old_version}) and --mode error was given")
-    total = 0
-    scanned: dict[str, ScannedSplit] = {}
-    for split, src in sources.items():
-        scanned[split] = scan_split(src, progress=progress, chunk_bytes=chunk_bytes)
-        total += scanned[split].images.payload_nbytes
-    if on_total:
-        on_total(2 * total)
-    spec, verified = identify(scanned, dataset)
-    first = next(iter(scanned.values()))
-    for s in scanned.values():
-        if (s.images.record_shape, s.images.dtype, s.labels.dtype) != (
-                first.images.record_shape, first.images.dtype, first.labels.dtype):
-            raise SourceError(f"{s.source.images.name}: records are {s.images.describe()}, but "
-                              f"{first.source.images.name} has {first.images.describe()}; mixed datasets?")
-    new_meta = TableMeta(
-        dataset=spec.name if spec else GENERIC, shape=first.images.record_shape, dtype=first.images.dtype.name,
-        label_dtype=first.labels.dtype.name, class_names=spec.class_names if spec else (),
-        transposed=bool(spec and spec.transposed), scale=pixel_scale(first.images.dtype.name))
-    new_splits = {k: SplitMeta(rows=s.images.count, stats=s.stats, sources=s.source_files(), verified=verified)
-                  for k, s in scanned.items()}
-    rows = {k: s.images.count for k, s in scanned.items()}
-    result_args = dict(table=table, mode=mode, dataset=new_meta.dataset, verified=verified, rows=rows,
-                       sources={k: [f.name for f in m.sources] for k, m in new_splits.items()})
-
+    meta = _headers(sources)
+    named = named_spec(dataset, next(iter(sources.values())).prefix)
+    meta = replace(meta, transposed=bool(named and named.transposed))
     if old is not None and mode in ("replace", "append"):
-        _check_compatible(old, new_meta, table)
-        if spec is None:  # unrecognised files added to a known table keep its identity (unverified)
-            new_meta = replace(new_meta, dataset=old.dataset, class_names=old.class_names,
-                               transposed=old.transposed)
-    if old is not None and mode == "replace" and all(
-            k in old.splits and old.splits[k].sources == m.sources for k, m in new_splits.items()):
-        logger.info("%s: already holds these sources at version %s; nothing to do", table, old_version)
-        return IngestResult(version=old_version or 0, noop=True, seconds=time.perf_counter() - t0,
-                            bytes_read=total, **result_args)
-
-    offsets = {k: 0 for k in scanned}
-    splits = dict(new_splits)
-    if old is not None and mode == "replace":
-        splits = {**old.splits, **new_splits}
-    elif old is not None and mode == "append":
-        splits = dict(old.splits)
-        for k, m in new_splits.items():
-            prev = old.splits.get(k)
-            offsets[k] = prev.rows if prev else 0
-            splits[k] = m if prev is None else SplitMeta(prev.rows + m.rows, prev.stats + m.stats,
-                                                         prev.sources + m.sources, verified=False)
-    meta = new_meta.with_splits(splits)
-
-    lineage = {
-        "idxlake_version": __version__, "mode": mode, "dataset": meta.dataset, "verified": verified,
-        "rows": rows, "sources": {k: [f.__dict__ for f in m.sources] for k, m in new_splits.items()},
-    }
-    schema = arrow_schema(meta)
+        _check_compatible(old, replace(meta, dataset=named.name if named else GENERIC), table)
+        meta = replace(meta, transposed=old.transposed)
+        if mode == "replace" and _already_holds(old, sources):
+            logger.info("%s: already holds these sources at version %s; nothing to do", table, old_version)
+            return IngestResult(table=table, version=old_version or 0, mode=mode, dataset=old.dataset,
+                                verified=all(old.splits[k].verified for k in sources),
+                                rows={k: old.splits[k].rows for k in sources}, noop=True,
+                                seconds=time.perf_counter() - t0,
+                                sources={k: [f.name for f in old.splits[k].sources] for k in sources})
+    offsets = {k: old.splits[k].rows if old and mode == "append" and k in old.splits else 0 for k in sources}
     chunk_records = max(1, min(row_group_rows, MAX_ROW_GROUP_BYTES // max(meta.record_nbytes, 1)))
+    schema = arrow_schema(meta)
+    scanned: dict[str, ScannedSplit] = {}
     pending = open_pending(table, storage_options)
+    if on_total:
+        on_total(sum(IdxFile(s.images).header.payload_nbytes for s in sources.values()))
     try:
-        for k, s in scanned.items():
-            write_split(pending, k, _batches(s, meta, file_schema(schema), id_offset=offsets[k],
-                                             chunk_records=chunk_records, progress=progress),
+        for split, src in sources.items():
+            write_split(pending, split, _stream(src, meta, file_schema(schema), scanned, id_offset=offsets[split],
+                                                chunk_records=chunk_records, progress=progress),
                         file_schema=file_schema(schema), row_group_rows=chunk_records, codec=codec)
-        commit(table, dt, pending, schema=schema, mode="create" if dt is None else mode,  # type: ignore[arg-type]
+        spec, verified = identify(scanned, dataset)
+        meta = _final_meta(meta, spec, verified, scanned, old, mode, table)
+        rows = {k: s.images.count for k, s in scanned.items()}
+        lineage = {"idxlake_version": __version__, "mode": mode, "dataset": meta.dataset, "verified": verified,
+                   "rows": rows, "sources": {k: [f.__dict__ for f in s.source_files()] for k, s in scanned.items()}}
+        commit(table, dt, pending, schema=arrow_schema(meta), mode="create" if dt is None else mode,
                splits=list(scanned), storage_options=storage_options, name=Path(table.rstrip("/")).name or None,
                description=meta.describe(), lineage=lineage)
-    except BaseException as exc:
+    except BaseException:
         pending.discard()
-        if isinstance(exc, IdxlakeError | KeyboardInterrupt) or not isinstance(exc, Exception):
-            raise
-        raise IdxlakeError(f"{table}: write failed, table left at version {old_version}: {exc}") from exc
+        logger.info("%s: ingest failed; the table is unchanged (version %s)", table, old_version)
+        raise
     version = open_table(table, storage_options=storage_options).version()
     logger.info("%s: wrote %s rows as version %d", table, rows, version)
-    return IngestResult(version=version, seconds=time.perf_counter() - t0, bytes_read=total, **result_args)
+    return IngestResult(table=table, version=version, mode=mode, dataset=meta.dataset, verified=verified, rows=rows,
+                        seconds=time.perf_counter() - t0, bytes_read=sum(s.images.payload_nbytes
+                                                                         for s in scanned.values()),
+                        sources={k: [s.source.images.name, s.source.labels.name] for k, s in scanned.items()})
+
+
+def _final_meta(meta: TableMeta, spec: Any, verified: bool, scanned: Mapping[str, ScannedSplit],
+                old: TableMeta | None, mode: str, table: str) -> TableMeta:
+    """The table metadata to commit: identity, class names and every split's facts."""
+    if spec is not None:
+        meta = replace(meta, dataset=spec.name, class_names=spec.class_names)
+    new = {k: SplitMeta(rows=s.images.count, stats=s.stats, sources=s.source_files(), verified=verified)
+           for k, s in scanned.items()}
+    if old is None or mode == "overwrite":
+        return meta.with_splits(new)
+    _check_compatible(old, meta, table)
+    if spec is None:  # unrecognised files added to a known table keep its identity (unverified)
+        meta = replace(meta, dataset=old.dataset, class_names=old.class_names)
+    splits = dict(old.splits)
+    for k, m in new.items():
+        prev = old.splits.get(k)
+        splits[k] = m if mode == "replace" or prev is None else SplitMeta(
+            prev.rows + m.rows, prev.stats + m.stats, prev.sources + m.sources, verified=False)
+    return meta.with_splits(splits)

@@ -1,30 +1,71 @@
-"""Ingest pass 1: validate and hash every source file, compute pixel statistics, identify the dataset.
+"""Per-split facts gathered while records stream by: pixel moments, label range, hashes; dataset identity.
 
-Reads each file once in bounded chunks, before anything is written, so that a bad
-file is reported before a single Parquet byte exists and so the table metadata
-(statistics, hashes) can be committed atomically with the data in pass 2.
+Statistics and hashes are accumulated during the single decoding pass, so the table
+metadata committed with the data (in the same Delta commit) costs no extra read.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.idx import DEFAULT_CHUNK_BYTES, IdxDigest, IdxFile, IdxHeader
+from pipeline.idx import IdxDigest, IdxHeader
 from pipeline.sources import SplitSource
 from schemas import DATASETS, GENERIC, DatasetSpec, PixelStats, SourceError, SourceFile
 
 logger = logging.getLogger(__name__)
 
-Progress = Callable[[int], None]
+# Squares of the small integer types fit one step wider: 255**2 < 2**16, 128**2 < 2**15.
+_SQUARE_TYPES = {np.dtype(np.uint8): (np.uint16, np.uint64), np.dtype(np.int8): (np.int16, np.int64)}
+
+
+def pixel_scale(dtype_name: str) -> float:
+    """Divisor applied before statistics: 255 for uint8 pixels, 1 otherwise."""
+    return 255.0 if dtype_name == "uint8" else 1.0
+
+
+def chunk_stats(chunk: np.ndarray, scale: float) -> PixelStats:
+    """Pixel moments of one chunk; exact (integer arithmetic) for 8-bit data."""
+    flat = chunk.reshape(-1)
+    if flat.dtype in _SQUARE_TYPES:
+        wide, acc = _SQUARE_TYPES[flat.dtype]
+        total = int(flat.sum(dtype=acc))
+        squares = flat.astype(wide)
+        np.multiply(squares, squares, out=squares)
+        total_sq = int(squares.sum(dtype=np.uint64))
+        return PixelStats(int(flat.size), total / scale, total_sq / (scale * scale))
+    values = flat.astype(np.float64) / scale
+    return PixelStats(int(flat.size), float(values.sum()), float(values @ values))
+
+
+@dataclass
+class SplitAccumulator:
+    """Running statistics of one split while its chunks stream past."""
+
+    scale: float
+    stats: PixelStats = field(default_factory=PixelStats)
+    label_min: float = math.inf
+    label_max: float = -math.inf
+
+    def add(self, images: np.ndarray, labels: np.ndarray, *, labels_name: str, first_row: int) -> None:
+        """Fold in one chunk; reject non-finite labels."""
+        self.stats = self.stats + chunk_stats(images, self.scale)
+        if labels.size:
+            if labels.dtype.kind == "f" and not np.isfinite(labels).all():
+                row = first_row + int(np.flatnonzero(~np.isfinite(labels))[0])
+                raise SourceError(f"{labels_name}: label at row {row} is {labels[row - first_row]}; "
+                                  "labels must be finite")
+            self.label_min = min(self.label_min, float(labels.min()))
+            self.label_max = max(self.label_max, float(labels.max()))
 
 
 @dataclass(frozen=True)
 class ScannedSplit:
-    """Pass-1 facts about one split.
+    """Facts about one fully read split.
 
     Attributes:
         source: The split's files.
@@ -43,66 +84,19 @@ class ScannedSplit:
     images_digest: IdxDigest
     labels_digest: IdxDigest
     stats: PixelStats
-    label_min: float
-    label_max: float
+    label_min: float = 0.0
+    label_max: float = 0.0
 
     def source_files(self) -> tuple[SourceFile, ...]:
         """The split's files as recorded in the table."""
-        return tuple(
-            SourceFile(role=role, name=path.name, sha256=d.sha256, nbytes=d.nbytes, md5=d.md5,
-                       compressed=d.compressed)
-            for role, path, d in (("images", self.source.images, self.images_digest),
-                                  ("labels", self.source.labels, self.labels_digest)))
+        return source_files(self.source, self.images_digest, self.labels_digest)
 
 
-def pixel_scale(dtype_name: str) -> float:
-    """Divisor applied before statistics: 255 for uint8 pixels, 1 otherwise."""
-    return 255.0 if dtype_name == "uint8" else 1.0
-
-
-def chunk_stats(chunk: np.ndarray, scale: float) -> PixelStats:
-    """Pixel moments of one chunk, exact for uint8 (via a histogram)."""
-    if chunk.dtype == np.uint8:
-        hist = np.bincount(chunk.reshape(-1), minlength=256).astype(np.float64)
-        values = np.arange(256, dtype=np.float64) / scale
-        return PixelStats(int(chunk.size), float(hist @ values), float(hist @ (values * values)))
-    flat = chunk.reshape(-1).astype(np.float64) / scale
-    return PixelStats(int(flat.size), float(flat.sum()), float(flat @ flat))
-
-
-def scan_split(source: SplitSource, *, progress: Progress | None = None,
-               chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ScannedSplit:
-    """Validate, hash and summarise one split's two files.
-
-    Raises:
-        IdxFormatError: a file is malformed.
-        SourceError: the files do not pair up (counts, label shape).
-    """
-    with IdxFile(source.labels) as lf:
-        if lf.header.record_shape:
-            raise SourceError(f"{source.labels.name}: labels must be 1-D, header says {lf.header.describe()}")
-        labels = lf.read_all()
-        labels_header, labels_digest = lf.header, lf.digest
-    assert labels_digest is not None
-    with IdxFile(source.images) as f:
-        if f.header.count != labels_header.count:
-            raise SourceError(
-                f"split {source.split!r}: {source.images.name} has {f.header.count} records but "
-                f"{source.labels.name} has {labels_header.count}; files from different datasets?")
-        scale = pixel_scale(f.header.dtype.name)
-        stats = PixelStats()
-        for chunk in f.chunks(chunk_bytes=chunk_bytes):
-            stats = stats + chunk_stats(chunk, scale)
-            if progress:
-                progress(chunk.nbytes)
-        images_header, images_digest = f.header, f.digest
-    assert images_digest is not None
-    if labels.dtype.kind == "f" and not np.isfinite(labels).all():
-        row = int(np.flatnonzero(~np.isfinite(labels))[0])
-        raise SourceError(f"{source.labels.name}: label at row {row} is {labels[row]}; labels must be finite")
-    lo = float(labels.min()) if labels.size else 0.0
-    hi = float(labels.max()) if labels.size else 0.0
-    return ScannedSplit(source, images_header, labels_header, images_digest, labels_digest, stats, lo, hi)
+def source_files(source: SplitSource, images: IdxDigest, labels: IdxDigest) -> tuple[SourceFile, ...]:
+    """Table records of a split's two files."""
+    return tuple(SourceFile(role=role, name=path.name, sha256=d.sha256, nbytes=d.nbytes, md5=d.md5,
+                            compressed=d.compressed)
+                 for role, path, d in (("images", source.images, images), ("labels", source.labels, labels)))
 
 
 def _matches(spec: DatasetSpec, scanned: Mapping[str, ScannedSplit]) -> bool:
@@ -118,39 +112,40 @@ def _matches(spec: DatasetSpec, scanned: Mapping[str, ScannedSplit]) -> bool:
     return True
 
 
+def named_spec(dataset: str | None, prefix: str) -> DatasetSpec | None:
+    """The dataset known before reading any data: ``--dataset`` or an EMNIST-style file prefix."""
+    if dataset is not None:
+        return DATASETS.get(dataset)
+    return next((s for s in DATASETS.values() if prefix and s.file_prefix == prefix), None)
+
+
 def identify(scanned: Mapping[str, ScannedSplit], dataset: str | None) -> tuple[DatasetSpec | None, bool]:
     """Decide which registered dataset the files are, and whether they are verified official data.
 
     Args:
-        scanned: Pass-1 results per split.
+        scanned: Per-split facts.
         dataset: ``--dataset`` as given (a registry name, ``"generic"``), or ``None`` to infer.
 
     Returns:
         ``(spec or None for generic, verified)``.
 
     Raises:
-        SourceError: when the files contradict the named dataset (shape, split size, label range).
+        SourceError: when the files contradict the named dataset (shape, label range).
     """
-    if dataset is None:
-        spec = next((s for s in DATASETS.values() if _matches(s, scanned)), None)
-        if spec is None:
-            prefix = next(iter(scanned.values())).source.prefix
-            spec = next((s for s in DATASETS.values() if prefix and s.file_prefix == prefix), None)
-        if spec is None:
-            return None, False
-    elif dataset == GENERIC:
+    if dataset == GENERIC:
         return None, False
-    else:
-        spec = DATASETS[dataset]
-    for split, s in scanned.items():
+    prefix = next(iter(scanned.values())).source.prefix
+    spec = named_spec(dataset, prefix)
+    if spec is None:
+        spec = next((s for s in DATASETS.values() if _matches(s, scanned)), None)
+    if spec is None:
+        return None, False
+    for s in scanned.values():
         if s.images.record_shape != spec.shape:
             raise SourceError(f"{s.source.images.name}: records are {s.images.describe()}, but {spec.title} "
                               f"images are {'x'.join(map(str, spec.shape))}; wrong --dataset?")
-        if s.labels.dtype.is_integer is False or s.label_min < 0 or s.label_max >= spec.num_classes:
+        if not s.labels.dtype.is_integer or s.label_min < 0 or s.label_max >= spec.num_classes:
             raise SourceError(
                 f"{s.source.labels.name}: labels span {s.label_min:g}..{s.label_max:g}, but {spec.title} has "
                 f"classes 0..{spec.num_classes - 1}; wrong --dataset or corrupt labels?")
-        expected = spec.splits.get(split)
-        if expected and s.images.count != expected.rows:
-            logger.info("%s: %d rows, %s publishes %d", split, s.images.count, spec.title, expected.rows)
     return spec, _matches(spec, scanned)

@@ -37,6 +37,10 @@ class QueryError(IdxlakeError, ValueError):
     """A SQL statement failed or was refused (e.g. it would modify the table)."""
 
 
+class MaintenanceError(IdxlakeError, ValueError):
+    """A maintenance operation (optimize, vacuum) was refused, e.g. a retention below the table's minimum."""
+
+
 class LoaderConfigError(IdxlakeError, ValueError):
     """A loader was configured wrongly: unknown column, empty selection, bad batch size."""
 
