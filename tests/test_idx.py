@@ -143,3 +143,17 @@ def test_absurd_dims_rejected_before_reading() -> None:
 def test_writer_rejects_unsupported_dtype(tmp_path: Path) -> None:
     with pytest.raises(IdxFormatError, match="cannot be stored in IDX"):
         write_idx(tmp_path / "x", np.zeros(3, dtype=np.uint16))
+
+
+def test_stdlib_gzip_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipeline.idx as idx
+
+    monkeypatch.setattr(idx, "_gzip_impl", gzip)
+    a = np.arange(60, dtype=np.int32).reshape(5, 3, 4)
+    write_idx(tmp_path / "a.gz", a)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.gz"), a)
+    blob = bytearray((tmp_path / "a.gz").read_bytes())
+    blob[-8] ^= 0xFF
+    (tmp_path / "a.gz").write_bytes(bytes(blob))
+    with pytest.raises(IdxFormatError, match=r"a.gz: gzip stream corrupt .*CRC check failed"):
+        scan_idx(tmp_path / "a.gz")
