@@ -12,13 +12,11 @@ deletes the files written so far and leaves the table at its previous version.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +24,7 @@ import pyarrow as pa
 from pipeline import __version__
 from pipeline.delta_out import Codec, commit, file_schema, image_array, open_pending, write_split
 from pipeline.idx import IdxFile, scan_idx
+from pipeline.prefetch import prefetch
 from pipeline.scan import ScannedSplit, SplitAccumulator, identify, named_spec, pixel_scale, source_files
 from pipeline.sources import SplitSource, bundled_mnist, discover
 from schemas import (
@@ -51,7 +50,6 @@ DEFAULT_CODEC: Codec = "LZ4_RAW"
 """Chosen with benchmarks/bench_loader.py: LZ4 decodes faster than ZSTD for a modest size cost."""
 MAX_ROW_GROUP_BYTES = 64 << 20
 """Row groups (and decoded chunks) are capped at this many image bytes: memory stays bounded."""
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,41 +81,6 @@ class IngestResult:
     sources: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
-def _prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
-    """Run ``it`` on a background thread, ``depth`` items ahead (decompression overlaps writing)."""
-    q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def work() -> None:
-        try:
-            for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put(("done", None))
-        except BaseException as exc:
-            q.put(("error", exc))
-
-    thread = threading.Thread(target=work, name="idxlake-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            kind, value = q.get()
-            if kind == "done":
-                return
-            if kind == "error":
-                raise value
-            yield value
-    finally:
-        stop.set()
-        thread.join()
-
-
 def _existing(table: str, storage_options: Mapping[str, str] | None) -> tuple[Any, TableMeta | None, int | None]:
     try:
         dt = open_table(table, storage_options=storage_options)
@@ -137,9 +100,10 @@ def _check_compatible(old: TableMeta, new: TableMeta, table: str) -> None:
                 "use --mode overwrite to replace the whole table, or another table")
 
 
-def _headers(sources: Mapping[str, SplitSource]) -> TableMeta:
-    """Read and cross-check the headers of every file; the shape/dtype part of the table metadata."""
+def _headers(sources: Mapping[str, SplitSource]) -> tuple[TableMeta, int]:
+    """Read and cross-check every header: the shape/dtype part of the table metadata, and the image bytes."""
     first = None
+    total = 0
     for src in sources.values():
         with IdxFile(src.images) as images, IdxFile(src.labels) as labels:
             if labels.header.record_shape:
@@ -148,6 +112,7 @@ def _headers(sources: Mapping[str, SplitSource]) -> TableMeta:
                 raise SourceError(
                     f"split {src.split!r}: {src.images.name} has {images.header.count} records but "
                     f"{src.labels.name} has {labels.header.count}; files from different datasets?")
+            total += images.header.payload_nbytes
             key = (images.header.record_shape, images.header.dtype, labels.header.dtype)
             if first is None:
                 first = (key, src.images.name, images.header)
@@ -157,7 +122,7 @@ def _headers(sources: Mapping[str, SplitSource]) -> TableMeta:
     assert first is not None
     (shape, dtype, label_dtype), _, _ = first
     return TableMeta(dataset=GENERIC, shape=shape, dtype=dtype.name, label_dtype=label_dtype.name,
-                     scale=pixel_scale(dtype.name))
+                     scale=pixel_scale(dtype.name)), total
 
 
 def _stream(src: SplitSource, meta: TableMeta, schema: pa.Schema, out: dict[str, ScannedSplit], *,
@@ -167,7 +132,7 @@ def _stream(src: SplitSource, meta: TableMeta, schema: pa.Schema, out: dict[str,
     acc = SplitAccumulator(meta.scale)
     with IdxFile(src.images) as images, IdxFile(src.labels) as labels:
         start = 0
-        chunks = zip(_prefetch(images.chunks(chunk_records)), labels.chunks(chunk_records), strict=True)
+        chunks = zip(prefetch(images.chunks(chunk_records)), labels.chunks(chunk_records), strict=True)
         for img, lab in chunks:
             n = len(img)
             acc.add(img, lab, labels_name=src.labels.name, first_row=start)
@@ -242,7 +207,7 @@ def ingest(
     dt, old, old_version = _existing(table, storage_options)
     if mode == "error" and old is not None:
         raise TableExistsError(f"{table}: table exists (version {old_version}) and --mode error was given")
-    meta = _headers(sources)
+    meta, total = _headers(sources)
     named = named_spec(dataset, next(iter(sources.values())).prefix)
     meta = replace(meta, transposed=bool(named and named.transposed))
     if old is not None and mode in ("replace", "append"):
@@ -261,7 +226,7 @@ def ingest(
     scanned: dict[str, ScannedSplit] = {}
     pending = open_pending(table, storage_options)
     if on_total:
-        on_total(sum(IdxFile(s.images).header.payload_nbytes for s in sources.values()))
+        on_total(total)
     try:
         for split, src in sources.items():
             write_split(pending, split, _stream(src, meta, file_schema(schema), scanned, id_offset=offsets[split],
@@ -282,8 +247,7 @@ def ingest(
     version = open_table(table, storage_options=storage_options).version()
     logger.info("%s: wrote %s rows as version %d", table, rows, version)
     return IngestResult(table=table, version=version, mode=mode, dataset=meta.dataset, verified=verified, rows=rows,
-                        seconds=time.perf_counter() - t0, bytes_read=sum(s.images.payload_nbytes
-                                                                         for s in scanned.values()),
+                        seconds=time.perf_counter() - t0, bytes_read=total,
                         sources={k: [s.source.images.name, s.source.labels.name] for k, s in scanned.items()})
 
 

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline.idx import MAX_PAYLOAD_BYTES, IdxFile, parse_header, read_idx, scan_idx
+from pipeline.idx import IdxFile, read_idx, scan_idx
+from pipeline.idx_header import MAX_PAYLOAD_BYTES, parse_header
 from pipeline.idx_write import idx_header, write_idx
 from schemas import IDX_DTYPES, IdxFormatError, IdxlakeError
 
