@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from schemas import ID, IMAGE, LABEL, PARTITION_BY, SPLIT, TableExistsError, pyarrow_filesystem
+from schemas import ID, IMAGE, LABEL, META_KEY, PARTITION_BY, SPLIT, TableExistsError, pyarrow_filesystem
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +169,14 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
 
 
 def file_schema(schema: pa.Schema) -> pa.Schema:
-    """The schema of the Parquet files: the table schema without partition columns."""
-    return pa.schema([f for f in schema if f.name not in PARTITION_BY], metadata=schema.metadata)
+    """The schema of the Parquet files: no partition columns, and no table metadata JSON.
+
+    The ``idxlake`` metadata is only final at commit time and lives in the Delta schema; copies
+    in Parquet footers would go stale, so files carry column comments only.
+    """
+    fields = [f.with_metadata({k: v for k, v in (f.metadata or {}).items() if k != META_KEY.encode()})
+              for f in schema if f.name not in PARTITION_BY]
+    return pa.schema(fields, metadata=schema.metadata)
 
 
 def image_array(chunk: np.ndarray, record_nbytes: int) -> pa.BinaryArray:

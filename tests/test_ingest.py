@@ -74,6 +74,8 @@ def test_real_mnist_metadata(mnist_table: str) -> None:
     names = [md.row_group(0).column(i).path_in_schema for i in range(md.num_columns)]
     assert not md.row_group(0).column(names.index("image")).is_stats_set
     assert md.row_group(0).column(names.index("id")).statistics.max == 8191
+    # The metadata JSON lives in the Delta schema only: footers would go stale.
+    assert set(pq.read_schema(f.uri).field("image").metadata) == {b"comment"}
     # Lineage in the commit.
     history = DeltaTable(mnist_table).history(1)[0]
     lineage = json.loads(history["userMetadata"])
@@ -101,7 +103,7 @@ def test_idempotent_rerun_is_a_noop(synthetic_table: tuple[str, object]) -> None
 
 
 def test_replace_changes_only_the_ingested_split(tmp_path: Path, synthetic_table: tuple[str, object]) -> None:
-    table, source = synthetic_table
+    table, _ = synthetic_table
     train_files = {f for f in _files(table) if f.startswith("split=train")}
     new = make_source(tmp_path / "new", rows={"test": 50}, seed=7)
     result = ingest(new.root, table)

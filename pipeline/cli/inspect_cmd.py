@@ -1,0 +1,212 @@
+"""``idxlake sql | info | history | show | optimize | vacuum | ddl``: look into a table and keep it healthy.
+
+Library functions (pipeline.sql, .info, .render, .maintenance, .ddl) return data; this
+module parses arguments and prints. Heavy imports happen inside the run functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from typing import Any
+
+from pipeline.cli.common import add_table_options, storage_options
+
+DEFAULT_SQL_LIMIT = 100
+"""Rows printed by ``idxlake sql --format table`` unless ``--limit`` says otherwise."""
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def register(sub: Any) -> None:
+    """Add the inspect and maintenance subcommands."""
+    p = sub.add_parser("sql", help="run a read-only SQL query over a table (DataFusion or DuckDB)",
+                       description="Run one read-only SQL statement (SELECT, WITH, VALUES, EXPLAIN, DESCRIBE, "
+                                   "SHOW) over the table, registered as NAME. Binary columns print as <N bytes>; "
+                                   "octet_length(image) gives byte sizes on both engines.")
+    p.add_argument("table", help="table path or URI")
+    p.add_argument("query", help='SQL, e.g. "SELECT split, label, count(*) FROM mnist GROUP BY 1, 2 ORDER BY 1, 2"')
+    p.add_argument("--name", default=None, help="table name in the query (default: last path component of TABLE "
+                                                "as an identifier, e.g. my-table -> my_table)")
+    p.add_argument("--engine", choices=["datafusion", "duckdb"], default="datafusion",
+                   help="datafusion (default): deltalake's embedded engine over the Delta table; "
+                        "duckdb: DuckDB over the table's Arrow dataset")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help=f"print at most N rows (0 = all; default {DEFAULT_SQL_LIMIT} for table, all for csv/json)")
+    add_table_options(p)
+    p.set_defaults(run=run_sql)
+
+    p = sub.add_parser("info", help="what a table holds: schema, rows per split and label, files, lineage")
+    p.add_argument("table")
+    p.add_argument("--json", action="store_true", help="print the stable JSON document (see schemas/README.md)")
+    add_table_options(p)
+    p.set_defaults(run=run_info)
+
+    p = sub.add_parser("history", help="table versions with timestamps, operations and lineage")
+    p.add_argument("table")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="newest N versions only")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    add_table_options(p, version=False)
+    p.set_defaults(run=run_history)
+
+    p = sub.add_parser("show", help="look at the images: a labelled PNG grid, or text renderings")
+    p.add_argument("table")
+    p.add_argument("--split", default=None, help="only this split")
+    p.add_argument("--where", default=None, metavar="SQL", help="SQL predicate, e.g. \"label = 3 AND id < 500\"")
+    p.add_argument("--limit", type=int, default=16, metavar="N", help="number of images (default 16)")
+    p.add_argument("--png", default=None, metavar="FILE", help="write a PNG grid instead of printing text")
+    p.add_argument("--columns", type=int, default=None, metavar="C", help="images per grid row (PNG; default 8)")
+    p.add_argument("--scale", type=int, default=3, metavar="S", help="PNG magnification (default 3)")
+    p.add_argument("--width", type=int, default=28, metavar="W", help="characters per image in text (default 28)")
+    p.add_argument("--engine", choices=["datafusion", "duckdb"], default="datafusion",
+                   help="engine evaluating --where")
+    p.add_argument("--name", default=None, help="table name usable in --where subqueries")
+    add_table_options(p)
+    p.set_defaults(run=run_show)
+
+    p = sub.add_parser("optimize", help="compact small files (e.g. after appends); content and id order kept")
+    p.add_argument("table")
+    p.add_argument("--target-mb", type=int, default=None, metavar="MB",
+                   help="uncompressed image MiB per file (default 128)")
+    add_table_options(p, version=False)
+    p.set_defaults(run=run_optimize)
+
+    p = sub.add_parser("vacuum", help="delete files no version within the retention needs",
+                       description="Delete data files removed from the table more than the retention ago "
+                                   "(default 168 h) and so needed by no recent version. Versions older than "
+                                   "the retention can no longer be read afterwards.")
+    p.add_argument("table")
+    p.add_argument("--retain-hours", type=int, default=None, metavar="H",
+                   help="retention in hours (default: the table's delta.deletedFileRetentionDuration or 168)")
+    p.add_argument("--dry-run", action="store_true", help="only list the files that would be deleted")
+    p.add_argument("--force", action="store_true", help="allow a retention below 168 h")
+    p.add_argument("--full", action="store_true", help="also delete files the log never referenced "
+                                                       "(orphans of failed writes)")
+    add_table_options(p, version=False)
+    p.set_defaults(run=run_vacuum)
+
+    p = sub.add_parser("ddl", help="Spark SQL that registers the table in a metastore / Unity Catalog")
+    p.add_argument("table")
+    p.add_argument("--name", default=None, metavar="CATALOG.SCHEMA.TABLE",
+                   help="name to register (default: the table's name)")
+    add_table_options(p, version=False)
+    p.set_defaults(run=run_ddl)
+
+
+def run_sql(args: argparse.Namespace) -> int:
+    """Run the query and print the result."""
+    from pipeline.cli.formatting import csv_text, json_rows, text_table
+    from pipeline.sql import display_table, query
+
+    limit = args.limit if args.limit is not None else (DEFAULT_SQL_LIMIT if args.format == "table" else 0)
+    if limit < 0:
+        from schemas import QueryError
+
+        raise QueryError(f"--limit must be >= 0, got {limit}")
+    result = query(args.table, args.query, engine=args.engine, name=args.name, version=args.version,
+                   storage_options=storage_options(args), max_rows=limit or None)
+    table = display_table(result.table)
+    if args.format == "csv":
+        _out(csv_text(table))
+    elif args.format == "json":
+        _out(json_rows(table))
+    else:
+        _out(text_table(table))
+        _out(f"({table.num_rows} row{'s' if table.num_rows != 1 else ''})\n")
+    if result.truncated:
+        print(f"idxlake sql: showing the first {limit} rows; --limit 0 prints all", file=sys.stderr)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    """Print the info document."""
+    from pipeline.cli.formatting import info_text, json_document
+    from pipeline.info import table_info
+
+    info = table_info(args.table, version=args.version, storage_options=storage_options(args))
+    _out(json_document(info) if args.json else info_text(info))
+    return 0
+
+
+def run_history(args: argparse.Namespace) -> int:
+    """Print the table's commits, newest first."""
+    from pipeline.cli.formatting import history_text, json_document
+    from pipeline.info import table_history
+
+    entries = table_history(args.table, limit=args.limit, storage_options=storage_options(args))
+    _out(json_document(entries) if args.json else history_text(entries))
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    """Draw the selected images as a PNG grid or as text."""
+    from pipeline.render import caption_lines, decode_images, display_pixels, png_grid, select_images, text_grid
+    from schemas import QueryError
+
+    if args.limit < 1 or args.scale < 1 or args.width < 1 or (args.columns is not None and args.columns < 1):
+        raise QueryError("--limit, --scale, --width and --columns must be positive")
+    rows, meta = select_images(args.table, split=args.split, where=args.where, limit=args.limit,
+                               engine=args.engine, name=args.name, version=args.version,
+                               storage_options=storage_options(args))
+    if rows.num_rows == 0:
+        print("idxlake show: no rows match", file=sys.stderr)
+        return 1
+    images = decode_images(rows.column("image"), meta)
+    pixels = [display_pixels(image) for image in images]
+    captions = [caption_lines(r, meta.class_names) for r in rows.select(["split", "id", "label"]).to_pylist()]
+    if args.png:
+        grid = png_grid(pixels, captions, columns=args.columns, scale=args.scale)
+        try:
+            grid.save(args.png, format="PNG")
+        except OSError as exc:
+            raise QueryError(f"cannot write {args.png}: {exc}") from exc
+        print(f"wrote {args.png}: {rows.num_rows} images, {grid.width}x{grid.height} px")
+    else:
+        columns = shutil.get_terminal_size((100, 24)).columns
+        _out(text_grid(pixels, captions, width=args.width, total_width=columns))
+    return 0
+
+
+def run_optimize(args: argparse.Namespace) -> int:
+    """Compact and report files before/after."""
+    from pipeline.maintenance import optimize
+
+    target = args.target_mb << 20 if args.target_mb else None
+    result = optimize(args.table, target_file_bytes=target, storage_options=storage_options(args))
+    before, after = sum(result.files_before.values()), sum(result.files_after.values())
+    if not result.compacted:
+        print(f"{result.table}: nothing to compact ({before} files; version {result.version} unchanged)")
+        return 0
+    for split in result.compacted:
+        print(f"  {split:<8} {result.files_before[split]} files -> {result.files_after.get(split, 0)}")
+    print(f"{result.table}: {before} files -> {after}, {result.rows_rewritten:,} rows rewritten in "
+          f"{result.seconds:.2f} s; version {result.version_before} -> {result.version}")
+    print("old files stay for time travel until `idxlake vacuum` (after the 168 h retention)")
+    return 0
+
+
+def run_vacuum(args: argparse.Namespace) -> int:
+    """Delete (or list) unreferenced files."""
+    from pipeline.maintenance import vacuum
+
+    result = vacuum(args.table, retain_hours=args.retain_hours, dry_run=args.dry_run, force=args.force,
+                    full=args.full, storage_options=storage_options(args))
+    retention = f"{result.retain_hours} h" if result.retain_hours is not None else "the table's, default 168 h"
+    verb = "would delete" if result.dry_run else "deleted"
+    print(f"{result.table}: {verb} {len(result.files)} files (retention {retention})")
+    for path in result.files:
+        print(f"  {path}")
+    return 0
+
+
+def run_ddl(args: argparse.Namespace) -> int:
+    """Print the Spark registration DDL."""
+    from pipeline.ddl import spark_ddl
+
+    _out(spark_ddl(args.table, name=args.name, storage_options=storage_options(args)))
+    return 0

@@ -1,0 +1,226 @@
+"""Keeping a table healthy: compact small files (``optimize``) and delete unreferenced ones (``vacuum``).
+
+``optimize`` rewrites every split that has more data files than its size needs (one per
+``target_file_bytes`` of image bytes, 128 MiB by default) into as few files as that allows,
+in ``id`` order, with the table's own layout (rows per row group and codec read from the
+Parquet footers), through the same writer as ingest (:mod:`pipeline.delta_out`).
+deltalake's ``optimize.compact()`` is not used: on deltalake 1.6 it interleaves row groups
+of the input files, scrambling the ``id`` order. The commit adds the new files and removes
+exactly the compacted ones, both with ``dataChange=false`` (a concurrent append is kept),
+and carries lineage ``{"operation": "optimize", ...}`` in ``userMetadata``. Content is
+unchanged.
+
+``vacuum`` wraps ``DeltaTable.vacuum``: files removed from the table more than the
+retention ago (default: the table's ``delta.deletedFileRetentionDuration`` or 168 hours)
+are deleted; shorter retentions are refused unless forced. Versions older than the
+retention can no longer be read afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+
+import pyarrow as pa
+
+from schemas import ID, SPLIT, DataFile, MaintenanceError, TableSnapshot, open_table, snapshot_of
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RETENTION_HOURS = 168
+"""Delta's default minimum retention for vacuum (7 days)."""
+
+_CODECS = {"LZ4": "LZ4_RAW", "LZ4_RAW": "LZ4_RAW", "ZSTD": "ZSTD", "SNAPPY": "SNAPPY", "UNCOMPRESSED": "UNCOMPRESSED"}
+
+
+@dataclass(frozen=True)
+class OptimizeResult:
+    """What :func:`optimize` did.
+
+    Attributes:
+        table: Table URI.
+        version_before: Version that was compacted.
+        version: Version after the commit (equal to ``version_before`` when nothing was done).
+        files_before: Live data files before, per split.
+        files_after: Live data files after, per split.
+        rows_rewritten: Rows copied into new files.
+        seconds: Wall time.
+    """
+
+    table: str
+    version_before: int
+    version: int
+    files_before: Mapping[str, int]
+    files_after: Mapping[str, int]
+    rows_rewritten: int = 0
+    seconds: float = 0.0
+
+    @property
+    def compacted(self) -> list[str]:
+        """Splits whose files were rewritten."""
+        return [s for s, n in self.files_before.items() if self.files_after.get(s, 0) != n]
+
+
+@dataclass(frozen=True)
+class VacuumResult:
+    """What :func:`vacuum` deleted (or would delete).
+
+    Attributes:
+        table: Table URI.
+        files: Paths relative to the table root.
+        dry_run: True when nothing was deleted.
+        retain_hours: The retention used (``None``: the table's setting or 168 h).
+    """
+
+    table: str
+    files: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    retain_hours: int | None = None
+
+
+def _layout(snap: TableSnapshot, files: Iterable[DataFile]) -> tuple[int, str]:
+    """Rows per row group and codec of existing files (their largest group, the image codec)."""
+    import pyarrow.parquet as pq
+
+    rows, codec = 0, "LZ4_RAW"
+    for data_file in files:
+        md = pq.ParquetFile(snap.file_path(data_file), filesystem=snap.filesystem()).metadata
+        for i in range(md.num_row_groups):
+            group = md.row_group(i)
+            rows = max(rows, group.num_rows)
+            codec = _CODECS.get(group.column(group.num_columns - 1).compression.upper(), codec)
+    return max(rows, 1), codec
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], rows: int, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """Re-cut batches into batches of exactly ``rows`` rows (the last may be shorter); copies each row once."""
+    held = schema.empty_table()
+    for batch in batches:
+        held = pa.concat_tables([held, pa.Table.from_batches([pa.RecordBatch.from_arrays(batch.columns,
+                                                                                          schema=schema)])])
+        while held.num_rows >= rows:
+            yield held.slice(0, rows).combine_chunks().to_batches()[0]
+            held = held.slice(rows)
+    if held.num_rows:
+        yield held.combine_chunks().to_batches()[0]
+
+
+def _read_in_order(snap: TableSnapshot, files: list[DataFile], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    import pyarrow.parquet as pq
+
+    for data_file in files:
+        parquet = pq.ParquetFile(snap.file_path(data_file), filesystem=snap.filesystem())
+        yield from parquet.iter_batches(columns=schema.names, batch_size=8192)
+
+
+def optimize(table: str, *, target_file_bytes: int | None = None,
+             storage_options: Mapping[str, str] | None = None) -> OptimizeResult:
+    """Compact every split that has more files than its size needs, keeping ``id`` order and content.
+
+    Idempotent: a second run finds nothing to do and makes no commit.
+
+    Args:
+        table: Table path or URI.
+        target_file_bytes: Roll to a new file after about this many uncompressed image bytes
+            (default: the ingest writer's 128 MiB).
+        storage_options: Object-store options.
+
+    Returns:
+        An :class:`OptimizeResult`.
+
+    Raises:
+        TableNotFoundError: no table.
+        SchemaMismatchError: not an idxlake table.
+    """
+    from deltalake import CommitProperties
+    from deltalake.transaction import RemoveAction
+
+    from pipeline import __version__
+    from pipeline.delta_out import TARGET_FILE_BYTES, file_schema, open_pending, write_split
+
+    t0 = time.perf_counter()
+    dt = open_table(table, storage_options=storage_options)
+    snap = snapshot_of(dt, uri=table, storage_options=storage_options)
+    target = target_file_bytes or TARGET_FILE_BYTES
+    before = {s: len(snap.files_of([s])) for s in sorted({f.split for f in snap.files})}
+    todo = [s for s, n in before.items()
+            if n > max(1, math.ceil(sum(f.num_records for f in snap.files_of([s])) * snap.meta.record_nbytes / target))]
+    if not todo:
+        logger.info("%s: no split has more files than its size needs; nothing to compact", table)
+        return OptimizeResult(table, snap.version, snap.version, before, before, 0, time.perf_counter() - t0)
+    actions = {a["path"]: a for a in pa.table(dt.get_add_actions(flatten=True)).to_pylist()}
+    fschema = file_schema(snap.schema)
+    pending = open_pending(table, storage_options)
+    removes, rewritten = [], 0
+    now = int(time.time() * 1000)
+    try:
+        for split in todo:
+            files = list(snap.files_of([split]))
+            rel = {f.uri: next(p for p in actions if f.uri.endswith(p)) for f in files}
+            files.sort(key=lambda f: (actions[rel[f.uri]].get(f"min.{ID}") is None,
+                                      actions[rel[f.uri]].get(f"min.{ID}") or 0, f.uri))
+            row_group_rows, codec = _layout(snap, files)
+            batches = _rebatch(_read_in_order(snap, files, fschema), row_group_rows, fschema)
+            write_split(pending, split, batches, file_schema=fschema, row_group_rows=row_group_rows,
+                        codec=codec, target_file_bytes=target)  # type: ignore[arg-type]
+            rewritten += sum(f.num_records for f in files)
+            removes += [RemoveAction(rel[f.uri], False, now, f.size, {SPLIT: split}) for f in files]
+        adds = [replace(a, data_change=False) for a in pending.actions]
+        lineage = {"idxlake_version": __version__, "operation": "optimize", "read_version": snap.version,
+                   "files": {s: {"before": before[s], "after": sum(a.partition_values[SPLIT] == s for a in adds)}
+                             for s in todo}}
+        dt.create_write_transaction(
+            adds + removes, mode="append", schema=snap.schema, partition_by=[SPLIT],
+            commit_properties=CommitProperties(custom_metadata={"userMetadata": json.dumps(lineage)}))
+    except BaseException:
+        pending.discard()
+        raise
+    after_dt = open_table(table, storage_options=storage_options)
+    after = snapshot_of(after_dt, uri=table, storage_options=storage_options)
+    files_after = {s: len(after.files_of([s])) for s in sorted({f.split for f in after.files})}
+    logger.info("%s: compacted %s at version %d", table, todo, after.version)
+    return OptimizeResult(table, snap.version, after.version, before, files_after, rewritten,
+                          time.perf_counter() - t0)
+
+
+def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False, force: bool = False,
+           full: bool = False, storage_options: Mapping[str, str] | None = None) -> VacuumResult:
+    """Delete data files that no version within the retention needs.
+
+    Args:
+        table: Table path or URI.
+        retain_hours: Keep files removed less than this many hours ago (default: the table's
+            ``delta.deletedFileRetentionDuration``, else 168).
+        dry_run: Only list the files.
+        force: Allow a retention below the table's minimum (breaks time travel and readers
+            still using older versions).
+        full: Also delete files the log never referenced (orphans of failed writes).
+        storage_options: Object-store options.
+
+    Returns:
+        A :class:`VacuumResult`.
+
+    Raises:
+        MaintenanceError: negative retention, or one below the minimum without ``force``.
+    """
+    from deltalake.exceptions import DeltaError
+
+    if retain_hours is not None and retain_hours < 0:
+        raise MaintenanceError(f"--retain-hours must be >= 0, got {retain_hours}")
+    dt = open_table(table, storage_options=storage_options)
+    try:
+        files = dt.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=not force,
+                          full=full)
+    except DeltaError as exc:
+        if "retention" in str(exc).lower():
+            raise MaintenanceError(
+                f"{table}: retention of {retain_hours} hours is below the table's minimum "
+                f"({DEFAULT_RETENTION_HOURS} h unless delta.deletedFileRetentionDuration says otherwise); "
+                "readers of older versions would lose their files. Pass --force to do it anyway") from exc
+        raise
+    logger.info("%s: vacuum %s %d files", table, "would delete" if dry_run else "deleted", len(files))
+    return VacuumResult(table, sorted(files), dry_run, retain_hours)
