@@ -25,7 +25,18 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from schemas import ID, IMAGE, LABEL, META_KEY, PARTITION_BY, SPLIT, TableExistsError, pyarrow_filesystem
+from schemas import (
+    ID,
+    IMAGE,
+    LABEL,
+    META_KEY,
+    PARTITION_BY,
+    SPLIT,
+    TableExistsError,
+    TableNotFoundError,
+    open_table,
+    pyarrow_filesystem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +52,8 @@ class PendingFiles:
 
     fs: pafs.FileSystem
     root: str
+    table: str = ""
+    storage_options: Mapping[str, str] | None = None
     actions: list[Any] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
 
@@ -53,6 +66,31 @@ class PendingFiles:
                 logger.warning("could not remove uncommitted file %s: %s", path, exc)
         self.paths.clear()
         self.actions.clear()
+
+    def landed(self) -> bool:
+        """True if a commit holding these files is in the table (e.g. Ctrl-C right after committing).
+
+        Errs on the side of True (keep the files) when the table cannot be read.
+        """
+        if not self.actions:
+            return False
+        try:
+            dt = open_table(self.table, storage_options=self.storage_options)
+            live = set(pa.table(dt.get_add_actions(flatten=True)).column("path").to_pylist())
+        except TableNotFoundError:
+            return False
+        except Exception as exc:  # cannot tell: keep the files (an orphan beats a broken version)
+            logger.warning("%s: cannot check whether the commit landed (%s); keeping its files", self.table, exc)
+            return True
+        return any(a.path in live for a in self.actions)
+
+    def __enter__(self) -> PendingFiles:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        """On any error, delete the files unless a commit already holds them."""
+        if exc_type is not None and not self.landed():
+            self.discard()
 
 
 def _stats(rows: int, ids: list[int], labels: list[Any]) -> str:
@@ -89,36 +127,45 @@ def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBa
         pending.actions.append(AddAction(rel, size, {SPLIT: split}, int(time.time() * 1000), True,
                                          _stats(rows, ids, labels)))
 
-    for batch in batches:
-        if writer is not None and nbytes >= target_file_bytes:
-            close()
-        if writer is None:
-            rel = f"{SPLIT}={split}/part-{len(pending.actions):05d}-{uuid.uuid4()}-c000.{codec.lower()}.parquet"
-            path = f"{pending.root}/{rel}"
-            pending.paths.append(path)
-            pending.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-            sink = pending.fs.open_output_stream(path)
-            writer = pq.ParquetWriter(
-                sink, file_schema, compression=_PYARROW_CODECS[codec],
-                use_dictionary=[LABEL], write_statistics=[ID, LABEL], store_schema=True)
-            rows, nbytes, ids, labels = 0, 0, [], []
-        writer.write_batch(batch, row_group_size=row_group_rows)
-        lo_hi = pc.min_max(batch.column(LABEL))
-        ids += [batch.column(ID)[0].as_py(), batch.column(ID)[-1].as_py()]
-        labels += [lo_hi["min"].as_py(), lo_hi["max"].as_py()]
-        rows += batch.num_rows
-        nbytes += batch.column(IMAGE).nbytes
     try:
+        for batch in batches:
+            if writer is not None and nbytes >= target_file_bytes:
+                close()
+            if writer is None:
+                rel = f"{SPLIT}={split}/part-{len(pending.actions):05d}-{uuid.uuid4()}-c000.{codec.lower()}.parquet"
+                path = f"{pending.root}/{rel}"
+                pending.paths.append(path)
+                pending.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+                sink = pending.fs.open_output_stream(path)
+                writer = pq.ParquetWriter(
+                    sink, file_schema, compression=_PYARROW_CODECS[codec],
+                    use_dictionary=[LABEL], write_statistics=[ID, LABEL], store_schema=True)
+                rows, nbytes, ids, labels = 0, 0, [], []
+            writer.write_batch(batch, row_group_size=row_group_rows)
+            lo_hi = pc.min_max(batch.column(LABEL))
+            ids += [batch.column(ID)[0].as_py(), batch.column(ID)[-1].as_py()]
+            labels += [lo_hi["min"].as_py(), lo_hi["max"].as_py()]
+            rows += batch.num_rows
+            nbytes += batch.column(IMAGE).nbytes
         close()
-    finally:
+    finally:  # an error mid-file: close what is open so the file exists and can be discarded
+        if writer is not None:
+            writer.close()
         if sink is not None and not sink.closed:
             sink.close()
 
 
 def open_pending(table: str, storage_options: Mapping[str, str] | None) -> PendingFiles:
-    """Start a set of uncommitted files under ``table``."""
+    """Start a set of uncommitted files under ``table``; use as a context manager::
+
+        with open_pending(table, options) as pending:
+            write_split(pending, ...)
+            commit(table, dt, pending, ...)
+
+    Leaving the block with an error deletes the files, unless the commit had already landed.
+    """
     fs, root = pyarrow_filesystem(table, storage_options)
-    return PendingFiles(fs, root.rstrip("/"))
+    return PendingFiles(fs, root.rstrip("/"), table, storage_options)
 
 
 def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,

@@ -48,6 +48,7 @@ def export_names(snap: TableSnapshot, split: str, *, compress: bool = True) -> t
 def _ordered_row_groups(snap: TableSnapshot, split: str) -> list[tuple[str, int, int, int]]:
     """(path, row_group, min id, rows) of every row group of ``split``, in id order; checks ids are 0..n-1."""
     fs = snap.filesystem()
+    snap.check_files(snap.files_of([split]))
     groups = []
     for f in snap.files_of([split]):
         path = snap.file_path(f)

@@ -107,6 +107,13 @@ class IdxFile:
         self.path = Path(path)
         self.name = name or self.path.name
         self._raw = open(self.path, "rb")  # noqa: SIM115 - closed in close()
+        try:
+            self._open()
+        except BaseException:
+            self._raw.close()
+            raise
+
+    def _open(self) -> None:
         self._hasher = _HashingReader(self._raw)
         magic = self._raw.read(2)
         self._raw.seek(0)
@@ -114,7 +121,6 @@ class IdxFile:
         buffered = io.BufferedReader(self._hasher, 1 << 20)
         self._stream: BinaryIO = (_gzip_impl.GzipFile(fileobj=buffered, mode="rb") if self.compressed
                                   else buffered)  # type: ignore[assignment]
-        self._buffered = buffered
         self._sha = hashlib.sha256()
         self._offset = 0
         self.digest: IdxDigest | None = None

@@ -31,14 +31,6 @@ def idx_header(dtype: str | np.dtype, dims: tuple[int, ...]) -> bytes:
     return bytes([0, 0, DTYPES_BY_NAME[name].code, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
 
 
-def _open(path: Path, compress: bool) -> BinaryIO:
-    if compress:
-        # mtime=0 and no file name: deterministic bytes for identical content.
-        return gzip.GzipFile(filename="", mode="wb", fileobj=open(path, "wb"), mtime=0,
-                             compresslevel=6)
-    return open(path, "wb")
-
-
 def write_idx_chunks(path: str | Path, chunks: Iterable[np.ndarray], *, dtype: str, dims: tuple[int, ...],
                      compress: bool | None = None) -> Path:
     """Write an IDX file from chunks of records (memory bounded by one chunk).
@@ -58,19 +50,23 @@ def write_idx_chunks(path: str | Path, chunks: Iterable[np.ndarray], *, dtype: s
     header = idx_header(dtype, dims)
     be = DTYPES_BY_NAME[np.dtype(dtype).name].big_endian
     written = 0
-    with _open(path, compress) as out:
-        gz_inner = getattr(out, "fileobj", None)
-        out.write(header)
-        for chunk in chunks:
-            if tuple(chunk.shape[1:]) != tuple(dims[1:]):
-                raise IdxFormatError(f"{path.name}: chunk of shape {chunk.shape} does not match dims {dims}")
-            out.write(np.ascontiguousarray(chunk, dtype=be).tobytes())
-            written += chunk.shape[0]
-        if gz_inner is not None:
-            out.close()
-            gz_inner.close()
-    if written != dims[0]:
-        raise IdxFormatError(f"{path.name}: wrote {written} records, header says {dims[0]}")
+    try:
+        with open(path, "wb") as raw:
+            # mtime=0 and no file name: identical content gives identical bytes.
+            out: BinaryIO = (gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6)
+                             if compress else raw)  # type: ignore[assignment]
+            with out:
+                out.write(header)
+                for chunk in chunks:
+                    if tuple(chunk.shape[1:]) != tuple(dims[1:]):
+                        raise IdxFormatError(f"{path.name}: chunk of shape {chunk.shape} does not match dims {dims}")
+                    out.write(np.ascontiguousarray(chunk, dtype=be).tobytes())
+                    written += chunk.shape[0]
+        if written != dims[0]:
+            raise IdxFormatError(f"{path.name}: wrote {written} records, header says {dims[0]}")
+    except BaseException:
+        path.unlink(missing_ok=True)  # never leave a partial IDX file behind
+        raise
     return path
 
 

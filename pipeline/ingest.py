@@ -11,6 +11,7 @@ deletes the files written so far and leaves the table at its previous version.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -25,7 +26,7 @@ from pipeline import __version__
 from pipeline.delta_out import Codec, commit, file_schema, image_array, open_pending, write_split
 from pipeline.idx import IdxFile, scan_idx
 from pipeline.prefetch import prefetch
-from pipeline.scan import ScannedSplit, SplitAccumulator, identify, named_spec, pixel_scale, source_files
+from pipeline.scan import ScannedSplit, SplitAccumulator, identify, named_spec, pixel_scale
 from pipeline.sources import SplitSource, bundled_mnist, discover
 from schemas import (
     GENERIC,
@@ -48,8 +49,10 @@ logger = logging.getLogger(__name__)
 IngestMode = Literal["replace", "append", "overwrite", "error"]
 DEFAULT_CODEC: Codec = "LZ4_RAW"
 """Chosen with benchmarks/bench_loader.py: LZ4 decodes faster than ZSTD for a modest size cost."""
-MAX_ROW_GROUP_BYTES = 64 << 20
+MAX_ROW_GROUP_BYTES = 32 << 20
 """Row groups (and decoded chunks) are capped at this many image bytes: memory stays bounded."""
+MAX_RECORD_BYTES = 1 << 31
+"""A binary value (one record) must fit Arrow/Parquet 32-bit offsets."""
 
 
 @dataclass(frozen=True)
@@ -81,12 +84,20 @@ class IngestResult:
     sources: Mapping[str, Sequence[str]] = field(default_factory=dict)
 
 
-def _existing(table: str, storage_options: Mapping[str, str] | None) -> tuple[Any, TableMeta | None, int | None]:
+def _existing(table: str, storage_options: Mapping[str, str] | None,
+              mode: IngestMode) -> tuple[Any, TableMeta | None, int | None]:
+    """The table as it is now: (DeltaTable or None, its metadata, its version)."""
     try:
         dt = open_table(table, storage_options=storage_options)
     except TableNotFoundError:
         return None, None, None
-    return dt, meta_from_schema(pa.schema(dt.schema().to_arrow()), where=table), dt.version()
+    try:
+        meta = meta_from_schema(pa.schema(dt.schema().to_arrow()), where=table)
+    except SchemaMismatchError:
+        if mode != "overwrite":
+            raise
+        meta = None  # overwrite may replace any Delta table
+    return dt, meta, dt.version()
 
 
 def _check_compatible(old: TableMeta, new: TableMeta, table: str) -> None:
@@ -113,6 +124,9 @@ def _headers(sources: Mapping[str, SplitSource]) -> tuple[TableMeta, int]:
                     f"split {src.split!r}: {src.images.name} has {images.header.count} records but "
                     f"{src.labels.name} has {labels.header.count}; files from different datasets?")
             total += images.header.payload_nbytes
+            if images.header.record_nbytes >= MAX_RECORD_BYTES:
+                raise SourceError(f"{src.images.name}: one record is {images.header.record_nbytes} bytes "
+                                  f"({images.header.describe()}); idxlake stores records up to 2 GiB each")
             key = (images.header.record_shape, images.header.dtype, labels.header.dtype)
             if first is None:
                 first = (key, src.images.name, images.header)
@@ -132,7 +146,7 @@ def _stream(src: SplitSource, meta: TableMeta, schema: pa.Schema, out: dict[str,
     acc = SplitAccumulator(meta.scale)
     with IdxFile(src.images) as images, IdxFile(src.labels) as labels:
         start = 0
-        chunks = zip(prefetch(images.chunks(chunk_records)), labels.chunks(chunk_records), strict=True)
+        chunks = zip(prefetch(images.chunks(chunk_records), depth=1), labels.chunks(chunk_records), strict=True)
         for img, lab in chunks:
             n = len(img)
             acc.add(img, lab, labels_name=src.labels.name, first_row=start)
@@ -150,15 +164,35 @@ def _stream(src: SplitSource, meta: TableMeta, schema: pa.Schema, out: dict[str,
 
 
 def _already_holds(old: TableMeta, sources: Mapping[str, SplitSource]) -> bool:
-    """True when ``old`` records exactly these files (by content hash) for every split."""
+    """True when ``old`` holds exactly this content (sha256 and size of every file) for every split.
+
+    Cheap checks first: identical stored bytes (md5 of the file, no decompression), then the
+    uncompressed size from the header; only files that could be equal are fully hashed.
+    """
     for split, src in sources.items():
         recorded = old.splits.get(split)
-        if recorded is None:
+        if recorded is None or len(recorded.sources) != 2:
             return False
-        files = source_files(src, scan_idx(src.images)[1], scan_idx(src.labels)[1])
-        if recorded.sources != files:
-            return False
+        pairs = (("images", src.images, recorded.sources[0]), ("labels", src.labels, recorded.sources[1]))
+        for role, path, rec in pairs:
+            if rec.role != role:
+                return False
+            if _file_md5(path) == rec.md5:
+                continue
+            with IdxFile(path) as f:
+                if f.header.nbytes + f.header.payload_nbytes != rec.nbytes:
+                    return False
+            if scan_idx(path)[1].sha256 != rec.sha256:
+                return False
     return True
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def ingest(
@@ -204,7 +238,7 @@ def ingest(
         except KeyError as exc:
             raise SourceError(str(exc.args[0])) from None
     sources = discover(bundled_mnist() if source is None else source, dataset=dataset)
-    dt, old, old_version = _existing(table, storage_options)
+    dt, old, old_version = _existing(table, storage_options, mode)
     if mode == "error" and old is not None:
         raise TableExistsError(f"{table}: table exists (version {old_version}) and --mode error was given")
     meta, total = _headers(sources)
@@ -224,10 +258,9 @@ def ingest(
     chunk_records = max(1, min(row_group_rows, MAX_ROW_GROUP_BYTES // max(meta.record_nbytes, 1)))
     schema = arrow_schema(meta)
     scanned: dict[str, ScannedSplit] = {}
-    pending = open_pending(table, storage_options)
     if on_total:
         on_total(total)
-    try:
+    with open_pending(table, storage_options) as pending:
         for split, src in sources.items():
             write_split(pending, split, _stream(src, meta, file_schema(schema), scanned, id_offset=offsets[split],
                                                 chunk_records=chunk_records, progress=progress),
@@ -240,10 +273,6 @@ def ingest(
         commit(table, dt, pending, schema=arrow_schema(meta), mode="create" if dt is None else mode,
                splits=list(scanned), storage_options=storage_options, name=Path(table.rstrip("/")).name or None,
                description=meta.describe(), lineage=lineage)
-    except BaseException:
-        pending.discard()
-        logger.info("%s: ingest failed; the table is unchanged (version %s)", table, old_version)
-        raise
     version = open_table(table, storage_options=storage_options).version()
     logger.info("%s: wrote %s rows as version %d", table, rows, version)
     return IngestResult(table=table, version=version, mode=mode, dataset=meta.dataset, verified=verified, rows=rows,
@@ -256,6 +285,8 @@ def _final_meta(meta: TableMeta, spec: Any, verified: bool, scanned: Mapping[str
     """The table metadata to commit: identity, class names and every split's facts."""
     if spec is not None:
         meta = replace(meta, dataset=spec.name, class_names=spec.class_names)
+    if old is not None:  # every commit changes the metadata, so concurrent idxlake writers always conflict
+        meta = replace(meta, revision=old.revision + 1)
     new = {k: SplitMeta(rows=s.images.count, stats=s.stats, sources=s.source_files(), verified=verified)
            for k, s in scanned.items()}
     if old is None or mode == "overwrite":

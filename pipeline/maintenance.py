@@ -18,7 +18,6 @@ retention can no longer be read afterwards.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
-from schemas import ID, SPLIT, DataFile, MaintenanceError, TableSnapshot, open_table, snapshot_of
+from schemas import SPLIT, DataFile, MaintenanceError, TableSnapshot, arrow_schema, open_table, snapshot_of
 
 logger = logging.getLogger(__name__)
 
@@ -136,11 +135,8 @@ def optimize(table: str, *, target_file_bytes: int | None = None,
         TableNotFoundError: no table.
         SchemaMismatchError: not an idxlake table.
     """
-    from deltalake import CommitProperties
-    from deltalake.transaction import RemoveAction
-
     from pipeline import __version__
-    from pipeline.delta_out import TARGET_FILE_BYTES, file_schema, open_pending, write_split
+    from pipeline.delta_out import TARGET_FILE_BYTES, commit, file_schema, open_pending, write_split
 
     t0 = time.perf_counter()
     dt = open_table(table, storage_options=storage_options)
@@ -152,33 +148,25 @@ def optimize(table: str, *, target_file_bytes: int | None = None,
     if not todo:
         logger.info("%s: no split has more files than its size needs; nothing to compact", table)
         return OptimizeResult(table, snap.version, snap.version, before, before, 0, time.perf_counter() - t0)
-    actions = {a["path"]: a for a in pa.table(dt.get_add_actions(flatten=True)).to_pylist()}
     fschema = file_schema(snap.schema)
-    pending = open_pending(table, storage_options)
-    removes, rewritten = [], 0
-    now = int(time.time() * 1000)
-    try:
+    rewritten = 0
+    with open_pending(table, storage_options) as pending:
         for split in todo:
-            files = list(snap.files_of([split]))
-            rel = {f.uri: next(p for p in actions if f.uri.endswith(p)) for f in files}
-            files.sort(key=lambda f: (actions[rel[f.uri]].get(f"min.{ID}") is None,
-                                      actions[rel[f.uri]].get(f"min.{ID}") or 0, f.uri))
+            files = sorted(snap.files_of([split]), key=lambda f: (f.min_id is None, f.min_id or 0, f.uri))
             row_group_rows, codec = _layout(snap, files)
             batches = _rebatch(_read_in_order(snap, files, fschema), row_group_rows, fschema)
             write_split(pending, split, batches, file_schema=fschema, row_group_rows=row_group_rows,
                         codec=codec, target_file_bytes=target)  # type: ignore[arg-type]
             rewritten += sum(f.num_records for f in files)
-            removes += [RemoveAction(rel[f.uri], False, now, f.size, {SPLIT: split}) for f in files]
-        adds = [replace(a, data_change=False) for a in pending.actions]
         lineage = {"idxlake_version": __version__, "operation": "optimize", "read_version": snap.version,
-                   "files": {s: {"before": before[s], "after": sum(a.partition_values[SPLIT] == s for a in adds)}
+                   "files": {s: {"before": before[s],
+                                 "after": sum(a.partition_values[SPLIT] == s for a in pending.actions)}
                              for s in todo}}
-        dt.create_write_transaction(
-            adds + removes, mode="append", schema=snap.schema, partition_by=[SPLIT],
-            commit_properties=CommitProperties(custom_metadata={"userMetadata": json.dumps(lineage)}))
-    except BaseException:
-        pending.discard()
-        raise
+        # Replacing the compacted splits with a metadata change (revision + 1): a concurrent ingest
+        # or optimize then fails with a commit conflict instead of interleaving files.
+        meta = replace(snap.meta, revision=snap.meta.revision + 1)
+        commit(table, dt, pending, schema=arrow_schema(meta), mode="replace", splits=todo,
+               storage_options=storage_options, name=None, description=meta.describe(), lineage=lineage)
     after_dt = open_table(table, storage_options=storage_options)
     after = snapshot_of(after_dt, uri=table, storage_options=storage_options)
     files_after = {s: len(after.files_of([s])) for s in sorted({f.split for f in after.files})}

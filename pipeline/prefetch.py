@@ -18,20 +18,24 @@ def prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
     q: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(message: tuple[str, Any]) -> bool:
+        """Hand ``message`` over unless the consumer has gone; False when it has."""
+        while not stop.is_set():
+            try:
+                q.put(message, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def work() -> None:
         try:
             for item in it:
-                while not stop.is_set():
-                    try:
-                        q.put(("item", item), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(("item", item)):
                     return
-            q.put(("done", None))
+            put(("done", None))
         except BaseException as exc:
-            q.put(("error", exc))
+            put(("error", exc))
 
     thread = threading.Thread(target=work, name="idxlake-decode", daemon=True)
     thread.start()

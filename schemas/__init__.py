@@ -3,7 +3,7 @@
 Imports nothing else of idxlake (pipeline and loaders build on it) and never torch.
 """
 
-from schemas.access import DataFile, TableSnapshot, open_table, pyarrow_filesystem, snapshot, snapshot_of
+from schemas.access import DataFile, TableSnapshot, fs_path, open_table, pyarrow_filesystem, snapshot, snapshot_of
 from schemas.datasets import DATASETS, GENERIC, DatasetSpec, SplitFiles, get_dataset
 from schemas.dtypes import DTYPES_BY_NAME, IDX_DTYPES, IdxDtype, dtype_by_name
 from schemas.errors import (
@@ -71,6 +71,7 @@ __all__ = [
     "TableSnapshot",
     "arrow_schema",
     "dtype_by_name",
+    "fs_path",
     "get_dataset",
     "meta_from_schema",
     "open_table",

@@ -46,31 +46,47 @@ def pyarrow_filesystem(uri: str, storage_options: Mapping[str, str] | None = Non
     """
     parsed = urlparse(uri)
     if parsed.scheme in ("s3", "s3a"):
-        opts = dict(storage_options or {})
-        endpoint = _opt(opts, "AWS_ENDPOINT_URL", "AWS_ENDPOINT", "endpoint", "endpoint_url")
-        allow_http = (_opt(opts, "AWS_ALLOW_HTTP", "allow_http") or "").lower() == "true"
-        kwargs: dict[str, object] = {}
-        if endpoint:
-            ep = urlparse(endpoint)
-            kwargs["endpoint_override"] = ep.netloc or ep.path
-            kwargs["scheme"] = ep.scheme or ("http" if allow_http else "https")
-        key = _opt(opts, "AWS_ACCESS_KEY_ID", "access_key_id")
-        secret = _opt(opts, "AWS_SECRET_ACCESS_KEY", "secret_access_key")
-        if key and secret:
-            kwargs["access_key"] = key
-            kwargs["secret_key"] = secret
-            token = _opt(opts, "AWS_SESSION_TOKEN", "session_token")
-            if token:
-                kwargs["session_token"] = token
-        region = _opt(opts, "AWS_REGION", "AWS_DEFAULT_REGION", "region")
-        if region:
-            kwargs["region"] = region
-        return pafs.S3FileSystem(**kwargs), f"{parsed.netloc}{unquote(parsed.path)}"
+        return _s3_filesystem(storage_options), fs_path(uri)
     if parsed.scheme in ("", "file"):
-        path = unquote(parsed.path) if parsed.scheme == "file" else uri
-        return pafs.LocalFileSystem(), path
+        return pafs.LocalFileSystem(), fs_path(uri)
     fs, path = pafs.FileSystem.from_uri(uri)
     return fs, path
+
+
+def fs_path(uri: str) -> str:
+    """``uri`` in the terms of its pyarrow filesystem (``bucket/key`` for S3, a path locally)."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("s3", "s3a"):
+        return f"{parsed.netloc}{unquote(parsed.path)}"
+    if parsed.scheme == "file":
+        return unquote(parsed.path)
+    if parsed.scheme == "":
+        return uri
+    return pafs.FileSystem.from_uri(uri)[1]
+
+
+def _s3_filesystem(storage_options: Mapping[str, str] | None) -> pafs.S3FileSystem:
+    """A pyarrow S3 filesystem configured from delta-rs style options."""
+    opts = dict(storage_options or {})
+    endpoint = _opt(opts, "AWS_ENDPOINT_URL", "AWS_ENDPOINT", "endpoint", "endpoint_url")
+    allow_http = (_opt(opts, "AWS_ALLOW_HTTP", "allow_http") or "").lower() == "true"
+    kwargs: dict[str, object] = {}
+    if endpoint:
+        ep = urlparse(endpoint)
+        kwargs["endpoint_override"] = ep.netloc or ep.path
+        kwargs["scheme"] = ep.scheme or ("http" if allow_http else "https")
+    key = _opt(opts, "AWS_ACCESS_KEY_ID", "access_key_id")
+    secret = _opt(opts, "AWS_SECRET_ACCESS_KEY", "secret_access_key")
+    if key and secret:
+        kwargs["access_key"] = key
+        kwargs["secret_key"] = secret
+        token = _opt(opts, "AWS_SESSION_TOKEN", "session_token")
+        if token:
+            kwargs["session_token"] = token
+    region = _opt(opts, "AWS_REGION", "AWS_DEFAULT_REGION", "region")
+    if region:
+        kwargs["region"] = region
+    return pafs.S3FileSystem(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -82,12 +98,16 @@ class DataFile:
         split: Value of the ``split`` partition column for every row of the file.
         size: Bytes on storage.
         num_records: Rows in the file (from the Delta log).
+        path: The file's path relative to the table root, as in the Delta log.
+        min_id: Smallest ``id`` in the file (Delta statistics), if recorded.
     """
 
     uri: str
     split: str
     size: int
     num_records: int
+    path: str = ""
+    min_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -123,7 +143,17 @@ class TableSnapshot:
 
     def file_path(self, data_file: DataFile) -> str:
         """Path of ``data_file`` within :meth:`filesystem`."""
-        return pyarrow_filesystem(data_file.uri, self.storage_options)[1]
+        return fs_path(data_file.uri)
+
+    def check_files(self, files: Sequence[DataFile]) -> None:
+        """Raise :class:`MissingDataFileError` if a file of the pinned version is gone."""
+        fs = self.filesystem()
+        infos = fs.get_file_info([self.file_path(f) for f in files])
+        for info, data_file in zip(infos, files, strict=True):
+            if info.type == pafs.FileType.NotFound:
+                raise MissingDataFileError(
+                    f"{self.uri}: data file {data_file.uri} of version {self.version} is missing "
+                    "(vacuumed or deleted?); read a newer version or restore the file")
 
     def files_of(self, splits: Sequence[str] | None = None) -> tuple[DataFile, ...]:
         """Live files, restricted to ``splits`` when given."""
@@ -141,11 +171,7 @@ class TableSnapshot:
         files = self.files_of(splits)
         fs = self.filesystem()
         paths = [self.file_path(f) for f in files]
-        for path, data_file in zip(paths, files, strict=True):
-            if fs.get_file_info(path).type == pafs.FileType.NotFound:
-                raise MissingDataFileError(
-                    f"{self.uri}: data file {data_file.uri} of version {self.version} is missing "
-                    "(vacuumed or deleted?); read a newer version or restore the file")
+        self.check_files(files)
         if not files:
             return pads.dataset(self.schema.empty_table())
         return pads.FileSystemDataset.from_paths(
@@ -214,14 +240,13 @@ def snapshot_of(dt, *, uri: str, storage_options: Mapping[str, str] | None = Non
     schema = pa.schema(dt.schema().to_arrow())
     meta = meta_from_schema(schema, where=uri)
     actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
-    by_path = {unquote(a["path"]): a for a in actions}
-    files = []
-    for file_uri in dt.file_uris():
-        action = next((a for p, a in by_path.items() if unquote(file_uri).endswith(p)), None)
-        if action is None:  # pragma: no cover - delta-rs always lists both
-            raise SchemaMismatchError(f"{uri}: file {file_uri} has no add action")
-        files.append(DataFile(uri=file_uri, split=action.get(f"partition.{SPLIT}") or "",
-                              size=int(action["size_bytes"]), num_records=int(action["num_records"] or 0)))
+    uris = dt.file_uris()
+    if not all(unquote(u).endswith(unquote(a["path"])) for u, a in zip(uris, actions, strict=True)):
+        by_path = {unquote(a["path"]): a for a in actions}  # pragma: no cover - delta-rs lists both alike
+        actions = [next(a for p, a in by_path.items() if unquote(u).endswith(p)) for u in uris]
+    files = [DataFile(uri=u, split=a.get(f"partition.{SPLIT}") or "", size=int(a["size_bytes"]),
+                      num_records=int(a["num_records"] or 0), path=a["path"], min_id=a.get("min.id"))
+             for u, a in zip(uris, actions, strict=True)]
     md = dt.metadata()
     files.sort(key=lambda f: (f.split, f.uri))
     return TableSnapshot(uri=uri, version=dt.version(), meta=meta, schema=schema, files=tuple(files),

@@ -124,6 +124,9 @@ class TableMeta:
         transposed: True when the source stored images transposed (fixed in the table).
         scale: Divisor applied to values before statistics (255 for uint8, else 1).
         splits: Split name -> :class:`SplitMeta`.
+        revision: Incremented by every idxlake commit, so that two concurrent writers always
+            change the metadata and the loser gets a Delta commit conflict instead of a silent
+            interleaving.
         format_version: Contract version.
     """
 
@@ -135,6 +138,7 @@ class TableMeta:
     transposed: bool = False
     scale: float = 1.0
     splits: Mapping[str, SplitMeta] = field(default_factory=dict)
+    revision: int = 0
     format_version: int = FORMAT_VERSION
 
     @property
@@ -175,9 +179,9 @@ class TableMeta:
         doc = asdict(self)
         doc["shape"] = list(self.shape)
         doc["class_names"] = list(self.class_names)
-        for name, split in self.splits.items():
-            doc["splits"][name]["mean"] = split.stats.mean
-            doc["splits"][name]["std"] = split.stats.std
+        for name, split in self.splits.items():  # derived, for readers; null (not NaN) when empty
+            doc["splits"][name]["mean"] = split.stats.mean if split.stats.count else None
+            doc["splits"][name]["std"] = split.stats.std if split.stats.count else None
         return doc
 
     @classmethod
@@ -192,7 +196,8 @@ class TableMeta:
         return cls(dataset=doc["dataset"], shape=tuple(int(d) for d in doc["shape"]), dtype=doc["dtype"],
                    label_dtype=doc["label_dtype"], class_names=tuple(doc.get("class_names", ())),
                    transposed=bool(doc.get("transposed", False)), scale=float(doc.get("scale", 1.0)),
-                   splits=splits, format_version=int(doc.get("format_version", FORMAT_VERSION)))
+                   splits=splits, revision=int(doc.get("revision", 0)),
+                   format_version=int(doc.get("format_version", FORMAT_VERSION)))
 
 
 def arrow_schema(meta: TableMeta) -> pa.Schema:
@@ -205,7 +210,7 @@ def arrow_schema(meta: TableMeta) -> pa.Schema:
         Schema with columns :data:`COLUMNS`, column comments and the metadata JSON.
     """
     label_type = DTYPES_BY_NAME[meta.label_dtype].label_type
-    image_md = {"comment": meta.describe(), META_KEY: json.dumps(meta.to_json(), sort_keys=True)}
+    image_md = {"comment": meta.describe(), META_KEY: json.dumps(meta.to_json(), sort_keys=True, allow_nan=False)}
     return pa.schema([
         pa.field(SPLIT, pa.string(), nullable=False, metadata={"comment": "dataset split; partition column"}),
         pa.field(ID, pa.int64(), nullable=False,

@@ -23,9 +23,34 @@ def parse_storage_options(pairs: list[str] | None) -> dict[str, str] | None:
     return out
 
 
+def key_value(text: str) -> str:
+    """argparse ``type`` for ``K=V`` (a bad value is a usage error: exit 2)."""
+    if "=" not in text or not text.partition("=")[0]:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return text
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type`` for an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def non_empty(text: str) -> str:
+    """argparse ``type`` for a path that must not be empty (e.g. an unset ``$SRC``)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    return text
+
+
 def add_table_options(parser: argparse.ArgumentParser, *, version: bool = True) -> None:
     """Add ``--storage-option K=V`` (repeatable) and optionally ``--version N``."""
-    parser.add_argument("--storage-option", action="append", metavar="K=V", default=None,
+    parser.add_argument("--storage-option", action="append", metavar="K=V", default=None, type=key_value,
                         help="object-store option passed to delta-rs/pyarrow (repeatable), "
                              "e.g. AWS_ENDPOINT_URL=http://127.0.0.1:9000")
     if version:

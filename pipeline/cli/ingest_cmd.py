@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from pipeline.cli.common import add_table_options, is_tty, storage_options
+from pipeline.cli.common import add_table_options, is_tty, non_empty, positive_int, storage_options
 
 
 def register(sub: Any) -> None:
@@ -14,7 +14,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("ingest", help="ingest IDX files into a Delta table (default source: bundled MNIST)",
                        description="Decode and validate IDX files (.gz or raw) and write them to a Delta "
                                    "table in one atomic commit.")
-    p.add_argument("paths", nargs="+", metavar="[SOURCE] TABLE",
+    p.add_argument("paths", nargs="+", metavar="[SOURCE] TABLE", type=non_empty,
                    help="optional source directory or files, then the table path/URI")
     p.add_argument("--dataset", default=None,
                    help="registered dataset name (mnist, fashion-mnist, kmnist, emnist-*) or 'generic'; "
@@ -24,7 +24,8 @@ def register(sub: Any) -> None:
                         "append: add rows; overwrite: replace the whole table; error: refuse an existing table")
     p.add_argument("--codec", choices=["LZ4_RAW", "ZSTD", "SNAPPY", "UNCOMPRESSED"], default=None,
                    help="Parquet codec (default LZ4_RAW)")
-    p.add_argument("--row-group-rows", type=int, default=None, help="rows per Parquet row group (default 8192)")
+    p.add_argument("--row-group-rows", type=positive_int, default=None,
+                   help="rows per Parquet row group (default 8192)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_table_options(p, version=False)
     p.set_defaults(run=run_ingest)
@@ -41,10 +42,6 @@ def register(sub: Any) -> None:
 def run_ingest(args: argparse.Namespace) -> int:
     """Run an ingest and print its summary."""
     from pipeline.ingest import ingest
-    from schemas import SourceError
-
-    if len(args.paths) > 2 + 0 and not all(p for p in args.paths):
-        raise SourceError("empty path given")
     *sources, table = args.paths
     source = None if not sources else sources[0] if len(sources) == 1 else sources
     kwargs: dict[str, Any] = {}
