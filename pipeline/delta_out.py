@@ -32,6 +32,7 @@ from schemas import (
     META_KEY,
     PARTITION_BY,
     SPLIT,
+    CommitConflictError,
     TableExistsError,
     TableNotFoundError,
     open_table,
@@ -191,7 +192,7 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
         TableExistsError: ``create`` raced with another writer creating the table.
     """
     from deltalake import CommitProperties, Schema
-    from deltalake.exceptions import DeltaError
+    from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import create_table_with_add_actions
 
     props = CommitProperties(custom_metadata={"userMetadata": json.dumps(lineage, sort_keys=True)})
@@ -211,8 +212,14 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
         "append": [(SPLIT, "in", [])],  # removes nothing: an append that may update the metadata
         "overwrite": None,
     }[mode]
-    dt.create_write_transaction(pending.actions, mode="overwrite", schema=schema, partition_by=list(PARTITION_BY),
-                                partition_filters=filters, commit_properties=props)
+    try:
+        dt.create_write_transaction(pending.actions, mode="overwrite", schema=schema,
+                                    partition_by=list(PARTITION_BY), partition_filters=filters,
+                                    commit_properties=props)
+    except CommitFailedError as exc:
+        raise CommitConflictError(
+            f"{table}: another writer committed after version {dt.version()} while this one was running "
+            f"({exc}); nothing was written, run it again") from exc
 
 
 def file_schema(schema: pa.Schema) -> pa.Schema:

@@ -7,6 +7,7 @@ from schemas.access import DataFile, TableSnapshot, fs_path, open_table, pyarrow
 from schemas.datasets import DATASETS, GENERIC, DatasetSpec, SplitFiles, get_dataset
 from schemas.dtypes import DTYPES_BY_NAME, IDX_DTYPES, IdxDtype, dtype_by_name
 from schemas.errors import (
+    CommitConflictError,
     IdxFormatError,
     IdxlakeError,
     LoaderConfigError,
@@ -38,6 +39,7 @@ from schemas.table import (
 
 __all__ = [
     "COLUMNS",
+    "CommitConflictError",
     "DATASETS",
     "DTYPES_BY_NAME",
     "DataFile",

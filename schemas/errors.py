@@ -47,3 +47,7 @@ class LoaderConfigError(IdxlakeError, ValueError):
 
 class MissingDataFileError(IdxlakeError, FileNotFoundError):
     """A data file referenced by a pinned table version is gone (e.g. vacuumed)."""
+
+
+class CommitConflictError(IdxlakeError, RuntimeError):
+    """Another writer committed to the table while this write was running; nothing was written."""

@@ -64,3 +64,18 @@ def test_python_m_pipeline_end_to_end(tmp_path: Path, synthetic_source) -> None:
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(
         "idxlake ingest: error: t10k-images-idx3-ubyte.gz: gzip stream")
     assert not (tmp_path / "t").exists()
+
+
+def test_environment_failures_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture) -> None:
+    from importlib import import_module
+
+    from schemas import CommitConflictError
+
+    def conflict(*args: object, **kwargs: object) -> None:
+        raise CommitConflictError("t: another writer committed after version 3 while this one was running")
+
+    monkeypatch.setattr(import_module("pipeline.ingest"), "ingest", conflict)
+    assert main(["ingest", str(tmp_path / "t")]) == 1
+    err = capsys.readouterr().err
+    assert err == "idxlake ingest: error: t: another writer committed after version 3 while this one was running\n"

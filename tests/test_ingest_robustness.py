@@ -20,7 +20,7 @@ from deltalake import DeltaTable
 from pipeline import ingest, optimize
 from pipeline.cli import main
 from pipeline.prefetch import prefetch
-from schemas import SourceError, snapshot
+from schemas import CommitConflictError, IdxFormatError, SourceError, snapshot
 
 
 def _parquet(table: str) -> set[str]:
@@ -60,7 +60,7 @@ def test_ingest_racing_optimize_fails_cleanly(tmp_path: Path, monkeypatch: pytes
         optimize(table)  # another writer commits while this ingest is in flight
 
     monkeypatch.setattr(ingest_module, "write_split", write_then_optimize)
-    with pytest.raises(Exception, match="(?i)conflict|changed|commit"):
+    with pytest.raises(CommitConflictError, match=r"another writer committed after version 1 .*run it again"):
         ingest(new.root, table, row_group_rows=32)
     monkeypatch.undo()
     snap = snapshot(table)
@@ -80,7 +80,7 @@ def test_failed_s3_ingest_leaves_no_object(s3_endpoint: dict[str, str], source_f
     src = source_factory(rows={"train": 100})
     labels = src.root / "train-labels-idx1-ubyte.gz"
     labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:70]))
-    with pytest.raises(Exception, match="train-labels-idx1-ubyte.gz: payload is 62 bytes"):
+    with pytest.raises(IdxFormatError, match=r"train-labels-idx1-ubyte\.gz: payload is 62 bytes"):
         ingest(src.root, "s3://lake/failed", storage_options=s3_endpoint, row_group_rows=10)
     s3 = boto3.client("s3", endpoint_url=s3_endpoint["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
                       aws_secret_access_key="testing", region_name="us-east-1")

@@ -58,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             traceback.print_exc()
         print(f"idxlake {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        # Bad input or usage is 2; an environment failure (e.g. a concurrent commit) is 1.
+        return EXIT_FAILURE if isinstance(exc, RuntimeError) else EXIT_USAGE
     except KeyboardInterrupt:
         print(f"idxlake {args.command}: interrupted", file=sys.stderr)
         return 130
