@@ -44,8 +44,10 @@ def floor_once(out: Path, opener=gzip.open) -> float:
     """The hand-rolled baseline: decompress, frombuffer with fixed offsets, write Parquet."""
     t0 = time.perf_counter()
     for split, (img_name, lab_name) in PAIRS.items():
-        images = np.frombuffer(opener(bundled_mnist() / img_name).read(), np.uint8, offset=16).reshape(-1, 784)
-        labels = np.frombuffer(opener(bundled_mnist() / lab_name).read(), np.uint8, offset=8)
+        with opener(bundled_mnist() / img_name) as f:
+            images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 784)
+        with opener(bundled_mnist() / lab_name) as f:
+            labels = np.frombuffer(f.read(), np.uint8, offset=8)
         table = pa.table({"id": np.arange(len(labels), dtype=np.int64), "label": labels.astype(np.int16),
                           "image": image_array(images, 784)})
         pq.write_table(table, out / f"{split}.parquet", row_group_size=8192, compression="lz4_raw")
@@ -60,8 +62,10 @@ def ingest_once(out: Path) -> float:
 
 def make_big(path: Path, gigabytes: float) -> int:
     """Write a raw IDX images/labels pair of MNIST digits tiled to ``gigabytes``; returns the records."""
-    src = np.frombuffer(gzip.open(bundled_mnist() / "train-images-idx3-ubyte.gz").read(), np.uint8, offset=16)
-    labels = np.frombuffer(gzip.open(bundled_mnist() / "train-labels-idx1-ubyte.gz").read(), np.uint8, offset=8)
+    src = np.frombuffer(gzip.decompress((bundled_mnist() / "train-images-idx3-ubyte.gz").read_bytes()),
+                        np.uint8, offset=16)
+    labels = np.frombuffer(gzip.decompress((bundled_mnist() / "train-labels-idx1-ubyte.gz").read_bytes()),
+                           np.uint8, offset=8)
     reps = int(np.ceil(gigabytes * 1e9 / src.nbytes))
     n = reps * len(labels)
     path.mkdir(parents=True, exist_ok=True)

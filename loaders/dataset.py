@@ -1,0 +1,311 @@
+"""``DeltaIterableDataset``: batches from a pinned version of an idxlake table, for any topology.
+
+See ``docs/loader.md`` for the contract: one sharding rule for a single process,
+DataLoader workers and DDP ranks; a deterministic global order from ``(seed, epoch)``
+that does not depend on the number of workers or ranks; equal batch counts on every
+rank; resumable mid-epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Any, Literal
+
+import pyarrow.dataset as pads
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from loaders.decode import Batch, Normalizer, UnitReader
+from loaders.order import epoch_order, padding, rank_batches, worker_batches
+from loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
+from loaders.stream import READ_THREADS, DecodeCache, Progress, WindowBuffers, build_ahead, consume
+from loaders.world import World
+from schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot, snapshot
+
+logger = logging.getLogger(__name__)
+
+ImageDtype = Literal["uint8", "float32", "native"]
+"""``uint8``: raw pixels (uint8 tables only); ``float32``: scaled and normalised; ``native``: the table dtype."""
+
+DEFAULT_SHUFFLE_BUFFER = 4 * ROW_GROUP_ROWS
+"""Rows mixed together at least (whole row groups): 32768, ~25 MB of MNIST images."""
+
+
+class DeltaIterableDataset(IterableDataset):
+    """Stream batches of an idxlake Delta table into PyTorch (use ``DataLoader(ds, batch_size=None)``).
+
+    Args:
+        table: Table path or URI, or a :class:`schemas.TableSnapshot` already pinned.
+        split: ``"train"``, ``"test"``, a list of splits, or ``None`` for all (partition pruning).
+        filter: Row filter: a ``pyarrow.dataset`` expression or a SQL-ish string such as
+            ``"label < 5"`` or ``"id >= 100 AND label IN (1, 2)"`` over ``id``, ``label``, ``split``.
+        columns: Columns to yield, among ``image``, ``label``, ``id`` (only these are read).
+        version: Table version to pin; the latest when ``None``.
+        storage_options: Object-store options (delta-rs style keys).
+        batch_size: Rows per batch (the last batch of a rank may be smaller unless ``drop_last``).
+        shuffle: Permute row groups per epoch and rows within the shuffle buffer.
+        seed: Shuffle seed; the order depends only on ``(seed, epoch)`` and the selection.
+        shuffle_buffer: Rows (whole row groups, at least this many) shuffled together.
+        drop_last: Drop the last incomplete round of batches (all batches full) instead of
+            splitting it evenly over the ranks and repeating a few rows when needed.
+        rank: This rank; with ``world_size``. Default: ``torch.distributed`` when initialised, else 0.
+        world_size: Number of ranks; default from ``torch.distributed`` when initialised, else 1.
+        image_dtype: ``"uint8"`` (raw), ``"float32"`` (scaled to [0, 1], then normalised with the
+            table's mean/std), or ``"native"`` (the table's dtype as is).
+        transform: Callable applied to each batch dict (in the worker).
+        cache_bytes: Memory budget for keeping decoded row groups for later epochs (0: off). The
+            cache lives in the reading process: use it with ``num_workers=0`` or persistent workers.
+        prefetch: Decode the next window in a background thread.
+
+    Raises:
+        LoaderConfigError: bad option, unknown column, empty split or selection.
+        TableNotFoundError: no table or version.
+        SchemaMismatchError: the table does not follow the idxlake contract.
+        MissingDataFileError: a file of the pinned version is gone.
+    """
+
+    def __init__(self, table: str | TableSnapshot, *, split: str | Sequence[str] | None = None,
+                 filter: str | pads.Expression | None = None, columns: Sequence[str] = OUTPUT_COLUMNS,
+                 version: int | None = None, storage_options: Mapping[str, str] | None = None,
+                 batch_size: int = 256, shuffle: bool = True, seed: int = 0,
+                 shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, drop_last: bool = False,
+                 rank: int | None = None, world_size: int | None = None, image_dtype: ImageDtype = "uint8",
+                 transform: Callable[[Batch], Batch] | None = None, cache_bytes: int = 0,
+                 prefetch: bool = True) -> None:
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise LoaderConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
+            raise LoaderConfigError(f"shuffle_buffer must be an integer >= 0 (rows), got {shuffle_buffer!r}")
+        if not isinstance(cache_bytes, int) or cache_bytes < 0:
+            raise LoaderConfigError(f"cache_bytes must be an integer >= 0, got {cache_bytes!r}")
+        if image_dtype not in ("uint8", "float32", "native"):
+            raise LoaderConfigError(f"image_dtype must be 'uint8', 'float32' or 'native', got {image_dtype!r}")
+        if rank is not None or world_size is not None:
+            World(*World.distributed(rank, world_size))  # validates the pair
+        snap = table if isinstance(table, TableSnapshot) else snapshot(
+            table, version=version, storage_options=storage_options)
+        if version is not None and snap.version != version:
+            raise LoaderConfigError(f"{snap.uri}: snapshot is version {snap.version}, version={version} was asked")
+        self.plan: Plan = build_plan(snap, split=split, filter=filter, columns=columns)
+        if image_dtype == "uint8" and IMAGE in self.plan.columns and snap.meta.dtype != "uint8":
+            raise LoaderConfigError(f"{snap.uri}: images are {snap.meta.dtype}, not uint8; "
+                                    "use image_dtype='float32' or 'native'")
+        self.batch_size, self.shuffle, self.seed = batch_size, bool(shuffle), int(seed)
+        self.shuffle_buffer, self.drop_last, self.image_dtype = shuffle_buffer, bool(drop_last), image_dtype
+        self.transform, self.cache_bytes, self.prefetch = transform, cache_bytes, prefetch
+        self._rank, self._world_size = rank, world_size
+        self._parent_dist: tuple[int, int] | None = None
+        self._normalize = Normalizer(snap.meta) if image_dtype == "float32" else None
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # seen by persistent workers
+        self._resume: dict[str, Any] | None = None
+        self._progress: Progress | None = None
+        self._world: World | None = None
+        self._init_process_state()
+        self._remember_dist()
+
+    def _init_process_state(self) -> None:
+        self._reader = UnitReader(self.plan)
+        self._cache: DecodeCache | None = None
+        self._buffers = WindowBuffers()
+        self._pools: tuple[int, ThreadPoolExecutor | None, ThreadPoolExecutor | None] | None = None
+        self._ahead: tuple[tuple, tuple[int, Future, int]] | None = None
+
+    def _thread_pools(self) -> tuple[ThreadPoolExecutor | None, ThreadPoolExecutor | None]:
+        """Prefetch and decode threads of this process, kept across epochs (created lazily)."""
+        if not self.prefetch:
+            return None, None
+        if self._pools is None or self._pools[0] != os.getpid():  # none yet, or forked: threads are gone
+            threads = READ_THREADS if get_worker_info() is None else 1  # workers: one decode thread each
+            self._pools = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="idxlake-window"),
+                           ThreadPoolExecutor(threads, thread_name_prefix="idxlake-read") if threads > 1 else None)
+        return self._pools[1], self._pools[2]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for key in ("_reader", "_cache", "_buffers", "_progress", "_pools", "_ahead"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._progress = None
+        self._init_process_state()
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def snapshot(self) -> TableSnapshot:
+        """The pinned table version."""
+        return self.plan.snapshot
+
+    @property
+    def version(self) -> int:
+        """The pinned Delta version."""
+        return self.plan.snapshot.version
+
+    @property
+    def meta(self) -> TableMeta:
+        """The table's metadata (shape, dtype, class names, statistics)."""
+        return self.plan.snapshot.meta
+
+    @property
+    def num_rows(self) -> int:
+        """Rows selected (split and filter applied), before padding or dropping."""
+        return self.plan.num_rows
+
+    @property
+    def epoch(self) -> int:
+        """The current epoch (see :meth:`set_epoch`)."""
+        return int(self._epoch[0])
+
+    # ----------------------------------------------------------------- topology
+    def _remember_dist(self) -> None:
+        if self._rank is None:
+            self._parent_dist = World.distributed()
+
+    def _dist(self) -> tuple[int, int]:
+        if self._rank is not None and self._world_size is not None:
+            return self._rank, self._world_size
+        r, ws = World.distributed()
+        if ws == 1 and self._parent_dist is not None:  # e.g. a spawned worker: use what the parent saw
+            return self._parent_dist
+        return r, ws
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch (changes the shuffle order); call it before each epoch, in the main process."""
+        self._epoch[0] = int(epoch)
+        if self._resume is not None and self._resume["epoch"] != int(epoch):
+            self._resume = None
+        self._remember_dist()
+
+    def batches_per_rank(self) -> int:
+        """Batches every rank yields per epoch (the same on all ranks)."""
+        rank, world_size = self._dist()
+        return len(rank_batches(self.num_rows, batch_size=self.batch_size, rank=rank, world_size=world_size,
+                                drop_last=self.drop_last))
+
+    def __len__(self) -> int:
+        """Batches this rank yields per full epoch, over all of its DataLoader workers."""
+        return self.batches_per_rank()
+
+    # ----------------------------------------------------------------- resume
+    def state_dict(self) -> dict[str, Any]:
+        """Where this consumer stands in the epoch (torchdata ``StatefulDataLoader`` protocol).
+
+        ``batches_consumed`` counts the rank's batches consumed so far when this process reads
+        alone (``num_workers=0``); in a DataLoader worker it is ``None`` and ``start`` plus
+        ``yielded`` describe the worker's own progress.
+        """
+        world = self._world or World(*self._dist())
+        if self._progress is not None:
+            epoch, start, yielded = self._progress.epoch, self._progress.start, self._progress.yielded
+        elif self._resume is not None:
+            epoch, start, yielded = self._resume["epoch"], self._resume["start"], self._resume["skip"]
+        else:
+            epoch, start, yielded = self.epoch, 0, 0
+        return {"epoch": epoch, "seed": self.seed, "version": self.version, "rank": world.rank,
+                "world_size": world.world_size, "worker": world.worker, "num_workers": world.num_workers,
+                "start": start, "yielded": yielded,
+                "batches_consumed": start + yielded if world.num_workers == 1 else None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume: the next iteration of ``state["epoch"]`` skips what was consumed.
+
+        Accepts a :meth:`state_dict` (also a worker's, as ``StatefulDataLoader`` passes them) or
+        a minimal ``{"epoch": e, "batches_consumed": k}``: the rank's first ``k`` batches of
+        epoch ``e`` are skipped, whatever the number of workers.
+
+        Raises:
+            LoaderConfigError: the state is for another seed, table version or world size.
+        """
+        for key, mine in (("seed", self.seed), ("version", self.version)):
+            if key in state and state[key] != mine:
+                raise LoaderConfigError(f"{self.snapshot.uri}: cannot resume: state has {key} {state[key]}, "
+                                        f"this dataset {mine}")
+        if "epoch" not in state:
+            raise LoaderConfigError("cannot resume: state has no 'epoch'")
+        epoch = int(state["epoch"])
+        if state.get("batches_consumed") is not None:
+            start, skip, workers = int(state["batches_consumed"]), 0, None
+        else:
+            start, skip = int(state.get("start", 0)), int(state.get("yielded", 0))
+            workers = state.get("num_workers")
+        self._epoch[0] = epoch
+        self._resume = {"epoch": epoch, "start": start, "skip": skip, "num_workers": workers,
+                        "world_size": state.get("world_size")}
+        self._progress = None
+
+    # ----------------------------------------------------------------- iteration
+    def _finish(self, batch: Batch) -> Batch:
+        if self._normalize is not None and IMAGE in batch:
+            batch[IMAGE] = self._normalize(batch[IMAGE])
+        return self.transform(batch) if self.transform is not None else batch
+
+    def __iter__(self) -> Iterator[Batch]:
+        world = self._world = World.detect(*self._dist())
+        epoch, start, skip = self.epoch, 0, 0
+        resume = self._resume
+        if resume is not None and resume["epoch"] == epoch:
+            for key, now in (("num_workers", world.num_workers), ("world_size", world.world_size)):
+                if resume[key] is not None and resume[key] != now:
+                    raise LoaderConfigError(f"cannot resume: state was saved with {key}={resume[key]}, "
+                                            f"now {key}={now}")
+            start, skip = resume["start"], resume["skip"]
+            if world.num_workers == 1:
+                self._resume = None
+        order = epoch_order(self.plan.unit_rows, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                            buffer_rows=self.shuffle_buffer)
+        ranges = rank_batches(order.num_rows, batch_size=self.batch_size, rank=world.rank,
+                              world_size=world.world_size, drop_last=self.drop_last)
+        if not len(ranges):
+            logger.warning("%s: %d rows are fewer than one batch of %d per rank (world size %d) with "
+                           "drop_last=True: nothing to yield", self.plan.describe(), order.num_rows,
+                           self.batch_size, world.world_size)
+        mine = worker_batches(len(ranges), worker=world.worker, num_workers=world.num_workers, start=start)
+        progress = self._progress = Progress(epoch, start, min(skip, len(mine)))
+        if self.cache_bytes and self._cache is None:
+            self._cache = DecodeCache(self.plan, self.cache_bytes)
+        pending, self._ahead = self._ahead, None
+        first = None
+        buffers = self._buffers
+        if buffers.busy:  # another live iterator of this object in this process
+            buffers = WindowBuffers()
+        elif pending is not None:
+            if pending[0] == (epoch, world, start, skip):
+                first = pending[1]
+            else:
+                wait([pending[1][1]])  # it writes into our buffers: let it finish, then drop it
+        buffers.busy = True
+        logger.debug("%s: epoch %d, %s, %d of %d batches (pad %d)", self.plan.describe(), epoch, world,
+                     len(mine) - progress.yielded, len(ranges),
+                     padding(order.num_rows, batch_size=self.batch_size, world_size=world.world_size,
+                             drop_last=self.drop_last))
+        try:
+            builder, readers = self._thread_pools()
+            ahead = None
+            if builder is not None and buffers is self._buffers:
+                def ahead(slot: int) -> None:
+                    self._start_next_epoch(epoch + 1, world, builder, readers, slot)
+            yield from consume(order, ranges[mine[progress.yielded:]], self.plan, self._reader, cache=self._cache,
+                               buffers=buffers, progress=progress, builder=builder, readers=readers,
+                               finish=self._finish if self._normalize or self.transform else None, first=first,
+                               ahead=ahead)
+        finally:
+            buffers.busy = False
+
+    def _start_next_epoch(self, epoch: int, world: World, builder: ThreadPoolExecutor,
+                          readers: ThreadPoolExecutor | None, slot: int) -> None:
+        """Start decoding the first window of ``epoch`` (its order is known from the seed) into
+        buffer ``slot``, while the current epoch's last window is consumed and the builder is
+        idle. The next pass uses it if it is that epoch on the same topology; else it is dropped."""
+        order = epoch_order(self.plan.unit_rows, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
+                            buffer_rows=self.shuffle_buffer)
+        ranges = rank_batches(order.num_rows, batch_size=self.batch_size, rank=world.rank,
+                              world_size=world.world_size, drop_last=self.drop_last)
+        mine = worker_batches(len(ranges), worker=world.worker, num_workers=world.num_workers)
+        started = build_ahead(order, ranges[mine], self.plan, self._reader, cache=self._cache,
+                              buffers=self._buffers, builder=builder, readers=readers, slot=slot)
+        self._ahead = None if started is None else ((epoch, world, 0, 0), started)

@@ -1,0 +1,37 @@
+"""``idxlake train TABLE``: the reference CNN trained straight from the table (torch imported lazily)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cli.common import add_table_options, storage_options
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``train`` subcommand."""
+    parser = subparsers.add_parser(
+        "train", help="train the reference CNN from a table and report test accuracy",
+        description="Train conv32-pool-conv64-pool-linear (Adam 1e-3) on the table's train split, streamed "
+                    "with loaders.DeltaIterableDataset, then evaluate on its test split. Under "
+                    "`torchrun --nproc_per_node=N` it trains with DDP (gloo on CPU); only rank 0 prints.")
+    parser.add_argument("table", help="table path or URI")
+    parser.add_argument("--epochs", type=int, default=2, metavar="N", help="epochs (default 2)")
+    parser.add_argument("--batch-size", type=int, default=128, metavar="N",
+                        help="rows per batch and rank (default 128)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="DataLoader workers per rank (default 0: read in the training process)")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="train on at most N samples per epoch and test on at most N (quick runs)")
+    parser.add_argument("--seed", type=int, default=0, metavar="N", help="model and shuffle seed (default 0)")
+    add_table_options(parser)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and print per-epoch loss and throughput, then ``test accuracy: 0.xxxx``."""
+    from loaders.train import train
+
+    train(args.table, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
+          seed=args.seed, version=args.version, storage_options=storage_options(args),
+          log=lambda line: print(line, flush=True))
+    return 0
