@@ -1,9 +1,9 @@
 """``DeltaIterableDataset``: batches from a pinned version of an idxlake table, for any topology.
 
-See ``docs/loader.md`` for the contract: one sharding rule for a single process,
-DataLoader workers and DDP ranks; a deterministic global order from ``(seed, epoch)``
-that does not depend on the number of workers or ranks; equal batch counts on every
-rank; resumable mid-epoch.
+See the README section "Training from the table" for the contract: one sharding rule
+for a single process, DataLoader workers and DDP ranks; a deterministic global order
+from ``(seed, epoch)`` that does not depend on the number of workers or ranks; equal
+batch counts on every rank; resumable mid-epoch.
 """
 
 from __future__ import annotations
@@ -11,17 +11,18 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow.dataset as pads
-import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from loaders.decode import Batch, Normalizer, UnitReader
-from loaders.order import epoch_order, padding, rank_batches, worker_batches
+from loaders.order import EpochOrder, epoch_order, padding, rank_batches, worker_batches
 from loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
-from loaders.stream import READ_THREADS, DecodeCache, Progress, WindowBuffers, build_ahead, consume
+from loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
+from loaders.stream import READ_THREADS, DecodeCache, Progress, WindowBuffers, consume
 from loaders.world import World
 from schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot, snapshot
 
@@ -58,7 +59,7 @@ class DeltaIterableDataset(IterableDataset):
         transform: Callable applied to each batch dict (in the worker).
         cache_bytes: Memory budget for keeping decoded row groups for later epochs (0: off). The
             cache lives in the reading process: use it with ``num_workers=0`` or persistent workers.
-        prefetch: Decode the next window in a background thread.
+        prefetch: Decode the next window in background threads.
 
     Raises:
         LoaderConfigError: bad option, unknown column, empty split or selection.
@@ -100,8 +101,8 @@ class DeltaIterableDataset(IterableDataset):
         self._rank, self._world_size = rank, world_size
         self._parent_dist: tuple[int, int] | None = None
         self._normalize = Normalizer(snap.meta) if image_dtype == "float32" else None
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # seen by persistent workers
-        self._resume: dict[str, Any] | None = None
+        self._shared = SharedState()  # the epoch and resume flags, seen by (persistent) workers too
+        self._resume: Resume | None = None
         self._progress: Progress | None = None
         self._world: World | None = None
         self._init_process_state()
@@ -110,9 +111,8 @@ class DeltaIterableDataset(IterableDataset):
     def _init_process_state(self) -> None:
         self._reader = UnitReader(self.plan)
         self._cache: DecodeCache | None = None
-        self._buffers = WindowBuffers()
+        self._buffers: WindowBuffers | None = WindowBuffers()  # None while a pass uses them
         self._pools: tuple[int, ThreadPoolExecutor | None, ThreadPoolExecutor | None] | None = None
-        self._ahead: tuple[tuple, tuple[int, Future, int]] | None = None
 
     def _thread_pools(self) -> tuple[ThreadPoolExecutor | None, ThreadPoolExecutor | None]:
         """Prefetch and decode threads of this process, kept across epochs (created lazily)."""
@@ -125,9 +125,14 @@ class DeltaIterableDataset(IterableDataset):
         return self._pools[1], self._pools[2]
 
     def __getstate__(self) -> dict[str, Any]:
+        """Pickled into spawned workers: the topology as this process sees it now (the process
+        group may have been initialised after the dataset was created), no per-process state."""
+        self.settle_resume()
         state = dict(self.__dict__)
-        for key in ("_reader", "_cache", "_buffers", "_progress", "_pools", "_ahead"):
+        for key in ("_reader", "_cache", "_buffers", "_progress", "_pools"):
             state.pop(key, None)
+        if self._rank is None:
+            state["_parent_dist"] = self._dist()
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -159,7 +164,7 @@ class DeltaIterableDataset(IterableDataset):
     @property
     def epoch(self) -> int:
         """The current epoch (see :meth:`set_epoch`)."""
-        return int(self._epoch[0])
+        return self._shared.epoch
 
     # ----------------------------------------------------------------- topology
     def _remember_dist(self) -> None:
@@ -175,10 +180,12 @@ class DeltaIterableDataset(IterableDataset):
         return r, ws
 
     def set_epoch(self, epoch: int) -> None:
-        """Set the epoch (changes the shuffle order); call it before each epoch, in the main process."""
-        self._epoch[0] = int(epoch)
-        if self._resume is not None and self._resume["epoch"] != int(epoch):
-            self._resume = None
+        """Set the epoch (changes the shuffle order); call it before each epoch, in the main process.
+
+        A resume loaded with :meth:`load_state_dict` applies when its epoch is the one iterated.
+        """
+        self._shared.epoch = int(epoch)
+        self._shared.workers_read = False
         self._remember_dist()
 
     def batches_per_rank(self) -> int:
@@ -198,45 +205,51 @@ class DeltaIterableDataset(IterableDataset):
         ``batches_consumed`` counts the rank's batches consumed so far when this process reads
         alone (``num_workers=0``); in a DataLoader worker it is ``None`` and ``start`` plus
         ``yielded`` describe the worker's own progress.
+
+        Raises:
+            LoaderConfigError: called in the main process while DataLoader workers do the reading.
         """
+        if get_worker_info() is None:
+            self.settle_resume()
+            if self._shared.workers_read:
+                raise LoaderConfigError(f"{self.snapshot.uri}: {UNKNOWN_PROGRESS}")
         world = self._world or World(*self._dist())
-        if self._progress is not None:
-            epoch, start, yielded = self._progress.epoch, self._progress.start, self._progress.yielded
-        elif self._resume is not None:
-            epoch, start, yielded = self._resume["epoch"], self._resume["start"], self._resume["skip"]
-        else:
-            epoch, start, yielded = self.epoch, 0, 0
+        epoch, progress, resume = self.epoch, self._progress, self._resume
+        start = yielded = 0
+        if resume is not None and resume.epoch == epoch:
+            start, yielded = resume.start, resume.skip
+        elif progress is not None and progress.epoch == epoch:
+            start, yielded = progress.start, progress.yielded
         return {"epoch": epoch, "seed": self.seed, "version": self.version, "rank": world.rank,
                 "world_size": world.world_size, "worker": world.worker, "num_workers": world.num_workers,
                 "start": start, "yielded": yielded,
                 "batches_consumed": start + yielded if world.num_workers == 1 else None}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume: the next iteration of ``state["epoch"]`` skips what was consumed.
+        """Resume: the next pass over ``state["epoch"]`` skips what was consumed.
 
         Accepts a :meth:`state_dict` (also a worker's, as ``StatefulDataLoader`` passes them) or
         a minimal ``{"epoch": e, "batches_consumed": k}``: the rank's first ``k`` batches of
-        epoch ``e`` are skipped, whatever the number of workers.
+        epoch ``e`` are skipped, whatever the number of workers. It never sets the epoch: the resume
+        applies to the next pass (here or in the next DataLoader workers started) if that pass is
+        over epoch ``e`` (see :meth:`set_epoch`), and is dropped otherwise.
 
         Raises:
-            LoaderConfigError: the state is for another seed, table version or world size.
+            LoaderConfigError: the state is for another seed or table version.
         """
-        for key, mine in (("seed", self.seed), ("version", self.version)):
-            if key in state and state[key] != mine:
-                raise LoaderConfigError(f"{self.snapshot.uri}: cannot resume: state has {key} {state[key]}, "
-                                        f"this dataset {mine}")
-        if "epoch" not in state:
-            raise LoaderConfigError("cannot resume: state has no 'epoch'")
-        epoch = int(state["epoch"])
-        if state.get("batches_consumed") is not None:
-            start, skip, workers = int(state["batches_consumed"]), 0, None
-        else:
-            start, skip = int(state.get("start", 0)), int(state.get("yielded", 0))
-            workers = state.get("num_workers")
-        self._epoch[0] = epoch
-        self._resume = {"epoch": epoch, "start": start, "skip": skip, "num_workers": workers,
-                        "world_size": state.get("world_size")}
+        main = get_worker_info() is None
+        self._resume = parse_state(state, seed=self.seed, version=self.version, uri=self.snapshot.uri,
+                                   inherited=main)
         self._progress = None
+        if main:
+            self._shared.resume_used = False
+            self._shared.workers_read = False
+            watch(self)
+
+    def settle_resume(self) -> None:
+        """Drop a resume loaded in this (main) process once DataLoader workers have used it."""
+        if self._resume is not None and self._resume.inherited and self._shared.resume_used:
+            self._resume = None
 
     # ----------------------------------------------------------------- iteration
     def _finish(self, batch: Batch) -> Batch:
@@ -245,67 +258,48 @@ class DeltaIterableDataset(IterableDataset):
         return self.transform(batch) if self.transform is not None else batch
 
     def __iter__(self) -> Iterator[Batch]:
+        """Start a pass over the current epoch: set up now (the pending resume is taken and
+        :meth:`state_dict` describes the new pass), batches are read by the returned iterator."""
         world = self._world = World.detect(*self._dist())
-        epoch, start, skip = self.epoch, 0, 0
-        resume = self._resume
-        if resume is not None and resume["epoch"] == epoch:
-            for key, now in (("num_workers", world.num_workers), ("world_size", world.world_size)):
-                if resume[key] is not None and resume[key] != now:
-                    raise LoaderConfigError(f"cannot resume: state was saved with {key}={resume[key]}, "
-                                            f"now {key}={now}")
-            start, skip = resume["start"], resume["skip"]
-            if world.num_workers == 1:
-                self._resume = None
+        epoch, in_worker = self.epoch, get_worker_info() is not None
+        if in_worker:
+            self._shared.workers_read = True
+        else:
+            self.settle_resume()
+            self._shared.workers_read = False
         order = epoch_order(self.plan.unit_rows, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
                             buffer_rows=self.shuffle_buffer)
         ranges = rank_batches(order.num_rows, batch_size=self.batch_size, rank=world.rank,
                               world_size=world.world_size, drop_last=self.drop_last)
+        pending = self._resume  # taken by this pass: applied if it is for this epoch, else dropped
+        resume = pending if pending is not None and applies(pending, world=world, epoch=epoch, batches=len(ranges),
+                                                            where=self.plan.describe()) else None
+        self._resume = None
+        start, skip = (resume.start, resume.skip) if resume is not None else (0, 0)
         if not len(ranges):
             logger.warning("%s: %d rows are fewer than one batch of %d per rank (world size %d) with "
                            "drop_last=True: nothing to yield", self.plan.describe(), order.num_rows,
                            self.batch_size, world.world_size)
         mine = worker_batches(len(ranges), worker=world.worker, num_workers=world.num_workers, start=start)
         progress = self._progress = Progress(epoch, start, min(skip, len(mine)))
-        if self.cache_bytes and self._cache is None:
-            self._cache = DecodeCache(self.plan, self.cache_bytes)
-        pending, self._ahead = self._ahead, None
-        first = None
-        buffers = self._buffers
-        if buffers.busy:  # another live iterator of this object in this process
-            buffers = WindowBuffers()
-        elif pending is not None:
-            if pending[0] == (epoch, world, start, skip):
-                first = pending[1]
-            else:
-                wait([pending[1][1]])  # it writes into our buffers: let it finish, then drop it
-        buffers.busy = True
         logger.debug("%s: epoch %d, %s, %d of %d batches (pad %d)", self.plan.describe(), epoch, world,
                      len(mine) - progress.yielded, len(ranges),
                      padding(order.num_rows, batch_size=self.batch_size, world_size=world.world_size,
                              drop_last=self.drop_last))
+        return self._stream(order, ranges[mine[progress.yielded:]], progress,
+                            mark_used=in_worker and pending is not None and pending.inherited)
+
+    def _stream(self, order: EpochOrder, batches: np.ndarray, progress: Progress, *,
+                mark_used: bool) -> Iterator[Batch]:
+        if mark_used:  # runs at the first batch asked: every worker of this pass has been started
+            self._shared.resume_used = True
+        if self.cache_bytes and self._cache is None:
+            self._cache = DecodeCache(self.plan, self.cache_bytes)
+        buffers, self._buffers = self._buffers or WindowBuffers(), None  # fresh ones for a concurrent pass
         try:
             builder, readers = self._thread_pools()
-            ahead = None
-            if builder is not None and buffers is self._buffers:
-                def ahead(slot: int) -> None:
-                    self._start_next_epoch(epoch + 1, world, builder, readers, slot)
-            yield from consume(order, ranges[mine[progress.yielded:]], self.plan, self._reader, cache=self._cache,
-                               buffers=buffers, progress=progress, builder=builder, readers=readers,
-                               finish=self._finish if self._normalize or self.transform else None, first=first,
-                               ahead=ahead)
+            yield from consume(order, batches, self.plan, self._reader, cache=self._cache, buffers=buffers,
+                               progress=progress, builder=builder, readers=readers,
+                               finish=self._finish if self._normalize or self.transform else None)
         finally:
-            buffers.busy = False
-
-    def _start_next_epoch(self, epoch: int, world: World, builder: ThreadPoolExecutor,
-                          readers: ThreadPoolExecutor | None, slot: int) -> None:
-        """Start decoding the first window of ``epoch`` (its order is known from the seed) into
-        buffer ``slot``, while the current epoch's last window is consumed and the builder is
-        idle. The next pass uses it if it is that epoch on the same topology; else it is dropped."""
-        order = epoch_order(self.plan.unit_rows, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-                            buffer_rows=self.shuffle_buffer)
-        ranges = rank_batches(order.num_rows, batch_size=self.batch_size, rank=world.rank,
-                              world_size=world.world_size, drop_last=self.drop_last)
-        mine = worker_batches(len(ranges), worker=world.worker, num_workers=world.num_workers)
-        started = build_ahead(order, ranges[mine], self.plan, self._reader, cache=self._cache,
-                              buffers=self._buffers, builder=builder, readers=readers, slot=slot)
-        self._ahead = None if started is None else ((epoch, world, 0, 0), started)
+            self._buffers = buffers

@@ -74,7 +74,6 @@ class WindowBuffers:
     """Two reusable window buffers (the one being consumed and the one being filled)."""
 
     slots: list[Batch] = field(default_factory=lambda: [{}, {}])
-    busy: bool = False
 
     def take(self, slot: int, like: list[Batch], rows: int) -> Batch:
         """Views of ``rows`` rows of buffer ``slot``, grown if needed, shaped like ``like``."""
@@ -186,31 +185,10 @@ def unit_reader(plan: Plan, reader: UnitReader, readers: ThreadPoolExecutor | No
     return read
 
 
-def first_window(order: EpochOrder, batches: np.ndarray) -> int | None:
-    """The first window a pass over ``batches`` builds (``None`` when there is nothing to read)."""
-    pieces = _plan_pieces(batches, order)
-    return min((k for ps in pieces for k, _ in ps), default=None)
-
-
-def build_ahead(order: EpochOrder, batches: np.ndarray, plan: Plan, reader: UnitReader, *,
-                cache: DecodeCache | None, buffers: WindowBuffers, builder: ThreadPoolExecutor,
-                readers: ThreadPoolExecutor | None, slot: int) -> tuple[int, Future, int] | None:
-    """Start building the first window of a future pass (e.g. the next epoch) into buffer ``slot``.
-
-    ``slot`` must not be in use until the pass starts; pass the result as ``first`` to :func:`consume`.
-    """
-    k = first_window(order, batches)
-    if k is None:
-        return None
-    read = unit_reader(plan, reader, readers)
-    return k, builder.submit(build_window, order, k, plan, read, cache, buffers, slot), slot
-
-
 def consume(order: EpochOrder, batches: np.ndarray, plan: Plan, reader: UnitReader, *,
             cache: DecodeCache | None, buffers: WindowBuffers, progress: Progress,
             finish: Callable[[Batch], Batch] | None, builder: ThreadPoolExecutor | None = None,
-            readers: ThreadPoolExecutor | None = None, first: tuple[int, Future, int] | None = None,
-            ahead: Callable[[int], None] | None = None) -> Iterator[Batch]:
+            readers: ThreadPoolExecutor | None = None) -> Iterator[Batch]:
     """Yield this consumer's batches of an epoch.
 
     Args:
@@ -225,10 +203,6 @@ def consume(order: EpochOrder, batches: np.ndarray, plan: Plan, reader: UnitRead
         builder: One-thread pool building the next window ahead (prefetch), or ``None``.
         readers: Pool decoding the units of a window in parallel, or ``None``. Pools are owned
             by the caller and kept across epochs (new threads every epoch fragment the heaps).
-        first: ``(window, future, slot)`` of a window built ahead (see :func:`build_ahead`);
-            used when it is this pass's first window, else discarded.
-        ahead: Called with the free buffer slot once the last window is being consumed (the
-            builder is idle then): the place to start building the next pass's first window.
     """
     pieces = _plan_pieces(batches, order)
     tasks: dict[int, list[tuple[int, int, object, bool]]] = {}
@@ -242,26 +216,15 @@ def consume(order: EpochOrder, batches: np.ndarray, plan: Plan, reader: UnitRead
         builder = None
     read = unit_reader(plan, reader, readers)
 
-    base = 0  # window i goes to buffer slot (base + i) % 2
+    def build(i: int) -> Window:  # window i goes to buffer slot i % 2
+        return build_window(order, windows[i], plan, read, cache, buffers, i % 2)
 
-    def build(i: int) -> Window:
-        return build_window(order, windows[i], plan, read, cache, buffers, (base + i) % 2)
-
-    future: Future | None = None
-    if first is not None:  # window 0, built ahead during the previous epoch
-        if windows and first[0] == windows[0]:
-            future, base = first[1], first[2]
-        elif not first[1].cancel():
-            wait([first[1]])
-    if future is None and builder is not None:
-        future = builder.submit(build, 0)
+    future: Future | None = builder.submit(build, 0) if builder is not None else None
     emit = 0
     try:
         for i, k in enumerate(windows):
             window = future.result() if future is not None else build(i)
             future = builder.submit(build, i + 1) if builder is not None and i + 1 < len(windows) else None
-            if ahead is not None and i + 1 == len(windows):
-                ahead((base + i + 1) % 2)
             items = list(window.source.items())
             index = window.index
             for bi, pi, where, single in tasks[k]:

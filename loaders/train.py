@@ -8,6 +8,7 @@ table version (rank 0 resolves it and broadcasts it).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -153,9 +154,7 @@ def train(table: str, *, epochs: int = 2, batch_size: int = 128, workers: int = 
             model.train()
             sums = torch.zeros(2, dtype=torch.float64)  # loss * n, n
             start = time.perf_counter()
-            for step, batch in enumerate(loader):
-                if step >= max_batches:
-                    break
+            for batch in itertools.islice(loader, max_batches):  # never fetches a batch beyond the limit
                 loss = nn.functional.cross_entropy(model(batch[IMAGE]), batch[LABEL])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

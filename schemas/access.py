@@ -11,6 +11,7 @@ on deltalake 1.6, so neither is used for reading.)
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import unquote, urlparse
@@ -133,13 +134,17 @@ class TableSnapshot:
     storage_options: Mapping[str, str] | None = None
     name: str | None = None
     description: str | None = None
-    _fs: list[pafs.FileSystem] = field(default_factory=list, repr=False, compare=False)
+    _fs: dict[int, pafs.FileSystem] = field(default_factory=dict, repr=False, compare=False)
 
     def filesystem(self) -> pafs.FileSystem:
-        """The pyarrow filesystem holding the data files (created once per process)."""
-        if not self._fs:
-            self._fs.append(pyarrow_filesystem(self.uri, self.storage_options)[0])
-        return self._fs[0]
+        """The pyarrow filesystem holding the data files, created once per process (keyed by pid:
+        an S3 client inherited by a forked DataLoader worker hangs there)."""
+        pid = os.getpid()
+        fs = self._fs.get(pid)
+        if fs is None:
+            self._fs.clear()  # another process's: inherited through fork or pickled
+            fs = self._fs[pid] = pyarrow_filesystem(self.uri, self.storage_options)[0]
+        return fs
 
     def file_path(self, data_file: DataFile) -> str:
         """Path of ``data_file`` within :meth:`filesystem`."""

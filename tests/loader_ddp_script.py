@@ -1,8 +1,9 @@
 """Run under ``torchrun --nproc_per_node=2`` by tests/test_loader_ddp.py (not collected by pytest).
 
 Each rank streams one epoch with auto-detected rank/world size and one DataLoader worker,
-all-reduces after every batch (unequal batch counts would hang here), and writes the ids
-it saw to ``OUT/rank{R}.json``.
+all-reduces after every batch (unequal batch counts would hang here), then streams it again
+through a *spawned* worker from a dataset created before ``init_process_group``, and writes
+the ids it saw to ``OUT/rank{R}.json``.
 
 Usage: script.py TABLE OUT
 """
@@ -20,21 +21,30 @@ from torch.utils.data import DataLoader
 from loaders import DeltaIterableDataset
 
 
-def main(table: str, out: str) -> None:
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    ds = DeltaIterableDataset(table, split="train", batch_size=32, seed=1, shuffle_buffer=100)
-    ds.set_epoch(1)
-    ids: list[int] = []
-    batches = 0
-    for batch in DataLoader(ds, batch_size=None, num_workers=1):
+def epoch_ids(loader: DataLoader) -> list[list[int]]:
+    """The batches' ids, all-reducing a count after each batch."""
+    out = []
+    for batch in loader:
         count = torch.tensor([len(batch["id"])])
         dist.all_reduce(count)
-        ids += batch["id"].tolist()
-        batches += 1
+        out.append(batch["id"].tolist())
+    return out
+
+
+def main(table: str, out: str) -> None:
+    kw = dict(split="train", batch_size=32, seed=1, shuffle_buffer=100)
+    early = DeltaIterableDataset(table, **kw)  # before the process group: a spawned worker must still shard
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    ds = DeltaIterableDataset(table, **kw)
+    ds.set_epoch(1)
+    batches = epoch_ids(DataLoader(ds, batch_size=None, num_workers=1))
+    spawned = epoch_ids(DataLoader(early, batch_size=None, num_workers=1, multiprocessing_context="spawn"))
+    in_process = epoch_ids(DataLoader(early, batch_size=None, num_workers=0))  # no set_epoch: epoch 0
     dist.barrier()
     Path(out, f"rank{rank}.json").write_text(json.dumps(
-        {"rank": rank, "world_size": dist.get_world_size(), "batches": batches, "len": len(ds), "ids": ids}))
+        {"rank": rank, "world_size": dist.get_world_size(), "batches": len(batches), "len": len(ds),
+         "ids": [i for b in batches for i in b], "same_when_spawned": spawned == in_process}))
     dist.destroy_process_group()
 
 

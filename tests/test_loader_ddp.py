@@ -31,6 +31,7 @@ def test_torchrun_two_ranks_cover_the_split_once(synthetic_table, tmp_path) -> N
     assert ranks[0]["batches"] == ranks[1]["batches"] == ranks[0]["len"] == 5  # ceil(300 / (32 * 2))
     assert not set(ranks[0]["ids"]) & set(ranks[1]["ids"])
     assert sorted(ranks[0]["ids"] + ranks[1]["ids"]) == list(range(300))
+    assert ranks[0]["same_when_spawned"] and ranks[1]["same_when_spawned"]  # dataset made before init
 
 
 @pytest.mark.slow

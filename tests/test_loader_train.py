@@ -54,3 +54,19 @@ def test_small_cnn_shapes() -> None:
 def test_two_epochs_on_mnist_reach_the_target_accuracy(mnist_table) -> None:
     result = train(mnist_table, epochs=2, log=lambda _line: None)
     assert result.accuracy >= 0.985, result
+
+
+def test_limit_fetches_no_batch_beyond_it(mnist_table, monkeypatch) -> None:
+    import loaders.train as train_module
+
+    fetched: list[int] = []
+
+    class CountingLoader(train_module.DataLoader):
+        def __iter__(self):
+            for batch in super().__iter__():
+                fetched.append(len(batch["label"]))
+                yield batch
+
+    monkeypatch.setattr(train_module, "DataLoader", CountingLoader)
+    train(mnist_table, epochs=2, batch_size=64, limit=128, log=lambda _line: None)
+    assert fetched == [64, 64, 64, 64]  # 2 batches per epoch, none decoded and dropped

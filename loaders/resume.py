@@ -1,0 +1,160 @@
+"""Mid-epoch resume: the pending resume of a dataset and the state shared with its workers.
+
+A resume applies to exactly one pass: the next one over its epoch in the process that
+loaded it. Two ways in:
+
+* torchdata's ``StatefulDataLoader`` loads each worker's own state *in that worker*
+  (and, with ``num_workers=0``, the dataset's state in the main process) just before the
+  pass starts: the pass consumes it.
+* ``load_state_dict`` called in the main process before a pass with DataLoader workers:
+  the workers of the next pass inherit it (fork or pickle). The first of them to yield
+  marks it used in :class:`SharedState`, and the main process drops its copy before it
+  forks or pickles the workers of a later pass (:func:`settle_before_fork`). All workers
+  of a pass are started before any of them is asked for a batch, so they all see it.
+
+Nothing here writes the epoch: a resume never changes what ``set_epoch`` chose; it only
+applies when its epoch is the one being iterated.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from loaders.order import worker_batches
+from loaders.world import World
+from schemas import LoaderConfigError
+
+logger = logging.getLogger(__name__)
+
+UNKNOWN_PROGRESS = ("state_dict() in the main process cannot know how many batches DataLoader workers delivered: "
+                    "use torchdata's StatefulDataLoader(...).state_dict(), or count this epoch's batches yourself "
+                    "and resume with load_state_dict({'epoch': e, 'batches_consumed': k})")
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A pending resume.
+
+    Attributes:
+        epoch: The epoch it belongs to.
+        start: The rank's batches consumed before the saved pass started.
+        skip: Batches this consumer (worker) yielded in the saved pass.
+        num_workers: Workers of the saved pass (``None``: any, for ``batches_consumed``).
+        world_size: World size of the saved pass, if recorded.
+        inherited: Loaded in the main process, to be inherited by the next pass's workers.
+    """
+
+    epoch: int
+    start: int
+    skip: int
+    num_workers: int | None
+    world_size: int | None
+    inherited: bool
+
+
+def parse_state(state: Mapping[str, Any], *, seed: int, version: int, uri: str, inherited: bool) -> Resume:
+    """A :class:`Resume` from a ``state_dict`` (a dataset's or a worker's) or ``{"epoch", "batches_consumed"}``.
+
+    Raises:
+        LoaderConfigError: the state is for another seed or table version, or has no epoch.
+    """
+    for key, mine in (("seed", seed), ("version", version)):
+        if key in state and state[key] != mine:
+            raise LoaderConfigError(f"{uri}: cannot resume: state has {key} {state[key]}, this dataset {mine}")
+    if "epoch" not in state:
+        raise LoaderConfigError("cannot resume: state has no 'epoch'")
+    if state.get("batches_consumed") is not None:
+        start, skip, workers = int(state["batches_consumed"]), 0, None
+    else:
+        start, skip, workers = int(state.get("start", 0)), int(state.get("yielded", 0)), state.get("num_workers")
+    world_size = state.get("world_size")
+    return Resume(int(state["epoch"]), start, skip, None if workers is None else int(workers),
+                  None if world_size is None else int(world_size), inherited)
+
+
+def applies(resume: Resume, *, world: World, epoch: int, batches: int, where: str) -> bool:
+    """Whether ``resume`` applies to a pass over ``epoch`` (of ``batches`` rank batches) by ``world``.
+
+    A resume for another epoch does not (a warning says so unless that epoch was finished).
+
+    Raises:
+        LoaderConfigError: it is for this epoch but was saved with another number of workers or ranks.
+    """
+    if resume.epoch != epoch:
+        left = len(worker_batches(batches, worker=world.worker, num_workers=world.num_workers,
+                                  start=resume.start)) - resume.skip
+        if left > 0:
+            logger.warning("%s: resume state for epoch %d ignored: iterating epoch %d (call set_epoch(%d) "
+                           "to resume it)", where, resume.epoch, epoch, resume.epoch)
+        return False
+    for key, saved, now in (("num_workers", resume.num_workers, world.num_workers),
+                            ("world_size", resume.world_size, world.world_size)):
+        if saved is not None and saved != now:
+            raise LoaderConfigError(f"cannot resume: state was saved with {key}={saved}, now {key}={now}")
+    return True
+
+
+class SharedState:
+    """Three numbers in shared memory, seen by the main process and all its DataLoader workers
+    (persistent ones included): the epoch, whether the main process's resume was used by a
+    worker, and whether workers started a pass since the main process last set the epoch,
+    loaded a state or iterated."""
+
+    def __init__(self) -> None:
+        self._t = torch.zeros(3, dtype=torch.int64).share_memory_()
+
+    @property
+    def epoch(self) -> int:
+        """The epoch set in the main process."""
+        return int(self._t[0])
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._t[0] = int(value)
+
+    @property
+    def resume_used(self) -> bool:
+        """A worker used the resume loaded in the main process."""
+        return bool(self._t[1])
+
+    @resume_used.setter
+    def resume_used(self, value: bool) -> None:
+        self._t[1] = int(value)
+
+    @property
+    def workers_read(self) -> bool:
+        """Workers started a pass since the main process last set the epoch, loaded a state or iterated."""
+        return bool(self._t[2])
+
+    @workers_read.setter
+    def workers_read(self, value: bool) -> None:
+        self._t[2] = int(value)
+
+
+class _Settles(Protocol):
+    def settle_resume(self) -> None: ...
+
+
+_PENDING: weakref.WeakSet[_Settles] = weakref.WeakSet()
+
+
+def watch(dataset: _Settles) -> None:
+    """Have ``dataset.settle_resume()`` run in this process before every fork."""
+    _PENDING.add(dataset)
+
+
+def settle_before_fork() -> None:
+    """Let every watched dataset drop a resume its workers used, before a fork copies it."""
+    for dataset in list(_PENDING):
+        dataset.settle_resume()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(before=settle_before_fork)
