@@ -8,7 +8,7 @@ Prints medians and ratios measured in the same run:
 
 * floor: stdlib-gzip decompress of the same four files + ``np.frombuffer`` + ``pyarrow.parquet.write_table``
   of the same arrays (same codec and row groups), no validation, no hashes, no Delta log.
-* idxlake: ``pipeline.ingest`` of the bundled MNIST into a fresh table (two validated passes, hashes,
+* idxlake: ``idxlake.pipeline.ingest.job`` of the bundled MNIST into a fresh table (two validated passes, hashes,
   statistics, one Delta commit).
 * memory: peak RSS of a subprocess ingesting a generated IDX file (MNIST images tiled to >= 2 GB).
 """
@@ -31,10 +31,10 @@ import pyarrow.parquet as pq
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline import ingest  # noqa: E402
-from pipeline.delta_out import image_array  # noqa: E402
-from pipeline.idx_write import idx_header  # noqa: E402
-from pipeline.sources import bundled_mnist  # noqa: E402
+from idxlake import ingest  # noqa: E402
+from idxlake.pipeline.idx.write import idx_header  # noqa: E402
+from idxlake.pipeline.ingest.delta_commit import image_array  # noqa: E402
+from idxlake.pipeline.ingest.sources import bundled_mnist  # noqa: E402
 
 PAIRS = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}

@@ -79,7 +79,7 @@ def make_runner(config: dict, tables: dict[str, str], bs: int):
     import torch
     from torch.utils.data import DataLoader, Dataset
 
-    from pipeline.sources import bundled_mnist
+    from idxlake.pipeline.ingest.sources import bundled_mnist
 
     kind = config["kind"]
     if kind == "memory":
@@ -112,7 +112,7 @@ def make_runner(config: dict, tables: dict[str, str], bs: int):
 
         hand = DataLoader(MNIST(images, labels), batch_size=bs, shuffle=True)
         return lambda epoch: sum(len(y) for _, y in hand)
-    from loaders import DeltaIterableDataset
+    from idxlake.loaders import DeltaIterableDataset
 
     ds = DeltaIterableDataset(tables[config.get("table", "lz4")], split="train", batch_size=bs,
                               columns=("image", "label"), image_dtype=config.get("dtype", "uint8"),
@@ -164,7 +164,7 @@ def peak_rss(config: dict, tables: dict[str, str], epochs: int = 3) -> dict:
 
 def build_tables(root: Path) -> dict[str, str]:
     """Ingest MNIST as LZ4_RAW (default), ZSTD, and 4x and 8x MNIST by appends."""
-    from pipeline import ingest
+    from idxlake import ingest
 
     tables = {"lz4": str(root / "mnist_lz4"), "zstd": str(root / "mnist_zstd"),
               "x4": str(root / "mnist_x4"), "x8": str(root / "mnist_x8")}

@@ -9,7 +9,7 @@ Each measurement is a fresh process (what a user at a shell waits for), median o
 * baseline: ``python -c "import pyarrow"`` (interpreter start plus the one library every command needs).
 * ``idxlake sql TABLE "SELECT split, label, count(*) ... GROUP BY ..."`` through ``python -m pipeline``,
   with ``--engine datafusion`` (default) and ``--engine duckdb``; the 20 result rows go to a pipe.
-* the same query in-process (``pipeline.sql.query``, after a warm-up), to split startup from query time.
+* the same query in-process (``idxlake.pipeline.inspect.sql.query``, after a warm-up), to split startup from query time.
 
 The script also checks that the CLI run never imports torch.
 """
@@ -47,21 +47,21 @@ def main() -> None:
     parser.add_argument("--table", default=None, help="existing MNIST table (default: ingest into a temp dir)")
     args = parser.parse_args()
 
-    from pipeline import ingest
-    from pipeline.sql import query
+    from idxlake import ingest
+    from idxlake.pipeline.inspect.sql import query
 
     with tempfile.TemporaryDirectory() as tmp:
         table = args.table or str(Path(tmp) / "mnist")
         if args.table is None:
             ingest(None, table)
         check = subprocess.run(
-            [sys.executable, "-c", "import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
+            [sys.executable, "-c", "import sys; from idxlake.cli import main; rc = main(sys.argv[1:]); "
              "print('torch' in sys.modules)", "sql", table, QUERY], capture_output=True, text=True, cwd=ROOT)
         assert check.returncode == 0 and check.stdout.splitlines()[-1] == "False", check.stdout + check.stderr
         base = wall([sys.executable, "-c", "import pyarrow"], args.reps)
         print(f"python -c 'import pyarrow'          {base * 1000:7.1f} ms  (baseline)")
         for engine in ("datafusion", "duckdb"):
-            t = wall([sys.executable, "-m", "pipeline", "sql", table, QUERY, "--engine", engine], args.reps)
+            t = wall([sys.executable, "-m", "idxlake", "sql", table, QUERY, "--engine", engine], args.reps)
             query(table, QUERY, engine=engine)  # warm-up
             inner = []
             for _ in range(args.reps):

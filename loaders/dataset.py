@@ -18,13 +18,13 @@ import numpy as np
 import pyarrow.dataset as pads
 from torch.utils.data import IterableDataset, get_worker_info
 
-from loaders.decode import Batch, Normalizer, UnitReader
-from loaders.order import EpochOrder, epoch_order, padding, rank_batches, worker_batches
-from loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
-from loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
-from loaders.stream import READ_THREADS, DecodeCache, Progress, WindowBuffers, consume
-from loaders.world import World
-from schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot, snapshot
+from idxlake.loaders.decode import Batch, Normalizer, UnitReader
+from idxlake.loaders.order import EpochOrder, epoch_order, padding, rank_batches, worker_batches
+from idxlake.loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
+from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
+from idxlake.loaders.stream import READ_THREADS, DecodeCache, Progress, WindowBuffers, consume
+from idxlake.loaders.world import World
+from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot, snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -12,14 +12,15 @@ import os
 import threading
 import warnings
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from loaders.plan import Plan, Unit, missing_file_error, open_parquet
-from schemas import ID, IMAGE, LABEL, SchemaMismatchError, TableMeta
+from idxlake.loaders.plan import Plan, Unit, missing_file_error, open_parquet
+from idxlake.schemas import ID, IMAGE, LABEL, SchemaMismatchError, TableMeta
 
 Batch = dict[str, torch.Tensor]
 """A batch (or a decoded unit): column name -> tensor with the rows first."""
@@ -117,11 +118,11 @@ class UnitReader:
         self._local = threading.local()
         self._pid = os.getpid()
 
-    def __getstate__(self) -> dict:
+    def __getstate__(self) -> dict[str, Any]:
         return {"plan": self.plan}
 
     def __setstate__(self, state: Mapping) -> None:
-        self.__init__(state["plan"])
+        UnitReader.__init__(self, state["plan"])
 
     def _file(self, index: int) -> pq.ParquetFile:
         if self._pid != os.getpid():  # forked: do not share file handles with the parent

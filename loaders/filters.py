@@ -23,7 +23,7 @@ from collections.abc import Callable
 import pyarrow as pa
 import pyarrow.dataset as pads
 
-from schemas import ID, LABEL, SPLIT, LoaderConfigError
+from idxlake.schemas import ID, LABEL, SPLIT, LoaderConfigError
 
 FILTER_COLUMNS: tuple[str, ...] = (ID, LABEL, SPLIT)
 """Columns a filter may use (``image`` is never read to plan)."""

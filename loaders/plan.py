@@ -2,7 +2,7 @@
 
 A :class:`Unit` is one Parquet row group (optionally a row selection within it).
 Without a filter the plan needs no data scan: the live files come from the Delta log
-(:func:`schemas.snapshot`), their row groups and row counts from the footers. With a
+(:func:`idxlake.schemas.snapshot`), their row groups and row counts from the footers. With a
 filter, row groups are first pruned by their ``id``/``label`` statistics and the
 ``split`` partition, then the small filter columns of the remaining groups are read
 to know the exact selection (needed to give every rank the same number of batches).
@@ -20,8 +20,8 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from loaders.filters import FILTER_COLUMNS, as_expression
-from schemas import (
+from idxlake.loaders.filters import FILTER_COLUMNS, as_expression
+from idxlake.schemas import (
     ID,
     IMAGE,
     LABEL,
@@ -170,7 +170,7 @@ def build_plan(snapshot: TableSnapshot, *, split: str | Sequence[str] | None = N
     Args:
         snapshot: Pinned table version.
         split: Split name(s) to read; ``None`` for all.
-        filter: Row filter (see :mod:`loaders.filters`); ``None`` for none.
+        filter: Row filter (see :mod:`idxlake.loaders.filters`); ``None`` for none.
         columns: Columns to yield, a subset of :data:`OUTPUT_COLUMNS`.
 
     Raises:
@@ -196,7 +196,7 @@ def build_plan(snapshot: TableSnapshot, *, split: str | Sequence[str] | None = N
         pf = open_parquet(snapshot, data_file)
         check_file_schema(pf.schema_arrow, snapshot, data_file)
         md = pf.metadata
-        groups = range(md.num_row_groups)
+        groups: Sequence[int] = range(md.num_row_groups)
         if expr is not None:
             fragment = pads.ParquetFileFormat().make_fragment(
                 snapshot.file_path(data_file), filesystem=snapshot.filesystem(),

@@ -27,9 +27,9 @@ from typing import Any, Protocol
 
 import torch
 
-from loaders.order import worker_batches
-from loaders.world import World
-from schemas import LoaderConfigError
+from idxlake.loaders.order import worker_batches
+from idxlake.loaders.world import World
+from idxlake.schemas import LoaderConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -18,16 +18,19 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from loaders.decode import Batch, UnitReader
-from loaders.order import EpochOrder, source_positions
-from loaders.plan import Plan
-from schemas import IMAGE
+from idxlake.loaders.decode import Batch, UnitReader
+from idxlake.loaders.order import EpochOrder, source_positions
+from idxlake.loaders.plan import Plan
+from idxlake.schemas import IMAGE
 
 logger = logging.getLogger(__name__)
 
 READ_THREADS = 2
 """Threads decoding the units of the next window in parallel (pyarrow releases the GIL) when
 reading in the main process; DataLoader workers decode with one thread each."""
+
+Where = slice | torch.Tensor
+"""Rows of one window that a batch takes: a contiguous slice, or local positions (padding)."""
 
 
 class DecodeCache:
@@ -121,8 +124,9 @@ def build_window(order: EpochOrder, k: int, plan: Plan, read: Callable[[list[int
         starts = [np.arange(s, s + n, dtype=np.int64) for s, n in (cached[u] for u in units)]
         positions = np.concatenate(starts) if len(starts) > 1 else starts[0]
         return Window(cache.tensors, torch.from_numpy(positions[perm]))
-    datas = [decoded[u] if u in decoded else {c: t[cached[u][0]:cached[u][0] + cached[u][1]]  # type: ignore[union-attr]
-                                              for c, t in cache.tensors.items()} for u in units]
+    tensors = cache.tensors if cache is not None else {}
+    datas = [decoded[u] if u in decoded else {c: t[cached[u][0]:cached[u][0] + cached[u][1]]
+                                              for c, t in tensors.items()} for u in units]
     if len(datas) == 1:
         return Window(datas[0], torch.from_numpy(perm))
     rows = int(order.offsets[k + 1] - order.offsets[k])
@@ -141,10 +145,10 @@ class Progress:
     yielded: int = 0
 
 
-def _pieces(a: int, b: int, order: EpochOrder) -> list[tuple[int, object]]:
+def _pieces(a: int, b: int, order: EpochOrder) -> list[tuple[int, Where]]:
     """The pieces of batch ``[a, b)``: ``(window, slice or local positions)`` in output order."""
     n, offsets = order.num_rows, order.offsets
-    out: list[tuple[int, object]] = []
+    out: list[tuple[int, Where]] = []
     lo, hi = a, min(b, n)
     while lo < hi:
         k = order.window_of(lo)
@@ -159,7 +163,7 @@ def _pieces(a: int, b: int, order: EpochOrder) -> list[tuple[int, object]]:
     return out
 
 
-def _plan_pieces(batches: np.ndarray, order: EpochOrder) -> list[list[tuple[int, object]]]:
+def _plan_pieces(batches: np.ndarray, order: EpochOrder) -> list[list[tuple[int, Where]]]:
     """:func:`_pieces` of every batch, vectorised for the common case (inside one window, no padding)."""
     if not len(batches):
         return []
@@ -205,7 +209,7 @@ def consume(order: EpochOrder, batches: np.ndarray, plan: Plan, reader: UnitRead
             by the caller and kept across epochs (new threads every epoch fragment the heaps).
     """
     pieces = _plan_pieces(batches, order)
-    tasks: dict[int, list[tuple[int, int, object, bool]]] = {}
+    tasks: dict[int, list[tuple[int, int, Where, bool]]] = {}
     for bi, ps in enumerate(pieces):
         for pi, (k, where) in enumerate(ps):
             tasks.setdefault(k, []).append((bi, pi, where, len(ps) == 1))

@@ -21,8 +21,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from loaders.dataset import DeltaIterableDataset
-from schemas import IMAGE, LABEL, LoaderConfigError, snapshot
+from idxlake.loaders.dataset import DeltaIterableDataset
+from idxlake.schemas import IMAGE, LABEL, LoaderConfigError, snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def train(table: str, *, epochs: int = 2, batch_size: int = 128, workers: int = 
             if world_size > 1:
                 dist.all_reduce(sums)
             seconds = time.perf_counter() - start
-            result.losses.append(float(sums[0] / max(sums[1], 1)))
+            result.losses.append(float(sums[0] / sums[1].clamp(min=1)))
             result.samples_per_s.append(float(sums[1]) / seconds)
             say(f"epoch {epoch + 1}: loss {result.losses[-1]:.4f}, {result.samples_per_s[-1]:.0f} samples/s")
         accuracy = [evaluate(net, table, version=pinned, limit=limit, storage_options=storage_options)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schemas import LoaderConfigError
+from idxlake.schemas import LoaderConfigError
 
 
 @dataclass(frozen=True)

@@ -1,22 +1,22 @@
-"""idxlake pipeline: decode IDX files, ingest them into Delta tables, inspect and export them.
+"""idxlake pipeline, by stage: ``idx`` (the codec), ``ingest`` (the batch job), ``inspect`` (SQL, info,
+pictures, maintenance) and ``export``.
 
-Never imports torch (the loaders package does).
+Builds on :mod:`idxlake.schemas` only; never imports :mod:`idxlake.loaders` or torch. The job functions
+``ingest`` and ``export`` are not re-exported here, where they would shadow their subpackage and module:
+call them as ``idxlake.ingest`` / ``idxlake.export`` (the facade).
 """
 
-__version__ = "0.1.0"
-
-from pipeline.ddl import spark_ddl
-from pipeline.export import export
-from pipeline.idx import IdxDigest, IdxFile, read_idx, scan_idx
-from pipeline.idx_header import IdxHeader, parse_header
-from pipeline.idx_write import write_idx, write_idx_chunks
-from pipeline.info import table_history, table_info
-from pipeline.ingest import IngestResult, ingest
-from pipeline.maintenance import OptimizeResult, VacuumResult, optimize, vacuum
-from pipeline.render import decode_images, png_grid, select_images, text_grid
-from pipeline.sources import SplitSource, bundled_mnist, discover
-from pipeline.sql import ENGINES, QueryResult, display_table, query
-from pipeline.sqltext import check_read_only
+from idxlake.pipeline.idx.header import IdxHeader, parse_header
+from idxlake.pipeline.idx.read import IdxDigest, IdxFile, read_idx, scan_idx
+from idxlake.pipeline.idx.write import write_idx, write_idx_chunks
+from idxlake.pipeline.ingest.job import IngestResult
+from idxlake.pipeline.ingest.sources import SplitSource, bundled_mnist, discover
+from idxlake.pipeline.inspect.ddl import spark_ddl
+from idxlake.pipeline.inspect.info import table_history, table_info
+from idxlake.pipeline.inspect.maintenance import OptimizeResult, VacuumResult, optimize, vacuum
+from idxlake.pipeline.inspect.render import decode_images, png_grid, select_images, text_grid
+from idxlake.pipeline.inspect.sql import ENGINES, QueryResult, display_table, query
+from idxlake.pipeline.inspect.sqltext import check_read_only
 
 __all__ = [
     "ENGINES",
@@ -28,14 +28,11 @@ __all__ = [
     "QueryResult",
     "SplitSource",
     "VacuumResult",
-    "__version__",
     "bundled_mnist",
     "check_read_only",
     "decode_images",
     "discover",
     "display_table",
-    "export",
-    "ingest",
     "optimize",
     "parse_header",
     "png_grid",

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.idx_write import write_idx_chunks
-from schemas import DATASETS, ID, IMAGE, LABEL, SchemaMismatchError, TableSnapshot, snapshot
+from idxlake.pipeline.idx.write import write_idx_chunks
+from idxlake.schemas import DATASETS, ID, IMAGE, LABEL, SchemaMismatchError, TableSnapshot, snapshot
 
 logger = logging.getLogger(__name__)
 

@@ -3,23 +3,32 @@
 Imports nothing else of idxlake (pipeline and loaders build on it) and never torch.
 """
 
-from schemas.access import DataFile, TableSnapshot, fs_path, open_table, pyarrow_filesystem, snapshot, snapshot_of
-from schemas.datasets import DATASETS, GENERIC, DatasetSpec, SplitFiles, get_dataset
-from schemas.dtypes import DTYPES_BY_NAME, IDX_DTYPES, IdxDtype, dtype_by_name
-from schemas.errors import (
+from idxlake.schemas.access import (
+    DataFile,
+    TableSnapshot,
+    fs_path,
+    open_table,
+    pyarrow_filesystem,
+    snapshot,
+    snapshot_of,
+)
+from idxlake.schemas.datasets import DATASETS, GENERIC, DatasetSpec, SplitFiles, get_dataset
+from idxlake.schemas.dtypes import DTYPES_BY_NAME, IDX_DTYPES, IdxDtype, dtype_by_name
+from idxlake.schemas.errors import (
     CommitConflictError,
     IdxFormatError,
     IdxlakeError,
     LoaderConfigError,
     MaintenanceError,
     MissingDataFileError,
+    MissingExtraError,
     QueryError,
     SchemaMismatchError,
     SourceError,
     TableExistsError,
     TableNotFoundError,
 )
-from schemas.table import (
+from idxlake.schemas.table import (
     COLUMNS,
     FORMAT_VERSION,
     ID,
@@ -57,6 +66,7 @@ __all__ = [
     "META_KEY",
     "MaintenanceError",
     "MissingDataFileError",
+    "MissingExtraError",
     "PARTITION_BY",
     "PixelStats",
     "QueryError",

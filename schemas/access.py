@@ -14,14 +14,18 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from schemas.errors import MissingDataFileError, SchemaMismatchError, TableNotFoundError
-from schemas.table import SPLIT, TableMeta, meta_from_schema
+from idxlake.schemas.errors import MissingDataFileError, SchemaMismatchError, TableNotFoundError
+from idxlake.schemas.table import SPLIT, TableMeta, meta_from_schema
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
 
 logger = logging.getLogger(__name__)
 
@@ -184,7 +188,8 @@ class TableSnapshot:
             partitions=[pads.field(SPLIT) == f.split for f in files])
 
 
-def open_table(uri: str, *, version: int | None = None, storage_options: Mapping[str, str] | None = None):
+def open_table(uri: str, *, version: int | None = None,
+               storage_options: Mapping[str, str] | None = None) -> DeltaTable:
     """Open a Delta table, turning delta-rs errors into idxlake ones.
 
     Args:
@@ -230,7 +235,7 @@ def snapshot(uri: str, *, version: int | None = None,
     return snapshot_of(dt, uri=uri, storage_options=storage_options)
 
 
-def snapshot_of(dt, *, uri: str, storage_options: Mapping[str, str] | None = None) -> TableSnapshot:
+def snapshot_of(dt: DeltaTable, *, uri: str, storage_options: Mapping[str, str] | None = None) -> TableSnapshot:
     """Like :func:`snapshot`, from an already opened ``DeltaTable``."""
     protocol = dt.protocol()
     features = set(protocol.reader_features or ())

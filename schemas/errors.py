@@ -49,5 +49,9 @@ class MissingDataFileError(IdxlakeError, FileNotFoundError):
     """A data file referenced by a pinned table version is gone (e.g. vacuumed)."""
 
 
+class MissingExtraError(IdxlakeError, ImportError):
+    """An optional dependency is not installed; the message names the idxlake extra that brings it."""
+
+
 class CommitConflictError(IdxlakeError, RuntimeError):
     """Another writer committed to the table while this write was running; nothing was written."""

@@ -23,8 +23,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from schemas.dtypes import DTYPES_BY_NAME, IdxDtype
-from schemas.errors import SchemaMismatchError
+from idxlake.schemas.dtypes import DTYPES_BY_NAME, IdxDtype
+from idxlake.schemas.errors import SchemaMismatchError
 
 FORMAT_VERSION = 1
 """Version of this contract, stored in every table."""

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from loaders import DeltaIterableDataset
+from idxlake.loaders import DeltaIterableDataset
 
 
 def epoch_ids(loader: DataLoader) -> list[list[int]]:

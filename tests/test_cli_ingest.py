@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main
+from idxlake.cli import main
 
 
 def test_ingest_bundled_mnist_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -58,7 +58,7 @@ def test_usage_error_exits_2(capsys: pytest.CaptureFixture) -> None:
 
 def test_python_m_pipeline_end_to_end(tmp_path: Path, synthetic_source) -> None:
     (synthetic_source.root / "t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "ingest", str(synthetic_source.root),
+    proc = subprocess.run([sys.executable, "-m", "idxlake", "ingest", str(synthetic_source.root),
                            str(tmp_path / "t")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(
@@ -70,12 +70,12 @@ def test_environment_failures_exit_1(tmp_path: Path, monkeypatch: pytest.MonkeyP
                                      capsys: pytest.CaptureFixture) -> None:
     from importlib import import_module
 
-    from schemas import CommitConflictError
+    from idxlake.schemas import CommitConflictError
 
     def conflict(*args: object, **kwargs: object) -> None:
         raise CommitConflictError("t: another writer committed after version 3 while this one was running")
 
-    monkeypatch.setattr(import_module("pipeline.ingest"), "ingest", conflict)
+    monkeypatch.setattr(import_module("idxlake.pipeline.ingest.job"), "ingest", conflict)
     assert main(["ingest", str(tmp_path / "t")]) == 1
     err = capsys.readouterr().err
     assert err == "idxlake ingest: error: t: another writer committed after version 3 while this one was running\n"

@@ -12,10 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from pipeline.idx import IdxFile, read_idx, scan_idx
-from pipeline.idx_header import MAX_PAYLOAD_BYTES, parse_header
-from pipeline.idx_write import idx_header, write_idx
-from schemas import IDX_DTYPES, IdxFormatError, IdxlakeError
+from idxlake.pipeline.idx.header import MAX_PAYLOAD_BYTES, parse_header
+from idxlake.pipeline.idx.read import IdxFile, read_idx, scan_idx
+from idxlake.pipeline.idx.write import idx_header, write_idx
+from idxlake.schemas import IDX_DTYPES, IdxFormatError, IdxlakeError
 
 DTYPES = [d.name for d in IDX_DTYPES.values()]
 
@@ -147,7 +147,7 @@ def test_writer_rejects_unsupported_dtype(tmp_path: Path) -> None:
 
 
 def test_stdlib_gzip_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.idx as idx
+    import idxlake.pipeline.idx.read as idx
 
     monkeypatch.setattr(idx, "_gzip_impl", gzip)
     a = np.arange(60, dtype=np.int32).reshape(5, 3, 4)

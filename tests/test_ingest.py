@@ -14,11 +14,11 @@ import pytest
 from conftest import MNIST_TEST_COUNTS, MNIST_TRAIN_COUNTS, make_source
 from deltalake import DeltaTable
 
-import pipeline.delta_out
-from pipeline import ingest
-from pipeline.export import export
-from pipeline.idx_write import idx_header
-from schemas import (
+import idxlake.pipeline.ingest.delta_commit
+from idxlake import ingest
+from idxlake.pipeline.export import export
+from idxlake.pipeline.idx.write import idx_header
+from idxlake.schemas import (
     IdxFormatError,
     SchemaMismatchError,
     SourceError,
@@ -161,7 +161,7 @@ def test_failure_mid_ingest_leaves_previous_version(tmp_path: Path, synthetic_ta
     before_files = _files(table)
     before = _split_table(table, "test")
     new = make_source(tmp_path / "new", rows={"train": 500, "test": 200}, seed=3)
-    real_write = pipeline.delta_out.pq.ParquetWriter.write_batch
+    real_write = idxlake.pipeline.ingest.delta_commit.pq.ParquetWriter.write_batch
     calls = {"n": 0}
 
     def flaky(self: pq.ParquetWriter, batch: pa.RecordBatch, **kw: object) -> None:
@@ -170,7 +170,7 @@ def test_failure_mid_ingest_leaves_previous_version(tmp_path: Path, synthetic_ta
             raise failure
         real_write(self, batch, **kw)
 
-    monkeypatch.setattr(pipeline.delta_out.pq.ParquetWriter, "write_batch", flaky)
+    monkeypatch.setattr(idxlake.pipeline.ingest.delta_commit.pq.ParquetWriter, "write_batch", flaky)
     with pytest.raises(type(failure)):
         ingest(new.root, table, row_group_rows=100)
     assert DeltaTable(table).version() == 0

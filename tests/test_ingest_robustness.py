@@ -17,10 +17,10 @@ import pytest
 from conftest import make_source
 from deltalake import DeltaTable
 
-from pipeline import ingest, optimize
-from pipeline.cli import main
-from pipeline.prefetch import prefetch
-from schemas import CommitConflictError, IdxFormatError, SourceError, snapshot
+from idxlake.cli import main
+from idxlake import ingest, optimize
+from idxlake.pipeline.ingest.prefetch import prefetch
+from idxlake.schemas import CommitConflictError, IdxFormatError, SourceError, snapshot
 
 
 def _parquet(table: str) -> set[str]:
@@ -52,7 +52,7 @@ def test_ingest_racing_optimize_fails_cleanly(tmp_path: Path, monkeypatch: pytes
     ingest(src.root, table, row_group_rows=32)
     ingest(src.root, table, mode="append", row_group_rows=32)  # two files per split: optimize has work
     new = make_source(tmp_path / "new", rows={"test": 60}, seed=9)
-    ingest_module = import_module("pipeline.ingest")  # the package exports a function of the same name
+    ingest_module = import_module("idxlake.pipeline.ingest.job")  # the package exports a function of the same name
     real_write = ingest_module.write_split
 
     def write_then_optimize(*args: object, **kwargs: object) -> None:
@@ -158,7 +158,7 @@ def test_export_of_a_vacuumed_file_is_a_clear_error(synthetic_table: tuple[str, 
 
 PEAK = """
 import sys
-from pipeline import ingest
+from idxlake import ingest
 ingest(sys.argv[1], sys.argv[2])
 print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])
 """

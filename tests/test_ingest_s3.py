@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import ingest
-from pipeline.cli import main
-from pipeline.export import export
-from schemas import TableNotFoundError, snapshot
+from idxlake.cli import main
+from idxlake import ingest
+from idxlake.pipeline.export import export
+from idxlake.schemas import TableNotFoundError, snapshot
 
 
 def test_ingest_and_read_back_over_s3(s3_endpoint: dict[str, str], synthetic_source, tmp_path: Path) -> None:

@@ -11,11 +11,11 @@ import pytest
 from conftest import MNIST_TEST_COUNTS, MNIST_TRAIN_COUNTS, SyntheticSource
 from deltalake import write_deltalake
 
-from pipeline import ingest
-from pipeline.cli import main
-from pipeline.ddl import check_table_name, spark_ddl, spark_string, table_location
-from pipeline.info import INFO_FORMAT, iso_time, table_history, table_info
-from schemas import QueryError, SchemaMismatchError, TableNotFoundError
+from idxlake.cli import main
+from idxlake import ingest
+from idxlake.pipeline.inspect.ddl import check_table_name, spark_ddl, spark_string, table_location
+from idxlake.pipeline.inspect.info import INFO_FORMAT, iso_time, table_history, table_info
+from idxlake.schemas import QueryError, SchemaMismatchError, TableNotFoundError
 
 MNIST_SHA256 = {
     "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",

@@ -11,12 +11,12 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SyntheticSource
 
-from pipeline import ingest
-from pipeline.cli import main
-from pipeline.info import table_history
-from pipeline.maintenance import _rebatch, optimize, vacuum
-from pipeline.sql import query
-from schemas import MaintenanceError, snapshot
+from idxlake.cli import main
+from idxlake import ingest
+from idxlake.pipeline.inspect.info import table_history
+from idxlake.pipeline.inspect.maintenance import _rebatch, optimize, vacuum
+from idxlake.pipeline.inspect.sql import query
+from idxlake.schemas import MaintenanceError, snapshot
 
 CONTENT_SQL = "SELECT split, id, label, md5(image) AS h FROM t ORDER BY split, id"
 

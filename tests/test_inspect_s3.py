@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import SyntheticSource
 
-from pipeline import ingest
-from pipeline.cli import main
+from idxlake.cli import main
+from idxlake import ingest
 
 
 def test_inspect_commands_over_s3(s3_endpoint: dict[str, str], synthetic_source: SyntheticSource, tmp_path: Path,

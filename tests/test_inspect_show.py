@@ -10,9 +10,9 @@ import pytest
 from conftest import SyntheticSource
 from PIL import Image
 
-from pipeline import ingest
-from pipeline.cli import main
-from pipeline.render import (
+from idxlake.cli import main
+from idxlake import ingest
+from idxlake.pipeline.inspect.render import (
     PAD,
     SHADES,
     caption_lines,
@@ -24,7 +24,7 @@ from pipeline.render import (
     text_grid,
     text_render,
 )
-from schemas import QueryError, SchemaMismatchError, TableMeta, snapshot
+from idxlake.schemas import QueryError, SchemaMismatchError, TableMeta, snapshot
 
 
 def _meta(shape: tuple[int, ...], dtype: str) -> TableMeta:

@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 from conftest import MNIST_TEST_COUNTS, MNIST_TRAIN_COUNTS
 
-from pipeline import ingest
-from pipeline.cli import main
-from pipeline.sql import display_table, query
-from pipeline.sqltext import check_identifier, check_read_only, rewrite_binary_lengths, table_identifier, tokenize
-from schemas import QueryError, TableNotFoundError
+from idxlake.cli import main
+from idxlake import ingest
+from idxlake.pipeline.inspect.sql import display_table, query
+from idxlake.pipeline.inspect.sqltext import (
+    check_identifier,
+    check_read_only,
+    rewrite_binary_lengths,
+    table_identifier,
+    tokenize,
+)
+from idxlake.schemas import QueryError, TableNotFoundError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = ["datafusion", "duckdb"]
@@ -220,7 +226,7 @@ def test_cli_missing_table_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
 
 @pytest.mark.slow
 def test_sql_subprocess_does_not_import_torch(mnist_table: str) -> None:
-    code = ("import sys; from pipeline.cli import main; rc = main(sys.argv[1:]); "
+    code = ("import sys; from idxlake.cli import main; rc = main(sys.argv[1:]); "
             "print('torch loaded:', 'torch' in sys.modules); sys.exit(rc)")
     out = subprocess.run([sys.executable, "-c", code, "sql", mnist_table, LABELS_SQL, "--format", "csv"],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from loaders import DeltaIterableDataset
-from pipeline import ingest
-from schemas import snapshot
+from idxlake.loaders import DeltaIterableDataset
+from idxlake import ingest
+from idxlake.schemas import snapshot
 
 
 def batches(ds: DeltaIterableDataset, num_workers: int = 0, **loader_kwargs) -> list[dict[str, torch.Tensor]]:

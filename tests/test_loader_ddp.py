@@ -36,7 +36,7 @@ def test_torchrun_two_ranks_cover_the_split_once(synthetic_table, tmp_path) -> N
 
 @pytest.mark.slow
 def test_idxlake_train_under_torchrun(mnist_table, tmp_path) -> None:
-    proc = torchrun("-m", "pipeline", "train", mnist_table, "--epochs", "1", "--limit", "2048",
+    proc = torchrun("-m", "idxlake", "train", mnist_table, "--epochs", "1", "--limit", "2048",
                     "--batch-size", "64", cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     lines = proc.stdout.splitlines()

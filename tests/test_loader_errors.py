@@ -5,8 +5,8 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from loaders import DeltaIterableDataset
-from schemas import IdxlakeError, LoaderConfigError, SchemaMismatchError, TableNotFoundError
+from idxlake.loaders import DeltaIterableDataset
+from idxlake.schemas import IdxlakeError, LoaderConfigError, SchemaMismatchError, TableNotFoundError
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
@@ -51,7 +51,7 @@ def test_table_without_the_idxlake_schema(tmp_path) -> None:
 
 
 def test_uint8_output_needs_uint8_images(tmp_path, source_factory) -> None:
-    from pipeline import ingest
+    from idxlake import ingest
 
     src = source_factory("f32", rows={"train": 20}, dtype="float32")
     table = str(tmp_path / "floats")

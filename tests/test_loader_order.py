@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pytest
 
-from loaders import World, parse_filter
-from loaders.filters import as_expression
-from loaders.order import epoch_order, padding, rank_batches, source_positions, worker_batches
-from schemas import LoaderConfigError
+from idxlake.loaders import World, parse_filter
+from idxlake.loaders.filters import as_expression
+from idxlake.loaders.order import epoch_order, padding, rank_batches, source_positions, worker_batches
+from idxlake.schemas import LoaderConfigError
 
 
 def test_world_consumer_index_is_rank_major() -> None:

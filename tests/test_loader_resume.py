@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from loaders import DeltaIterableDataset, World
-from pipeline import ingest
-from schemas import LoaderConfigError, snapshot
+from idxlake.loaders import DeltaIterableDataset, World
+from idxlake import ingest
+from idxlake.schemas import LoaderConfigError, snapshot
 
 KW = dict(split="train", batch_size=24, seed=2, shuffle_buffer=100)  # 13 batches of the 300 train rows
 pytestmark = [pytest.mark.filterwarnings("ignore:'set_vital' is deprecated:UserWarning"),

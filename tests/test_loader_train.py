@@ -7,8 +7,8 @@ import sys
 import pytest
 import torch
 
-from loaders.train import SmallCNN, train
-from pipeline.cli import main
+from idxlake.cli import main
+from idxlake.loaders.train import SmallCNN, train
 
 
 def test_train_command_quick_run(mnist_table, capsys) -> None:
@@ -41,7 +41,7 @@ def test_train_command_errors(mnist_table, capsys, argv: list[str], message: str
 def test_cli_does_not_import_torch_for_other_commands() -> None:
     import subprocess
 
-    code = "import sys; from pipeline.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    code = "import sys; from idxlake.cli import build_parser; build_parser(); print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
@@ -57,7 +57,7 @@ def test_two_epochs_on_mnist_reach_the_target_accuracy(mnist_table) -> None:
 
 
 def test_limit_fetches_no_batch_beyond_it(mnist_table, monkeypatch) -> None:
-    import loaders.train as train_module
+    import idxlake.loaders.train as train_module
 
     fetched: list[int] = []
 

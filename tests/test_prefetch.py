@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from pipeline.prefetch import prefetch
+from idxlake.pipeline.ingest.prefetch import prefetch
 
 
 def test_yields_in_order() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import write_idx
-from pipeline.sources import bundled_mnist, discover, parse_name
-from schemas import SourceError
+from idxlake.pipeline import write_idx
+from idxlake.pipeline.ingest.sources import bundled_mnist, discover, parse_name
+from idxlake.schemas import SourceError
 
 
 @pytest.mark.parametrize(("name", "expected"), [

@@ -1,6 +1,6 @@
 """``idxlake sql | info | history | show | optimize | vacuum | ddl``: look into a table and keep it healthy.
 
-Library functions (pipeline.sql, .info, .render, .maintenance, .ddl) return data; this
+Library functions (idxlake.pipeline.inspect.sql, .info, .render, .maintenance, .ddl) return data; this
 module parses arguments and prints. Heavy imports happen inside the run functions.
 """
 
@@ -11,7 +11,7 @@ import shutil
 import sys
 from typing import Any
 
-from pipeline.cli.common import add_table_options, storage_options
+from idxlake.cli.common import add_table_options, storage_options
 
 DEFAULT_SQL_LIMIT = 100
 """Rows printed by ``idxlake sql --format table`` unless ``--limit`` says otherwise."""
@@ -100,12 +100,12 @@ def register(sub: Any) -> None:
 
 def run_sql(args: argparse.Namespace) -> int:
     """Run the query and print the result."""
-    from pipeline.cli.formatting import csv_text, json_rows, text_table
-    from pipeline.sql import display_table, query
+    from idxlake.cli.formatting import csv_text, json_rows, text_table
+    from idxlake.pipeline.inspect.sql import display_table, query
 
     limit = args.limit if args.limit is not None else (DEFAULT_SQL_LIMIT if args.format == "table" else 0)
     if limit < 0:
-        from schemas import QueryError
+        from idxlake.schemas import QueryError
 
         raise QueryError(f"--limit must be >= 0, got {limit}")
     result = query(args.table, args.query, engine=args.engine, name=args.name, version=args.version,
@@ -125,8 +125,8 @@ def run_sql(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     """Print the info document."""
-    from pipeline.cli.formatting import info_text, json_document
-    from pipeline.info import table_info
+    from idxlake.cli.formatting import info_text, json_document
+    from idxlake.pipeline.inspect.info import table_info
 
     info = table_info(args.table, version=args.version, storage_options=storage_options(args))
     _out(json_document(info) if args.json else info_text(info))
@@ -135,8 +135,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 def run_history(args: argparse.Namespace) -> int:
     """Print the table's commits, newest first."""
-    from pipeline.cli.formatting import history_text, json_document
-    from pipeline.info import table_history
+    from idxlake.cli.formatting import history_text, json_document
+    from idxlake.pipeline.inspect.info import table_history
 
     entries = table_history(args.table, limit=args.limit, storage_options=storage_options(args))
     _out(json_document(entries) if args.json else history_text(entries))
@@ -145,8 +145,15 @@ def run_history(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     """Draw the selected images as a PNG grid or as text."""
-    from pipeline.render import caption_lines, decode_images, display_pixels, png_grid, select_images, text_grid
-    from schemas import QueryError
+    from idxlake.pipeline.inspect.render import (
+        caption_lines,
+        decode_images,
+        display_pixels,
+        png_grid,
+        select_images,
+        text_grid,
+    )
+    from idxlake.schemas import QueryError
 
     if args.limit < 1 or args.scale < 1 or args.width < 1 or (args.columns is not None and args.columns < 1):
         raise QueryError("--limit, --scale, --width and --columns must be positive")
@@ -174,7 +181,7 @@ def run_show(args: argparse.Namespace) -> int:
 
 def run_optimize(args: argparse.Namespace) -> int:
     """Compact and report files before/after."""
-    from pipeline.maintenance import optimize
+    from idxlake.pipeline.inspect.maintenance import optimize
 
     target = args.target_mb << 20 if args.target_mb else None
     result = optimize(args.table, target_file_bytes=target, storage_options=storage_options(args))
@@ -192,7 +199,7 @@ def run_optimize(args: argparse.Namespace) -> int:
 
 def run_vacuum(args: argparse.Namespace) -> int:
     """Delete (or list) unreferenced files."""
-    from pipeline.maintenance import vacuum
+    from idxlake.pipeline.inspect.maintenance import vacuum
 
     result = vacuum(args.table, retain_hours=args.retain_hours, dry_run=args.dry_run, force=args.force,
                     full=args.full, storage_options=storage_options(args))
@@ -206,7 +213,7 @@ def run_vacuum(args: argparse.Namespace) -> int:
 
 def run_ddl(args: argparse.Namespace) -> int:
     """Print the Spark registration DDL."""
-    from pipeline.ddl import spark_ddl
+    from idxlake.pipeline.inspect.ddl import spark_ddl
 
     _out(spark_ddl(args.table, name=args.name, storage_options=storage_options(args)))
     return 0

@@ -14,12 +14,12 @@ import sys
 import traceback
 from collections.abc import Sequence
 
-from schemas import IdxlakeError
+from idxlake.schemas import IdxlakeError
 
 COMMAND_MODULES: tuple[str, ...] = (
-    "pipeline.cli.ingest_cmd",
-    "pipeline.cli.inspect_cmd",
-    "pipeline.cli.train_cmd",
+    "idxlake.cli.ingest_cmd",
+    "idxlake.cli.inspect_cmd",
+    "idxlake.cli.train_cmd",
 )
 """Modules that each define ``register(subparsers)``; the registry of subcommands."""
 
@@ -28,12 +28,14 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
-    from pipeline import __version__
+    from idxlake.schemas.version import __version__
 
     parser = argparse.ArgumentParser(
         prog="idxlake", description="IDX image datasets into Delta Lake and back into PyTorch training.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
-    parser.add_argument("-V", "--idxlake-version", action="version", version=f"idxlake {__version__}")
+    # Global --version (before the command) prints the release; `COMMAND --version N` is time travel.
+    parser.add_argument("-V", "--version", action="version", version=f"idxlake {__version__}",
+                        help="print the idxlake version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         try:

@@ -13,13 +13,13 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from pipeline.sql import Engine
-from schemas import SchemaMismatchError, TableMeta
+from idxlake.pipeline.inspect.sql import Engine
+from idxlake.schemas import SchemaMismatchError, TableMeta
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,9 @@ CAPTION_LINES = 2
 """Caption lines per cell: label (and class name), then ``split:id``."""
 
 DEFAULT_COLUMNS = 8
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
 
 
 def decode_images(images: pa.Array | pa.ChunkedArray, meta: TableMeta) -> np.ndarray:
@@ -138,7 +141,7 @@ def _fit(draw: Any, text: str, font: Any, width: int) -> str:
 
 
 def png_grid(pixels: Sequence[np.ndarray], captions: Sequence[Sequence[str]], *, columns: int | None = None,
-             scale: int = 3):
+             scale: int = 3) -> PILImage:
     """Draw images in a labelled grid.
 
     Args:
@@ -228,9 +231,9 @@ def select_images(table: str, *, split: str | None = None, where: str | None = N
     Returns:
         ``(rows, meta)``: a table with columns split, id, label, image.
     """
-    from pipeline.sql import query
-    from pipeline.sqltext import check_identifier, table_identifier
-    from schemas import snapshot
+    from idxlake.pipeline.inspect.sql import query
+    from idxlake.pipeline.inspect.sqltext import check_identifier, table_identifier
+    from idxlake.schemas import snapshot
 
     meta = snapshot(table, version=version, storage_options=storage_options).meta
     name = check_identifier(name) if name else table_identifier(table)

@@ -6,7 +6,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-from schemas import IDX_DTYPES, IdxDtype, IdxFormatError
+from idxlake.schemas import IDX_DTYPES, IdxDtype, IdxFormatError
 
 MAX_PAYLOAD_BYTES = 1 << 40
 """Headers promising more than 1 TiB are rejected as absurd (corrupt dims)."""

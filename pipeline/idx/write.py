@@ -1,4 +1,4 @@
-"""IDX writer: the inverse of :mod:`pipeline.idx`, used by ``export`` and by test fixtures."""
+"""IDX writer: the inverse of :mod:`idxlake.pipeline.idx.read`, used by ``export`` and by test fixtures."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from schemas import DTYPES_BY_NAME, IdxFormatError
+from idxlake.schemas import DTYPES_BY_NAME, IdxFormatError
 
 
 def idx_header(dtype: str | np.dtype, dims: tuple[int, ...]) -> bytes:

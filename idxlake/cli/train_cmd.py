@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli.common import add_table_options, storage_options
+from idxlake.cli.common import add_table_options, storage_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Train and print per-epoch loss and throughput, then ``test accuracy: 0.xxxx``."""
-    from loaders.train import train
+    from idxlake.schemas.extras import require
+
+    require("torch", purpose="idxlake train")
+    from idxlake.loaders.train import train
 
     train(args.table, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
           seed=args.seed, version=args.version, storage_options=storage_options(args),

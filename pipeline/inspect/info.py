@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from schemas import LABEL, PARTITION_BY, SPLIT, TableSnapshot, open_table, snapshot_of
+from idxlake.schemas import LABEL, PARTITION_BY, SPLIT, TableSnapshot, open_table, snapshot_of
 
 logger = logging.getLogger(__name__)
 

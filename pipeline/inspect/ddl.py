@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 import pyarrow as pa
 
-from schemas import META_KEY, QueryError, TableSnapshot, snapshot
+from idxlake.schemas import META_KEY, QueryError, TableSnapshot, snapshot
 
 _SPARK_TYPES: dict[str, str] = {
     "string": "STRING", "large_string": "STRING", "string_view": "STRING", "int8": "TINYINT",
@@ -60,7 +60,7 @@ def check_table_name(name: str) -> str:
 
 def spark_ddl_of(snap: TableSnapshot, *, name: str | None = None) -> str:
     """The registration DDL for a pinned table (see :func:`spark_ddl`)."""
-    from pipeline.sqltext import table_identifier
+    from idxlake.pipeline.inspect.sqltext import table_identifier
 
     name = check_table_name(name) if name else table_identifier(snap.name or snap.uri)
     meta = snap.meta

@@ -4,7 +4,7 @@ Nothing here runs SQL. The lexer is deliberately conservative: it knows single-q
 strings (``''`` escapes, no backslash escapes, as DataFusion and DuckDB read them),
 double-quoted and backtick identifiers, ``--`` and (non-nested) ``/* */`` comments. When
 it disagrees with an engine it sees *more* keywords than the engine does, so the guard
-errs on the side of refusing. The engines add their own checks (see :mod:`pipeline.sql`).
+errs on the side of refusing. The engines add their own checks (see :mod:`idxlake.pipeline.inspect.sql`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from schemas import QueryError
+from idxlake.schemas import QueryError
 
 READ_STATEMENTS = frozenset({"SELECT", "WITH", "VALUES", "EXPLAIN", "DESCRIBE", "DESC", "SHOW", "FROM",
                              "TABLE", "SUMMARIZE"})

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from schemas import (
+from idxlake.schemas import (
     ID,
     IMAGE,
     LABEL,
@@ -115,7 +115,9 @@ def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBa
     writer: pq.ParquetWriter | None = None
     sink: pa.NativeFile | None = None
     rel = path = ""
-    rows, nbytes, ids, labels = 0, 0, [], []
+    rows, nbytes = 0, 0
+    ids: list[pa.Array] = []
+    labels: list[pa.Array] = []
 
     def close() -> None:
         nonlocal writer
@@ -207,11 +209,12 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
                 raise TableExistsError(f"{table}: another writer created the table meanwhile; run again") from exc
             raise
         return
-    filters: list[tuple[str, str, Any]] | None = {
+    removals: dict[str, list[tuple[str, str, Any]] | None] = {
         "replace": [(SPLIT, "in", list(splits))],
         "append": [(SPLIT, "in", [])],  # removes nothing: an append that may update the metadata
         "overwrite": None,
-    }[mode]
+    }
+    filters = removals[mode]
     try:
         dt.create_write_transaction(pending.actions, mode="overwrite", schema=schema,
                                     partition_by=list(PARTITION_BY), partition_filters=filters,

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from pipeline.cli.common import add_table_options, is_tty, non_empty, positive_int, storage_options
+from idxlake.cli.common import add_table_options, is_tty, non_empty, positive_int, storage_options
 
 
 def register(sub: Any) -> None:
@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
 
 def run_ingest(args: argparse.Namespace) -> int:
     """Run an ingest and print its summary."""
-    from pipeline.ingest import ingest
+    from idxlake.pipeline.ingest.job import ingest
     *sources, table = args.paths
     source = None if not sources else sources[0] if len(sources) == 1 else sources
     kwargs: dict[str, Any] = {}
@@ -77,7 +77,7 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     """Export a table to IDX files."""
-    from pipeline.export import export
+    from idxlake.pipeline.export import export
 
     for done in export(args.table, args.outdir, splits=args.split, version=args.version,
                        storage_options=storage_options(args), compress=not args.raw):

@@ -19,12 +19,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
 
 import numpy as np
 
-from pipeline.idx_header import IdxHeader, parse_header
-from schemas import IdxFormatError
+from idxlake.pipeline.idx.header import IdxHeader, parse_header
+from idxlake.schemas import IdxFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +33,16 @@ try:  # ISA-L gzip is ~2.5x faster than zlib at decompression; optional.
     from isal import igzip_lib, isal_zlib
 
     GZIP_BACKEND = "isal"
-    _ISAL_ERRORS = (igzip_lib.IsalError, isal_zlib.error)
+    _ISAL_ERRORS = (igzip_lib.IsalError, isal_zlib.error)  # type: ignore[assignment]
 except ImportError:  # pragma: no cover - exercised only without isal installed
-    _gzip_impl = gzip  # type: ignore[no-redef]
+    _gzip_impl = gzip  # type: ignore[misc]
     GZIP_BACKEND = "zlib"
 
 GZIP_MAGIC = b"\x1f\x8b"
 DEFAULT_CHUNK_BYTES = 8 << 20
 """Default decoded bytes per chunk: the unit that bounds memory."""
 
-_BAD_GZIP = (OSError, EOFError, zlib.error, gzip.BadGzipFile, *_ISAL_ERRORS)
+_BAD_GZIP: tuple[type[BaseException], ...] = (OSError, EOFError, zlib.error, gzip.BadGzipFile, *_ISAL_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ class IdxDigest:
 class _HashingReader(io.RawIOBase):
     """Raw reader that md5-hashes every byte it hands out."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: io.BufferedReader) -> None:
         self._raw = raw
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.consumed = 0
@@ -119,8 +118,8 @@ class IdxFile:
         self._raw.seek(0)
         self.compressed = magic == GZIP_MAGIC
         buffered = io.BufferedReader(self._hasher, 1 << 20)
-        self._stream: BinaryIO = (_gzip_impl.GzipFile(fileobj=buffered, mode="rb") if self.compressed
-                                  else buffered)  # type: ignore[assignment]
+        self._stream: io.BufferedIOBase = (_gzip_impl.GzipFile(fileobj=buffered, mode="rb") if self.compressed
+                                  else buffered)
         self._sha = hashlib.sha256()
         self._offset = 0
         self.digest: IdxDigest | None = None
@@ -188,7 +187,7 @@ class IdxFile:
         while remaining:
             n = min(per_chunk, remaining)
             buf = np.empty(n * header.record_nbytes, dtype=np.uint8)
-            got = self._readinto(memoryview(buf))
+            got = self._readinto(memoryview(buf.data))
             if got < len(buf):
                 payload = self._offset - header.nbytes
                 raise IdxFormatError(

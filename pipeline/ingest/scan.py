@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.idx import IdxDigest, IdxHeader
-from pipeline.sources import SplitSource
-from schemas import DATASETS, GENERIC, DatasetSpec, PixelStats, SourceError, SourceFile
+from idxlake.pipeline.idx.read import IdxDigest, IdxHeader
+from idxlake.pipeline.ingest.sources import SplitSource
+from idxlake.schemas import DATASETS, GENERIC, DatasetSpec, PixelStats, SourceError, SourceFile
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 ``optimize`` rewrites every split that has more data files than its size needs (one per
 ``target_file_bytes`` of image bytes, 128 MiB by default) into as few files as that allows,
 in ``id`` order, with the table's own layout (rows per row group and codec read from the
-Parquet footers), through the same writer as ingest (:mod:`pipeline.delta_out`).
+Parquet footers), through the same writer as ingest (:mod:`idxlake.pipeline.ingest.delta_commit`).
 deltalake's ``optimize.compact()`` is not used: on deltalake 1.6 it interleaves row groups
 of the input files, scrambling the ``id`` order. The commit adds the new files and removes
 exactly the compacted ones, both with ``dataChange=false`` (a concurrent append is kept),
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
-from schemas import SPLIT, DataFile, MaintenanceError, TableSnapshot, arrow_schema, open_table, snapshot_of
+from idxlake.schemas import SPLIT, DataFile, MaintenanceError, TableSnapshot, arrow_schema, open_table, snapshot_of
 
 logger = logging.getLogger(__name__)
 
@@ -135,8 +135,8 @@ def optimize(table: str, *, target_file_bytes: int | None = None,
         TableNotFoundError: no table.
         SchemaMismatchError: not an idxlake table.
     """
-    from pipeline import __version__
-    from pipeline.delta_out import TARGET_FILE_BYTES, commit, file_schema, open_pending, write_split
+    from idxlake.pipeline.ingest.delta_commit import TARGET_FILE_BYTES, commit, file_schema, open_pending, write_split
+    from idxlake.schemas.version import __version__
 
     t0 = time.perf_counter()
     dt = open_table(table, storage_options=storage_options)

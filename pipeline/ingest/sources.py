@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from schemas import DATASETS, SourceError
+from idxlake.schemas import DATASETS, SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class SplitSource:
 
 def bundled_mnist() -> Path:
     """Directory of the real MNIST files shipped inside the package (the default source)."""
-    return Path(str(resources.files("pipeline") / "data" / "mnist"))
+    return Path(str(resources.files("idxlake.pipeline") / "data" / "mnist"))
 
 
 def parse_name(name: str) -> tuple[str, str, str] | None:

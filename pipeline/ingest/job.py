@@ -2,7 +2,7 @@
 
 One decoding pass per file: chunks are decompressed, validated and hashed on a
 background thread while the main thread folds them into the split statistics and
-writes Parquet row groups (:mod:`pipeline.delta_out`). When every file has been read
+writes Parquet row groups (:mod:`idxlake.pipeline.ingest.delta_commit`). When every file has been read
 to its end (gzip CRC checked, no byte missing or extra), the dataset is identified
 from the hashes and ONE Delta commit adds the files together with the new table
 metadata and the lineage. Any failure (a bad file found late, a full disk, Ctrl-C)
@@ -22,13 +22,12 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from pipeline import __version__
-from pipeline.delta_out import Codec, commit, file_schema, image_array, open_pending, write_split
-from pipeline.idx import IdxFile, scan_idx
-from pipeline.prefetch import prefetch
-from pipeline.scan import ScannedSplit, SplitAccumulator, identify, named_spec, pixel_scale
-from pipeline.sources import SplitSource, bundled_mnist, discover
-from schemas import (
+from idxlake.pipeline.idx.read import IdxFile, scan_idx
+from idxlake.pipeline.ingest.delta_commit import Codec, commit, file_schema, image_array, open_pending, write_split
+from idxlake.pipeline.ingest.prefetch import prefetch
+from idxlake.pipeline.ingest.scan import ScannedSplit, SplitAccumulator, identify, named_spec, pixel_scale
+from idxlake.pipeline.ingest.sources import SplitSource, bundled_mnist, discover
+from idxlake.schemas import (
     GENERIC,
     LABEL,
     ROW_GROUP_ROWS,
@@ -43,6 +42,7 @@ from schemas import (
     meta_from_schema,
     open_table,
 )
+from idxlake.schemas.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def ingest(
         rows = {k: s.images.count for k, s in scanned.items()}
         lineage = {"idxlake_version": __version__, "mode": mode, "dataset": meta.dataset, "verified": verified,
                    "rows": rows, "sources": {k: [f.__dict__ for f in s.source_files()] for k, s in scanned.items()}}
-        commit(table, dt, pending, schema=arrow_schema(meta), mode="create" if dt is None else mode,
+        commit(table, dt, pending, schema=arrow_schema(meta), mode="create" if dt is None or mode == "error" else mode,
                splits=list(scanned), storage_options=storage_options, name=Path(table.rstrip("/")).name or None,
                description=meta.describe(), lineage=lineage)
     version = open_table(table, storage_options=storage_options).version()

@@ -1,7 +1,7 @@
 """Read-only SQL over an idxlake table, through DataFusion (default) or DuckDB.
 
 ``query(table, sql)`` registers the table under a name, checks that the statement only
-reads (:func:`pipeline.sqltext.check_read_only`), rewrites ``length(image)``-style calls
+reads (:func:`idxlake.pipeline.inspect.sqltext.check_read_only`), rewrites ``length(image)``-style calls
 that the engines reject on binary columns, runs it and returns a pyarrow Table.
 
 Engines (:data:`ENGINES`):
@@ -26,8 +26,8 @@ from typing import Literal
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipeline.sqltext import check_identifier, check_read_only, rewrite_binary_lengths, table_identifier
-from schemas import IdxlakeError, QueryError
+from idxlake.pipeline.inspect.sqltext import check_identifier, check_read_only, rewrite_binary_lengths, table_identifier
+from idxlake.schemas import IdxlakeError, QueryError
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _open_datafusion(uri: str, name: str, *, version: int | None,
                      storage_options: Mapping[str, str] | None) -> tuple[set[str], Runner]:
     from deltalake import QueryBuilder
 
-    from schemas import open_table
+    from idxlake.schemas import open_table
 
     dt = open_table(uri, version=version, storage_options=storage_options)
     binary = _binary_columns(pa.schema(dt.schema().to_arrow()))
@@ -85,9 +85,10 @@ def _open_datafusion(uri: str, name: str, *, version: int | None,
 
 def _open_duckdb(uri: str, name: str, *, version: int | None,
                  storage_options: Mapping[str, str] | None) -> tuple[set[str], Runner]:
-    import duckdb
+    from idxlake.schemas import snapshot
+    from idxlake.schemas.extras import require
 
-    from schemas import snapshot
+    duckdb = require("duckdb", purpose="the DuckDB engine (--engine duckdb)")
 
     snap = snapshot(uri, version=version, storage_options=storage_options)
     con = duckdb.connect(":memory:", config={
