@@ -7,7 +7,7 @@ Usage::
 Each measurement is a fresh process (what a user at a shell waits for), median of ``--reps``:
 
 * baseline: ``python -c "import pyarrow"`` (interpreter start plus the one library every command needs).
-* ``idxlake sql TABLE "SELECT split, label, count(*) ... GROUP BY ..."`` through ``python -m pipeline``,
+* ``idxlake sql TABLE "SELECT split, label, count(*) ... GROUP BY ..."`` through ``python -m idxlake``,
   with ``--engine datafusion`` (default) and ``--engine duckdb``; the 20 result rows go to a pipe.
 * the same query in-process (``idxlake.pipeline.inspect.sql.query``, after a warm-up), to split startup from query time.
 
