@@ -17,8 +17,8 @@ import pytest
 from conftest import make_source
 from deltalake import DeltaTable
 
-from idxlake.cli import main
 from idxlake import ingest, optimize
+from idxlake.cli import main
 from idxlake.pipeline.ingest.prefetch import prefetch
 from idxlake.schemas import CommitConflictError, IdxFormatError, SourceError, snapshot
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from idxlake.cli import main
 from idxlake import ingest
+from idxlake.cli import main
 from idxlake.pipeline.export import export
 from idxlake.schemas import TableNotFoundError, snapshot
 

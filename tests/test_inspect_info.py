@@ -11,8 +11,8 @@ import pytest
 from conftest import MNIST_TEST_COUNTS, MNIST_TRAIN_COUNTS, SyntheticSource
 from deltalake import write_deltalake
 
-from idxlake.cli import main
 from idxlake import ingest
+from idxlake.cli import main
 from idxlake.pipeline.inspect.ddl import check_table_name, spark_ddl, spark_string, table_location
 from idxlake.pipeline.inspect.info import INFO_FORMAT, iso_time, table_history, table_info
 from idxlake.schemas import QueryError, SchemaMismatchError, TableNotFoundError

@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import SyntheticSource
 
-from idxlake.cli import main
 from idxlake import ingest
+from idxlake.cli import main
 from idxlake.pipeline.inspect.info import table_history
 from idxlake.pipeline.inspect.maintenance import _rebatch, optimize, vacuum
 from idxlake.pipeline.inspect.sql import query

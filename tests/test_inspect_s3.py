@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import SyntheticSource
 
-from idxlake.cli import main
 from idxlake import ingest
+from idxlake.cli import main
 
 
 def test_inspect_commands_over_s3(s3_endpoint: dict[str, str], synthetic_source: SyntheticSource, tmp_path: Path,

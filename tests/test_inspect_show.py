@@ -10,8 +10,8 @@ import pytest
 from conftest import SyntheticSource
 from PIL import Image
 
-from idxlake.cli import main
 from idxlake import ingest
+from idxlake.cli import main
 from idxlake.pipeline.inspect.render import (
     PAD,
     SHADES,

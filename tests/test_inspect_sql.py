@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from conftest import MNIST_TEST_COUNTS, MNIST_TRAIN_COUNTS
 
-from idxlake.cli import main
 from idxlake import ingest
+from idxlake.cli import main
 from idxlake.pipeline.inspect.sql import display_table, query
 from idxlake.pipeline.inspect.sqltext import (
     check_identifier,

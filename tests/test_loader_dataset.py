@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from idxlake.loaders import DeltaIterableDataset
 from idxlake import ingest
+from idxlake.loaders import DeltaIterableDataset
 from idxlake.schemas import snapshot
 
 

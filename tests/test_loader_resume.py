@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from idxlake.loaders import DeltaIterableDataset, World
 from idxlake import ingest
+from idxlake.loaders import DeltaIterableDataset, World
 from idxlake.schemas import LoaderConfigError, snapshot
 
 KW = dict(split="train", batch_size=24, seed=2, shuffle_buffer=100)  # 13 batches of the 300 train rows
