@@ -19,10 +19,19 @@ import pyarrow.dataset as pads
 from torch.utils.data import IterableDataset, get_worker_info
 
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
-from idxlake.loaders.order import EpochOrder, epoch_order, padding, rank_batches, worker_batches
+from idxlake.loaders.order import PHASES, consumer_rows, lane_order, padding, rank_steps, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
-from idxlake.loaders.stream import READ_THREADS, DecodeCache, Progress, WindowBuffers, consume
+from idxlake.loaders.stream import (
+    CACHE_FRACTION,
+    READ_THREADS,
+    Arena,
+    Progress,
+    available_memory,
+    consume,
+    row_bytes,
+    schedule,
+)
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot, snapshot
 
@@ -30,6 +39,9 @@ logger = logging.getLogger(__name__)
 
 ImageDtype = Literal["uint8", "float32", "native"]
 """``uint8``: raw pixels (uint8 tables only); ``float32``: scaled and normalised; ``native``: the table dtype."""
+
+DEFAULT_LANES = 48
+"""``K``: divisible by 1, 2, 3, 4, 6, 8, 12, 16 (two phases of 24 lanes)."""
 
 DEFAULT_SHUFFLE_BUFFER = 4 * ROW_GROUP_ROWS
 """Rows mixed together at least (whole row groups): 32768, ~25 MB of MNIST images."""
@@ -48,7 +60,8 @@ class DeltaIterableDataset(IterableDataset):
         storage_options: Object-store options (delta-rs style keys).
         batch_size: Rows per batch (the last batch of a rank may be smaller unless ``drop_last``).
         shuffle: Permute row groups per epoch and rows within the shuffle buffer.
-        seed: Shuffle seed; the order depends only on ``(seed, epoch)`` and the selection.
+        seed: Shuffle seed; the order depends only on ``(seed, epoch)``, the selection, ``lanes``
+            and the global batch (``world_size x batch_size``).
         shuffle_buffer: Rows (whole row groups, at least this many) shuffled together.
         drop_last: Drop the last incomplete round of batches (all batches full) instead of
             splitting it evenly over the ranks and repeating a few rows when needed.
@@ -57,9 +70,15 @@ class DeltaIterableDataset(IterableDataset):
         image_dtype: ``"uint8"`` (raw), ``"float32"`` (scaled to [0, 1], then normalised with the
             table's mean/std), or ``"native"`` (the table's dtype as is).
         transform: Callable applied to each batch dict (in the worker).
-        cache_bytes: Memory budget for keeping decoded row groups for later epochs (0: off). The
-            cache lives in the reading process: use it with ``num_workers=0`` or persistent workers.
-        prefetch: Decode the next window in background threads.
+        cache_bytes: Keep every decoded row group for later epochs when the projected columns of
+            the rows this consumer reads fit this many bytes (0: off). ``None`` (default): a quarter
+            of the memory available when the pass starts (``CACHE_FRACTION``). The cache lives in
+            the reading process (each DataLoader worker keeps its own, for persistent workers).
+        prefetch: Decode row groups ahead in background threads.
+        lanes: ``K``, lanes of the order (a multiple of 2, see the README section "Order"). Each of
+            the ``world_size x num_workers`` consumers reads only its lanes' row groups when
+            ``num_workers`` divides 2 and ``world_size`` divides ``lanes / 2``.
+        prefetch_depth: Row groups decoded (read) ahead of the one needed next.
 
     Raises:
         LoaderConfigError: bad option, unknown column, empty split or selection.
@@ -74,15 +93,19 @@ class DeltaIterableDataset(IterableDataset):
                  batch_size: int = 256, shuffle: bool = True, seed: int = 0,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, drop_last: bool = False,
                  rank: int | None = None, world_size: int | None = None, image_dtype: ImageDtype = "uint8",
-                 transform: Callable[[Batch], Batch] | None = None, cache_bytes: int = 0,
-                 prefetch: bool = True) -> None:
+                 transform: Callable[[Batch], Batch] | None = None, cache_bytes: int | None = None,
+                 prefetch: bool = True, lanes: int = DEFAULT_LANES, prefetch_depth: int = 4) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise LoaderConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
             raise LoaderConfigError(f"shuffle_buffer must be an integer >= 0 (rows), got {shuffle_buffer!r}")
-        if not isinstance(cache_bytes, int) or cache_bytes < 0:
-            raise LoaderConfigError(f"cache_bytes must be an integer >= 0, got {cache_bytes!r}")
+        if cache_bytes is not None and (not isinstance(cache_bytes, int) or cache_bytes < 0):
+            raise LoaderConfigError(f"cache_bytes must be None or an integer >= 0, got {cache_bytes!r}")
+        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < PHASES or lanes % PHASES:
+            raise LoaderConfigError(f"lanes must be a positive multiple of {PHASES}, got {lanes!r}")
+        if isinstance(prefetch_depth, bool) or not isinstance(prefetch_depth, int) or prefetch_depth < 1:
+            raise LoaderConfigError(f"prefetch_depth must be an integer >= 1, got {prefetch_depth!r}")
         if image_dtype not in ("uint8", "float32", "native"):
             raise LoaderConfigError(f"image_dtype must be 'uint8', 'float32' or 'native', got {image_dtype!r}")
         if rank is not None or world_size is not None:
@@ -98,6 +121,8 @@ class DeltaIterableDataset(IterableDataset):
         self.batch_size, self.shuffle, self.seed = batch_size, bool(shuffle), int(seed)
         self.shuffle_buffer, self.drop_last, self.image_dtype = shuffle_buffer, bool(drop_last), image_dtype
         self.transform, self.cache_bytes, self.prefetch = transform, cache_bytes, prefetch
+        self.lanes, self.prefetch_depth = lanes, prefetch_depth
+        self._logged: set[tuple[int, int, int, int]] = set()
         self._rank, self._world_size = rank, world_size
         self._parent_dist: tuple[int, int] | None = None
         self._normalize = Normalizer(snap.meta) if image_dtype == "float32" else None
@@ -110,26 +135,24 @@ class DeltaIterableDataset(IterableDataset):
 
     def _init_process_state(self) -> None:
         self._reader = UnitReader(self.plan)
-        self._cache: DecodeCache | None = None
-        self._buffers: WindowBuffers | None = WindowBuffers()  # None while a pass uses them
-        self._pools: tuple[int, ThreadPoolExecutor | None, ThreadPoolExecutor | None] | None = None
+        self._cache: Arena | None = None  # the cache arena (whole selection), kept across epochs
+        self._pools: tuple[int, ThreadPoolExecutor] | None = None
 
-    def _thread_pools(self) -> tuple[ThreadPoolExecutor | None, ThreadPoolExecutor | None]:
-        """Prefetch and decode threads of this process, kept across epochs (created lazily)."""
+    def _thread_pool(self) -> ThreadPoolExecutor | None:
+        """Decode threads of this process, kept across epochs (created lazily)."""
         if not self.prefetch:
-            return None, None
+            return None
         if self._pools is None or self._pools[0] != os.getpid():  # none yet, or forked: threads are gone
             threads = READ_THREADS if get_worker_info() is None else 1  # workers: one decode thread each
-            self._pools = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="idxlake-window"),
-                           ThreadPoolExecutor(threads, thread_name_prefix="idxlake-read") if threads > 1 else None)
-        return self._pools[1], self._pools[2]
+            self._pools = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="idxlake-read"))
+        return self._pools[1]
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled into spawned workers: the topology as this process sees it now (the process
         group may have been initialised after the dataset was created), no per-process state."""
         self.settle_resume()
         state = dict(self.__dict__)
-        for key in ("_reader", "_cache", "_buffers", "_progress", "_pools"):
+        for key in ("_reader", "_cache", "_progress", "_pools"):
             state.pop(key, None)
         if self._rank is None:
             state["_parent_dist"] = self._dist()
@@ -191,8 +214,9 @@ class DeltaIterableDataset(IterableDataset):
     def batches_per_rank(self) -> int:
         """Batches every rank yields per epoch (the same on all ranks)."""
         rank, world_size = self._dist()
-        return len(rank_batches(self.num_rows, batch_size=self.batch_size, rank=rank, world_size=world_size,
-                                drop_last=self.drop_last))
+        body, tail = rank_steps(self.num_rows, lanes=self.lanes, shuffle=self.shuffle, batch_size=self.batch_size,
+                                rank=rank, world_size=world_size, drop_last=self.drop_last)
+        return body + len(tail)
 
     def __len__(self) -> int:
         """Batches this rank yields per full epoch, over all of its DataLoader workers."""
@@ -267,39 +291,63 @@ class DeltaIterableDataset(IterableDataset):
         else:
             self.settle_resume()
             self._shared.workers_read = False
-        order = epoch_order(self.plan.unit_rows, seed=self.seed, epoch=epoch, shuffle=self.shuffle,
-                            buffer_rows=self.shuffle_buffer)
-        ranges = rank_batches(order.num_rows, batch_size=self.batch_size, rank=world.rank,
-                              world_size=world.world_size, drop_last=self.drop_last)
+        body, tail = rank_steps(self.num_rows, lanes=self.lanes, shuffle=self.shuffle, batch_size=self.batch_size,
+                                rank=world.rank, world_size=world.world_size, drop_last=self.drop_last)
+        total = body + len(tail)
         pending = self._resume  # taken by this pass: applied if it is for this epoch, else dropped
-        resume = pending if pending is not None and applies(pending, world=world, epoch=epoch, batches=len(ranges),
+        resume = pending if pending is not None and applies(pending, world=world, epoch=epoch, batches=total,
                                                             where=self.plan.describe()) else None
         self._resume = None
         start, skip = (resume.start, resume.skip) if resume is not None else (0, 0)
-        if not len(ranges):
+        if not total:
             logger.warning("%s: %d rows are fewer than one batch of %d per rank (world size %d) with "
-                           "drop_last=True: nothing to yield", self.plan.describe(), order.num_rows,
+                           "drop_last=True: nothing to yield", self.plan.describe(), self.num_rows,
                            self.batch_size, world.world_size)
-        mine = worker_batches(len(ranges), worker=world.worker, num_workers=world.num_workers, start=start)
+        mine = worker_batches(total, worker=world.worker, num_workers=world.num_workers, start=start)
         progress = self._progress = Progress(epoch, start, min(skip, len(mine)))
         logger.debug("%s: epoch %d, %s, %d of %d batches (pad %d)", self.plan.describe(), epoch, world,
-                     len(mine) - progress.yielded, len(ranges),
-                     padding(order.num_rows, batch_size=self.batch_size, world_size=world.world_size,
+                     len(mine) - progress.yielded, total,
+                     padding(self.num_rows, batch_size=self.batch_size, world_size=world.world_size,
                              drop_last=self.drop_last))
-        return self._stream(order, ranges[mine[progress.yielded:]], progress,
+        return self._stream(world, tail, mine[progress.yielded:], progress,
                             mark_used=in_worker and pending is not None and pending.inherited)
 
-    def _stream(self, order: EpochOrder, batches: np.ndarray, progress: Progress, *,
+    def _stream(self, world: World, tail: np.ndarray, batches: np.ndarray, progress: Progress, *,
                 mark_used: bool) -> Iterator[Batch]:
         if mark_used:  # runs at the first batch asked: every worker of this pass has been started
             self._shared.resume_used = True
-        if self.cache_bytes and self._cache is None:
-            self._cache = DecodeCache(self.plan, self.cache_bytes)
-        buffers, self._buffers = self._buffers or WindowBuffers(), None  # fresh ones for a concurrent pass
-        try:
-            builder, readers = self._thread_pools()
-            yield from consume(order, batches, self.plan, self._reader, cache=self._cache, buffers=buffers,
-                               progress=progress, builder=builder, readers=readers,
-                               finish=self._finish if self._normalize or self.transform else None)
-        finally:
-            self._buffers = buffers
+        order = lane_order(self.plan.unit_rows, seed=self.seed, epoch=progress.epoch, shuffle=self.shuffle,
+                           lanes=self.lanes, buffer_rows=self.shuffle_buffer,
+                           step_rows=self.batch_size * world.world_size)
+        refs = consumer_rows(order, batches, rank=world.rank, world_size=world.world_size, tail_ranges=tail)
+        sched = schedule(self.plan, refs)
+        self._log_reads(world, sched)
+        arena = self._arena(sched)
+        yield from consume(self.plan, self._reader, sched, arena, progress=progress,
+                           finish=self._finish if self._normalize or self.transform else None,
+                           readers=self._thread_pool(), depth=self.prefetch_depth)
+
+    def _arena(self, sched: Any) -> Arena:
+        """The cache arena when the selection fits the budget (made once), else a fresh streaming one."""
+        if self._cache is not None:
+            return self._cache
+        budget = self.cache_bytes if self.cache_bytes is not None else int(CACHE_FRACTION * available_memory())
+        if budget and self.num_rows * row_bytes(self.plan) <= budget:
+            self._cache = Arena(self.plan, cache=True)
+            return self._cache
+        return Arena(self.plan, cache=False, slots=sched.live)
+
+    def _log_reads(self, world: World, sched: Any) -> None:
+        """Say once per topology, at INFO, what this consumer reads."""
+        key = (world.rank, world.world_size, world.worker, world.num_workers)
+        if key in self._logged:
+            return
+        self._logged.add(key)
+        units, c = len(sched.order), world.consumers
+        disjoint = self.shuffle and world.num_workers <= PHASES and PHASES % world.num_workers == 0 \
+            and (self.lanes // PHASES) % world.world_size == 0
+        logger.info("%s: consumer %d of %d (%s) reads %d of %d row groups%s", self.plan.describe(),
+                    world.consumer, c, world, units, len(self.plan.units),
+                    "" if disjoint or c == 1 else
+                    f"; its lanes are not disjoint from the others' (lanes={self.lanes}: use num_workers "
+                    f"dividing {PHASES} and world_size dividing {self.lanes // PHASES})")

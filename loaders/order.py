@@ -1,103 +1,194 @@
-"""The epoch's sample order and who yields which batch: pure functions of numbers.
+"""The epoch's sample order and who yields which rows: pure functions of numbers.
 
-The order of an epoch depends only on ``(seed, epoch)`` and the selection (rows per
-unit), never on the number of ranks or workers:
+The order of an epoch is a function of ``(seed, epoch)``, the selection (rows per unit)
+and ``K`` lanes, never of the number of ranks or workers. It is built so that each of
+``C = world_size x num_workers`` consumers reads only its own lanes' row groups:
 
-1. the units (row groups) are permuted (``shuffle=True``);
-2. consecutive units are grouped into *windows* of at least ``buffer_rows`` rows;
-3. the rows of each window are permuted (the shuffle buffer).
+1. the units (row groups) are permuted (``shuffle=True``) and their rows laid end to end;
+2. that sequence is cut into ``K`` lanes of equal rows (+-1), ``P = PHASES`` phases of
+   ``Q = K / P`` lanes each; lane ``(p, q)`` takes slice ``p*Q + rev(q)`` (``rev`` reverses
+   the mixed-radix digits of ``q``, small primes first), so the lanes with ``q = r (mod R)``
+   sit side by side for ``R`` in 1, 2, 4, 8, ...;
+3. each lane is cut into windows of whole row-group pieces (at least ``ceil(buffer / K)``
+   rows) whose rows are permuted;
+4. phase ``p``'s sequence ``V_p`` interleaves its lanes row by row (position ``v`` is row
+   ``v // Q`` of lane ``v % Q``); global step ``k*P + p`` is ``V_p[k*G:(k+1)*G]`` for the
+   global batch ``G = world_size x batch_size``. Rank ``r`` takes the step's positions
+   ``= r (mod R)``: only lanes ``q = r (mod R)`` when ``R`` divides ``Q``. The DataLoader gives
+   rank batch ``j`` to worker ``j % W``: only phases ``p = w (mod W)`` when ``W`` divides ``P``;
+5. the rows left in each phase after its full steps (fewer than ``G`` per phase) form the
+   tail ``E``, sorted by ``rev(q)`` (so rank ``r``'s part of its last round lies mostly in its own
+   lanes), read as before: full steps of ``G``, then a last round split evenly over the
+   ranks (padded only when it has fewer rows than ranks, or dropped with ``drop_last``).
 
-Concatenating the windows gives the epoch sequence ``S`` of ``N`` rows. Global
-batch ``g`` is ``S[g*B:(g+1)*B]``; rank ``r`` of ``R`` yields global batches
-``r, r+R, r+2R, ...`` and, within a rank, worker ``w`` of ``W`` yields the rank's
-batches ``w, w+W, ...`` (the DataLoader interleaves workers round-robin, so a rank
-sees the same sequence for any ``W``, and the ranks together see ``S`` in order).
-Every rank yields the same number of batches: the last round of ``R`` batches is
-split as evenly as possible, padded only when it has fewer than ``R`` rows
-(``drop_last=False``), or dropped when incomplete (``drop_last=True``).
+Without shuffling there is one lane and one phase: plan order, ranks striding each step.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 
-_UNITS, _ROWS = 1, 2  # stream ids of the seed sequence: unit order, row order of window k
+PHASES = 2
+"""Phases of the lane grid: workers read disjoint row groups when ``num_workers`` divides this."""
+
+_UNITS, _ROWS = 1, 2  # stream ids of the seed sequence: unit order, row order of lane window k
 
 
 def _rng(seed: int, epoch: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, epoch, *stream])
 
 
+def _digit_reversal(q: int) -> np.ndarray:
+    """``rev`` of the module docstring: a permutation of ``range(q)`` keeping residue classes
+    of the prime-power prefixes of ``q`` contiguous."""
+    radices, n, f = [], q, 2
+    while n > 1:
+        while n % f == 0:
+            radices.append(f)
+            n //= f
+        f += 1
+    idx = np.arange(q, dtype=np.int64)
+    out, weight, rest = np.zeros(q, dtype=np.int64), q, idx
+    for radix in radices:  # least significant digit of q becomes the most significant of rev(q)
+        weight //= radix
+        out += (rest % radix) * weight
+        rest = rest // radix
+    return out
+
+
 @dataclass(frozen=True)
-class EpochOrder:
-    """Windows of one epoch.
+class LaneOrder:
+    """One epoch's order. Rows are *refs*: positions in the plan-order concatenation of the
+    units' selected rows (``unit_offsets[u] + i``).
 
     Attributes:
-        windows: Unit indices of each window, in epoch order.
-        offsets: Position in ``S`` where each window starts (plus ``N`` at the end).
-        seed: The seed.
-        epoch: The epoch.
-        shuffle: Whether rows are permuted within windows.
+        phases: ``V_p`` of each phase (row refs).
+        steps: ``(phase, k)`` of each full body step, in step order.
+        tail: ``E``: the rows after the body steps.
+        step_rows: ``G``.
+        lanes: Lane count ``K`` actually used (1 without shuffling).
     """
 
-    windows: tuple[np.ndarray, ...]
-    offsets: np.ndarray
-    seed: int
-    epoch: int
-    shuffle: bool
+    phases: tuple[np.ndarray, ...]
+    steps: tuple[tuple[int, int], ...]
+    tail: np.ndarray
+    step_rows: int
+    lanes: int
 
     @property
     def num_rows(self) -> int:
-        """``N``: rows in the epoch sequence."""
-        return int(self.offsets[-1])
+        """``N``."""
+        return sum(len(v) for v in self.phases)
 
-    def permutation(self, window: int) -> np.ndarray:
-        """Order of the rows of ``window`` (indices into the window's concatenated units)."""
-        n = int(self.offsets[window + 1] - self.offsets[window])
-        if not self.shuffle:
-            return np.arange(n, dtype=np.int64)
-        return _rng(self.seed, self.epoch, _ROWS, window).permutation(n).astype(np.int64, copy=False)
-
-    def window_of(self, position: int) -> int:
-        """Window holding position ``position`` of ``S``."""
-        return int(np.searchsorted(self.offsets, position, side="right") - 1)
+    @property
+    def body_steps(self) -> int:
+        """Full steps read lane by lane."""
+        return len(self.steps)
 
 
-def epoch_order(unit_rows: Sequence[int] | np.ndarray, *, seed: int, epoch: int, shuffle: bool,
-                buffer_rows: int) -> EpochOrder:
-    """Plan the windows of an epoch.
+def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, lanes: int,
+               buffer_rows: int, step_rows: int) -> LaneOrder:
+    """Plan the order of an epoch (see the module docstring).
 
     Args:
         unit_rows: Selected rows of each unit, in plan order.
         seed: Shuffle seed.
         epoch: Epoch number.
-        shuffle: Permute units and rows; otherwise plan order, one unit per window.
-        buffer_rows: Rows at least in a window (the last may hold fewer); ``<= 0`` puts
-            each unit in its own window.
-
-    Returns:
-        An :class:`EpochOrder`.
+        shuffle: Permute units and rows; otherwise plan order in one lane.
+        lanes: ``K``, a multiple of :data:`PHASES` (ignored without shuffling).
+        buffer_rows: Rows shuffled together overall; a lane window holds at least
+            ``ceil(buffer_rows / K)`` rows (whole pieces); ``<= 0``: one piece per window.
+        step_rows: ``G``, rows of one global step (``world_size x batch_size``).
     """
     rows = np.asarray(unit_rows, dtype=np.int64)
-    units = _rng(seed, epoch, _UNITS).permutation(len(rows)) if shuffle else np.arange(len(rows))
+    offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
+    if not shuffle:
+        seq = np.arange(int(offsets[-1]), dtype=np.int64)
+        return _assemble([seq], 1, step_rows, 1)
+    units = _rng(seed, epoch, _UNITS).permutation(len(rows))
     units = units[rows[units] > 0]
-    if not shuffle or buffer_rows <= 0:
-        windows = [units[i:i + 1] for i in range(len(units))]
-    else:
-        windows, start, acc = [], 0, 0
-        for i, u in enumerate(units):
-            acc += int(rows[u])
-            if acc >= buffer_rows:
-                windows.append(units[start:i + 1])
-                start, acc = i + 1, 0
-        if start < len(units):
-            windows.append(units[start:])
-    sizes = np.array([int(rows[w].sum()) for w in windows], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    return EpochOrder(tuple(np.asarray(w, dtype=np.int64) for w in windows), offsets, seed, epoch, shuffle)
+    perm = np.concatenate([np.arange(offsets[u], offsets[u + 1], dtype=np.int64) for u in units])
+    unit_end = np.cumsum(rows[units])  # piece boundaries in perm
+    n_rows, q_lanes = len(perm), lanes // PHASES
+    base, extra = divmod(n_rows, lanes)
+    rev = _digit_reversal(q_lanes)
+    sizes = np.full((PHASES, q_lanes), base, dtype=np.int64)
+    for p in range(PHASES):
+        sizes[p, :max(0, min(q_lanes, extra - p * q_lanes))] += 1
+    by_slice = np.empty(lanes, dtype=np.int64)
+    for p in range(PHASES):
+        by_slice[p * q_lanes + rev] = sizes[p]
+    starts = np.concatenate([[0], np.cumsum(by_slice)])
+    min_window = -(-buffer_rows // lanes) if buffer_rows > 0 else 0
+    phases = []
+    for p in range(PHASES):
+        grid = np.full((base + 1, q_lanes), -1, dtype=np.int64)
+        for q in range(q_lanes):
+            s = p * q_lanes + int(rev[q])
+            lane = _shuffle_lane(perm[starts[s]:starts[s + 1]], int(starts[s]), unit_end, min_window,
+                                 _rng(seed, epoch, _ROWS, s))
+            grid[:len(lane), q] = lane
+        flat = grid.reshape(-1)
+        phases.append(flat[flat >= 0])
+    laid = np.arange(n_rows, dtype=np.int64)  # laid-out position -> tail sort key: rev(q), then phase
+    lane = np.searchsorted(starts, laid, side="right") - 1
+    position = np.empty(n_rows, dtype=np.int64)
+    position[perm] = ((lane % q_lanes) * PHASES + lane // q_lanes) * n_rows + laid
+    return _assemble(phases, PHASES, step_rows, lanes, position)
+
+
+def _shuffle_lane(lane: np.ndarray, start: int, unit_end: np.ndarray, min_window: int,
+                  rng: np.random.Generator) -> np.ndarray:
+    """Permute a lane's rows within windows of whole pieces (a piece: the lane's rows of one unit)."""
+    n = len(lane)
+    cuts = unit_end[(unit_end > start) & (unit_end < start + n)] - start  # piece ends inside the lane
+    bounds = [0]
+    for c in cuts.tolist():
+        if c - bounds[-1] >= min_window:
+            bounds.append(c)
+    if n - bounds[-1] < min_window and len(bounds) > 1:
+        bounds.pop()  # the last window would be short: merge it into the previous one
+    bounds.append(n)
+    out = lane.copy()
+    for a, b in itertools.pairwise(bounds):
+        out[a:b] = lane[a:b][rng.permutation(b - a)]
+    return out
+
+
+def _assemble(phases: list[np.ndarray], num_phases: int, step_rows: int, lanes: int,
+              rank_of: np.ndarray | None = None) -> LaneOrder:
+    full = [len(v) // step_rows for v in phases]
+    steps = tuple((p, k) for k in range(max(full, default=0)) for p in range(num_phases) if k < full[p])
+    tail = np.concatenate([v[f * step_rows:] for v, f in zip(phases, full, strict=True)])
+    if rank_of is not None:  # the tail in laid-out order: each rank's part of it lies side by side
+        tail = tail[np.argsort(rank_of[tail], kind="stable")]
+    return LaneOrder(tuple(phases), steps, tail, step_rows, lanes)
+
+
+def consumer_rows(order: LaneOrder, batches: np.ndarray, *, rank: int, world_size: int,
+                  tail_ranges: np.ndarray) -> list[np.ndarray]:
+    """Row refs of the given rank batches.
+
+    Args:
+        order: The epoch's order.
+        batches: Rank batch indices (body steps first, then tail batches).
+        rank: This rank.
+        world_size: Ranks.
+        tail_ranges: ``rank_batches`` of the tail for this rank (``[start, stop)`` into ``E``).
+    """
+    out = []
+    g, body, tail = order.step_rows, order.body_steps, order.tail
+    for j in batches.tolist():
+        if j < body:
+            p, k = order.steps[j]
+            out.append(order.phases[p][k * g + rank:(k + 1) * g:world_size])
+        else:
+            a, b = tail_ranges[j - body]
+            out.append(tail[source_positions(int(a), int(b), len(tail))])
+    return out
 
 
 def rank_batches(num_rows: int, *, batch_size: int, rank: int, world_size: int,
@@ -159,3 +250,25 @@ def worker_batches(num_batches: int, *, worker: int, num_workers: int, start: in
         start: First batch of this pass (batches before it were consumed before a resume).
     """
     return np.arange(start + worker, num_batches, num_workers, dtype=np.int64)
+
+
+def phase_rows(num_rows: int, *, lanes: int, shuffle: bool) -> list[int]:
+    """Rows of each phase sequence ``V_p`` (no data needed: the sizes follow from ``N`` and ``K``)."""
+    if not shuffle:
+        return [num_rows]
+    q_lanes = lanes // PHASES
+    base, extra = divmod(num_rows, lanes)
+    return [q_lanes * base + max(0, min(q_lanes, extra - p * q_lanes)) for p in range(PHASES)]
+
+
+def rank_steps(num_rows: int, *, lanes: int, shuffle: bool, batch_size: int, rank: int, world_size: int,
+               drop_last: bool) -> tuple[int, np.ndarray]:
+    """``(body steps, tail ranges)`` of one rank: it yields ``body + len(tail ranges)`` batches.
+
+    The tail ranges are :func:`rank_batches` of the tail ``E`` (``[start, stop)`` into ``E``).
+    """
+    g = batch_size * world_size
+    sizes = phase_rows(num_rows, lanes=lanes, shuffle=shuffle)
+    body = sum(m // g for m in sizes)
+    tail = sum(m % g for m in sizes)
+    return body, rank_batches(tail, batch_size=batch_size, rank=rank, world_size=world_size, drop_last=drop_last)

@@ -9,7 +9,16 @@ import pytest
 
 from idxlake.loaders import World, parse_filter
 from idxlake.loaders.filters import as_expression
-from idxlake.loaders.order import epoch_order, padding, rank_batches, source_positions, worker_batches
+from idxlake.loaders.order import (
+    _digit_reversal,
+    lane_order,
+    padding,
+    phase_rows,
+    rank_batches,
+    rank_steps,
+    source_positions,
+    worker_batches,
+)
 from idxlake.schemas import LoaderConfigError
 
 
@@ -34,40 +43,54 @@ def test_world_detect_outside_distributed_and_workers() -> None:
         World.detect(rank=1)
 
 
-def test_epoch_order_is_a_deterministic_permutation_of_all_rows() -> None:
-    rows = [64, 64, 64, 64, 44]
-    a = epoch_order(rows, seed=3, epoch=1, shuffle=True, buffer_rows=100)
-    b = epoch_order(rows, seed=3, epoch=1, shuffle=True, buffer_rows=100)
-    assert [w.tolist() for w in a.windows] == [w.tolist() for w in b.windows]
-    assert sorted(np.concatenate(a.windows).tolist()) == [0, 1, 2, 3, 4]
-    assert a.num_rows == 300
-    assert all(np.array_equal(a.permutation(k), b.permutation(k)) for k in range(len(a.windows)))
-    for k in range(len(a.windows)):
-        n = int(a.offsets[k + 1] - a.offsets[k])
-        assert sorted(a.permutation(k).tolist()) == list(range(n))
-    # windows hold whole units and at least buffer_rows rows, except the last
-    sizes = np.diff(a.offsets)
-    assert (sizes[:-1] >= 100).all()
+@pytest.mark.parametrize("rows", [[64, 64, 64, 64, 44], [16] * 75, [0, 10, 0, 5]])
+@pytest.mark.parametrize("step_rows", [16, 64, 100])
+def test_lane_order_is_a_deterministic_permutation_of_all_rows(rows: list[int], step_rows: int) -> None:
+    a = lane_order(rows, seed=3, epoch=1, shuffle=True, lanes=8, buffer_rows=100, step_rows=step_rows)
+    b = lane_order(rows, seed=3, epoch=1, shuffle=True, lanes=8, buffer_rows=100, step_rows=step_rows)
+    every = lambda o: np.concatenate([*o.phases]).tolist()  # noqa: E731
+    assert every(a) == every(b) and a.steps == b.steps and a.tail.tolist() == b.tail.tolist()
+    assert sorted(every(a)) == list(range(sum(rows))) and a.num_rows == sum(rows)
+    body = [a.phases[p][k * step_rows:(k + 1) * step_rows] for p, k in a.steps]
+    assert sorted(np.concatenate([*body, a.tail]).tolist()) == list(range(sum(rows)))
+    assert all(len(s) == step_rows for s in body) and len(a.tail) < 2 * step_rows
+    assert [p for p, _ in a.steps] == [i % 2 for i in range(len(a.steps))]  # phases alternate
 
 
-def test_epoch_order_changes_with_epoch_and_seed_and_not_without_shuffle() -> None:
+def test_lane_order_changes_with_epoch_and_seed_and_not_without_shuffle() -> None:
     rows = [50] * 8
-    base = epoch_order(rows, seed=0, epoch=0, shuffle=True, buffer_rows=120)
-    other_epoch = epoch_order(rows, seed=0, epoch=1, shuffle=True, buffer_rows=120)
-    other_seed = epoch_order(rows, seed=1, epoch=0, shuffle=True, buffer_rows=120)
-    flat = lambda o: np.concatenate(o.windows).tolist()  # noqa: E731
-    assert flat(base) != flat(other_epoch) or not np.array_equal(base.permutation(0), other_epoch.permutation(0))
-    assert flat(base) != flat(other_seed) or not np.array_equal(base.permutation(0), other_seed.permutation(0))
-    plain = epoch_order(rows, seed=0, epoch=5, shuffle=False, buffer_rows=120)
-    assert flat(plain) == list(range(8)) and len(plain.windows) == 8
-    assert plain.permutation(3).tolist() == list(range(50))
+    every = lambda o: np.concatenate([*o.phases]).tolist()  # noqa: E731
+    base = lane_order(rows, seed=0, epoch=0, shuffle=True, lanes=4, buffer_rows=120, step_rows=32)
+    assert every(base) != every(lane_order(rows, seed=0, epoch=1, shuffle=True, lanes=4, buffer_rows=120,
+                                           step_rows=32))
+    assert every(base) != every(lane_order(rows, seed=1, epoch=0, shuffle=True, lanes=4, buffer_rows=120,
+                                           step_rows=32))
+    plain = lane_order(rows, seed=0, epoch=5, shuffle=False, lanes=4, buffer_rows=120, step_rows=32)
+    assert every(plain) == list(range(400)) and plain.lanes == 1
 
 
-def test_epoch_order_skips_empty_units() -> None:
-    order = epoch_order([0, 10, 0, 5], seed=0, epoch=0, shuffle=False, buffer_rows=0)
-    assert [w.tolist() for w in order.windows] == [[1], [3]]
-    assert order.offsets.tolist() == [0, 10, 15]
-    assert order.window_of(9) == 0 and order.window_of(10) == 1
+def test_lanes_are_slices_of_the_unit_order_and_rank_lanes_sit_together() -> None:
+    assert _digit_reversal(24).tolist()[:4] == [0, 12, 6, 18]
+    rev = _digit_reversal(24)
+    for r_size in (2, 4, 8):  # lanes q = r (mod R) take one contiguous block of slices
+        for r in range(r_size):
+            block = sorted(rev[np.arange(r, 24, r_size)].tolist())
+            assert block == list(range(block[0], block[0] + 24 // r_size))
+    rows = [8] * 96
+    order = lane_order(rows, seed=2, epoch=0, shuffle=True, lanes=48, buffer_rows=0, step_rows=48)
+    # rank 0 of 2 reads positions = 0 (mod 2) of every step: lanes with even q only, half the units
+    mine = np.concatenate([order.phases[p][k * 48:(k + 1) * 48:2] for p, k in order.steps])
+    assert len(set((mine // 8).tolist())) <= 48 + 4
+
+
+@pytest.mark.parametrize(("n", "lanes", "g", "rank", "world"), [(300, 48, 32, 0, 1), (300, 48, 96, 2, 3),
+                                                                  (1000, 8, 64, 1, 4), (7, 48, 8, 1, 2)])
+def test_rank_steps_count_matches_the_order(n: int, lanes: int, g: int, rank: int, world: int) -> None:
+    order = lane_order([n], seed=0, epoch=0, shuffle=True, lanes=lanes, buffer_rows=0, step_rows=g)
+    body, tail = rank_steps(n, lanes=lanes, shuffle=True, batch_size=g // world, rank=rank, world_size=world,
+                            drop_last=False)
+    assert body == order.body_steps and (tail[-1, 1] if len(tail) else 0) <= len(order.tail) + world
+    assert sum(phase_rows(n, lanes=lanes, shuffle=True)) == n
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 63, 64, 65, 300, 1000])

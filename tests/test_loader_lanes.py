@@ -1,0 +1,137 @@
+"""Lanes: each consumer decodes only its share, the same global steps for every topology, measured
+by instrumenting the reader (``UnitReader.read`` counted per consumer)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from idxlake import ingest
+from idxlake.loaders import DeltaIterableDataset
+from idxlake.loaders.decode import UnitReader
+from idxlake.loaders.order import lane_order
+
+ROWS, GROUP = 4800, 16  # 300 row groups, lanes of 100 rows
+
+
+@pytest.fixture
+def many_groups(tmp_path, source_factory) -> str:
+    src = source_factory("lanes", rows={"train": ROWS, "test": 10}, seed=5)
+    table = str(tmp_path / "lanes_table")
+    ingest(src.root, table, row_group_rows=GROUP)
+    return table
+
+
+@pytest.fixture
+def decoded(monkeypatch, tmp_path) -> Path:
+    """Every ``UnitReader.read`` appends ``pid file:row_group`` to a log (forked workers inherit the patch)."""
+    log = tmp_path / "reads.log"
+    real = UnitReader.read
+
+    def counting(self, unit):
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {unit.file}:{unit.row_group}\n")
+        return real(self, unit)
+
+    monkeypatch.setattr(UnitReader, "read", counting)
+    return log
+
+
+def reads(log: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split()) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def steps(table: str, ranks: int, workers: int, global_batch: int, **kw) -> list[list[int]]:
+    """Sorted ids of every global step of epoch 1."""
+    per_rank = []
+    for r in range(ranks):
+        ds = DeltaIterableDataset(table, split="train", batch_size=global_batch // ranks, seed=9,
+                                  rank=r, world_size=ranks, cache_bytes=0, **kw)
+        ds.set_epoch(1)
+        per_rank.append([b["id"].tolist() for b in DataLoader(ds, batch_size=None, num_workers=workers)])
+    assert len({len(p) for p in per_rank}) == 1
+    return [sorted(i for part in step for i in part) for step in zip(*per_rank, strict=True)]
+
+
+@pytest.mark.parametrize("global_batch", [64, 100])
+def test_same_global_steps_for_every_topology(many_groups, global_batch: int) -> None:
+    reference = steps(many_groups, 1, 0, global_batch)
+    assert sorted(i for s in reference for i in s) == list(range(ROWS))
+    for ranks, workers in ((2, 0), (1, 2), (4, 0), (2, 2)):
+        assert steps(many_groups, ranks, workers, global_batch) == reference, (ranks, workers)
+
+
+@pytest.mark.parametrize("consumers", [1, 2, 4, 8])
+def test_each_rank_decodes_only_its_share(many_groups, decoded, consumers: int) -> None:
+    units = ROWS // GROUP
+    tail = lane_order(np.full(units, GROUP), seed=1, epoch=0, shuffle=True, lanes=48, buffer_rows=64,
+                      step_rows=64).tail
+    seen: list[int] = []
+    for r in range(consumers):
+        ds = DeltaIterableDataset(many_groups, split="train", batch_size=64 // consumers, seed=1, rank=r,
+                                  world_size=consumers, cache_bytes=0, shuffle_buffer=64)
+        before = len(reads(decoded))
+        seen += [i for b in ds for i in b["id"].tolist()]
+        mine = reads(decoded)[before:]
+        assert len(mine) == len(set(mine))  # each row group decoded once per epoch
+        # its share, plus the row groups cut by the ends of its two runs of lanes (4), plus at
+        # most one row group per row of its part of the tail (fewer than 2 x 64 rows in all)
+        assert len(mine) <= units / consumers + 4 + len(tail) / consumers, (r, len(mine))
+    assert sorted(seen) == list(range(ROWS))
+
+
+def test_workers_of_two_ranks_decode_only_their_share(many_groups, decoded) -> None:
+    units = ROWS // GROUP
+    ids, per_pid = [], Counter()
+    for r in range(2):
+        ds = DeltaIterableDataset(many_groups, split="train", batch_size=32, seed=1, rank=r, world_size=2,
+                                  cache_bytes=0, shuffle_buffer=64)
+        before = len(reads(decoded))
+        ids += [i for b in DataLoader(ds, batch_size=None, num_workers=2) for i in b["id"].tolist()]
+        per_pid.update(pid for pid, _ in reads(decoded)[before:])
+    assert sorted(ids) == list(range(ROWS))
+    assert len(per_pid) == 4  # four consumers (forked workers), each decoding about a quarter
+    tail = lane_order(np.full(units, GROUP), seed=1, epoch=0, shuffle=True, lanes=48, buffer_rows=64,
+                      step_rows=64).tail
+    assert max(per_pid.values()) <= units / 4 + 4 + len(tail) / 2, per_pid  # see the test above
+    assert sum(per_pid.values()) <= 1.1 * units
+
+
+@pytest.mark.parametrize(("ranks", "workers"), [(5, 0), (7, 2), (2, 3)])
+def test_consumers_not_dividing_lanes_stay_exactly_once(many_groups, caplog, ranks: int, workers: int) -> None:
+    caplog.set_level(logging.INFO, logger="idxlake.loaders.dataset")
+    per_rank = []
+    for r in range(ranks):
+        ds = DeltaIterableDataset(many_groups, split="train", batch_size=24, seed=2, rank=r, world_size=ranks)
+        per_rank.append([b["id"].tolist() for b in DataLoader(ds, batch_size=None, num_workers=workers)])
+        assert len(per_rank[-1]) == len(ds)
+    assert len({len(p) for p in per_rank}) == 1
+    seen = Counter(i for p in per_rank for b in p for i in b)
+    assert set(seen) == set(range(ROWS)) and sum(seen.values()) - ROWS < ranks
+    if workers == 0:  # the INFO line is logged in this process (workers log in theirs)
+        lines = [r.getMessage() for r in caplog.records if "reads" in r.getMessage()]
+        assert len(lines) == ranks and "not disjoint" in lines[0] and "row groups" in lines[0]
+
+
+def test_cache_turns_itself_on_when_the_selection_fits(many_groups, decoded) -> None:
+    auto = DeltaIterableDataset(many_groups, split="train", batch_size=50)  # ~1 MB: fits the default budget
+    off = DeltaIterableDataset(many_groups, split="train", batch_size=50, cache_bytes=0)
+    tiny = DeltaIterableDataset(many_groups, split="train", batch_size=50, cache_bytes=1000)
+    for ds in (auto, off, tiny):
+        counts = []
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            before = len(reads(decoded))
+            ids = torch.cat([b["id"] for b in ds])
+            assert sorted(ids.tolist()) == list(range(ROWS))
+            counts.append(len(reads(decoded)) - before)
+        assert counts[0] == ROWS // GROUP
+        assert counts[1] == (0 if ds is auto else ROWS // GROUP), counts
+    assert auto._cache is not None and off._cache is None and tiny._cache is None
