@@ -5,7 +5,11 @@ all-reduces after every batch (unequal batch counts would hang here), then strea
 through a *spawned* worker from a dataset created before ``init_process_group``, and writes
 the ids it saw to ``OUT/rank{R}.json``.
 
-Usage: script.py TABLE OUT
+With a third argument ``reads``, each rank instead streams one epoch through two forked workers
+with every ``UnitReader.read`` logged per process to ``OUT/reads{R}.log`` (what each of the four
+consumers decoded), and writes its ids.
+
+Usage: script.py TABLE OUT [reads]
 """
 
 from __future__ import annotations
@@ -31,6 +35,31 @@ def epoch_ids(loader: DataLoader) -> list[list[int]]:
     return out
 
 
+def reads(table: str, out: str) -> None:
+    """Two ranks x two workers: log the row groups each consumer decodes."""
+    import os
+
+    from idxlake.loaders.decode import UnitReader
+
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    log = Path(out, f"reads{rank}.log")
+    real = UnitReader.read
+
+    def counting(self, unit):  # type: ignore[no-untyped-def]
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {unit.file}:{unit.row_group}\n")
+        return real(self, unit)
+
+    UnitReader.read = counting  # type: ignore[method-assign]
+    ds = DeltaIterableDataset(table, split="train", batch_size=32, seed=1, shuffle_buffer=64, cache_bytes=0)
+    batches = epoch_ids(DataLoader(ds, batch_size=None, num_workers=2))
+    dist.barrier()
+    Path(out, f"rank{rank}.json").write_text(json.dumps(
+        {"rank": rank, "batches": len(batches), "ids": [i for b in batches for i in b]}))
+    dist.destroy_process_group()
+
+
 def main(table: str, out: str) -> None:
     kw = dict(split="train", batch_size=32, seed=1, shuffle_buffer=100)
     early = DeltaIterableDataset(table, **kw)  # before the process group: a spawned worker must still shard
@@ -49,4 +78,4 @@ def main(table: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    (reads if sys.argv[3:] == ["reads"] else main)(sys.argv[1], sys.argv[2])
