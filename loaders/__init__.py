@@ -21,11 +21,13 @@ from idxlake.schemas.extras import require
 
 if TYPE_CHECKING:
     from idxlake.loaders.dataset import DEFAULT_SHUFFLE_BUFFER, DeltaIterableDataset, ImageDtype
+    from idxlake.loaders.ring import RingDataLoader
 
 _TORCH_NAMES: dict[str, str] = {
     "DEFAULT_SHUFFLE_BUFFER": "idxlake.loaders.dataset",
     "DeltaIterableDataset": "idxlake.loaders.dataset",
     "ImageDtype": "idxlake.loaders.dataset",
+    "RingDataLoader": "idxlake.loaders.ring",
 }
 """Names whose module imports torch: loaded by ``__getattr__`` on first access."""
 
@@ -36,6 +38,7 @@ __all__ = [
     "ImageDtype",
     "OUTPUT_COLUMNS",
     "Plan",
+    "RingDataLoader",
     "Unit",
     "World",
     "build_plan",

@@ -22,6 +22,7 @@ from idxlake.loaders.decode import Batch, Normalizer, UnitReader
 from idxlake.loaders.order import PHASES, consumer_rows, lane_order, padding, rank_steps, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
+from idxlake.loaders.ring import send
 from idxlake.loaders.stream import (
     CACHE_FRACTION,
     READ_THREADS,
@@ -123,6 +124,7 @@ class DeltaIterableDataset(IterableDataset):
         self.transform, self.cache_bytes, self.prefetch = transform, cache_bytes, prefetch
         self.lanes, self.prefetch_depth = lanes, prefetch_depth
         self._logged: set[tuple[int, int, int, int]] = set()
+        self._ring: list[Any] | None = None  # set by RingDataLoader while it starts its workers
         self._rank, self._world_size = rank, world_size
         self._parent_dist: tuple[int, int] | None = None
         self._normalize = Normalizer(snap.meta) if image_dtype == "float32" else None
@@ -136,6 +138,7 @@ class DeltaIterableDataset(IterableDataset):
     def _init_process_state(self) -> None:
         self._reader = UnitReader(self.plan)
         self._cache: Arena | None = None  # the cache arena (whole selection), kept across epochs
+        self._slots: Arena | None = None  # the streaming arena, reused by later passes of this process
         self._pools: tuple[int, ThreadPoolExecutor] | None = None
 
     def _thread_pool(self) -> ThreadPoolExecutor | None:
@@ -152,7 +155,7 @@ class DeltaIterableDataset(IterableDataset):
         group may have been initialised after the dataset was created), no per-process state."""
         self.settle_resume()
         state = dict(self.__dict__)
-        for key in ("_reader", "_cache", "_progress", "_pools"):
+        for key in ("_reader", "_cache", "_slots", "_progress", "_pools"):
             state.pop(key, None)
         if self._rank is None:
             state["_parent_dist"] = self._dist()
@@ -323,9 +326,21 @@ class DeltaIterableDataset(IterableDataset):
         sched = schedule(self.plan, refs)
         self._log_reads(world, sched)
         arena = self._arena(sched)
-        yield from consume(self.plan, self._reader, sched, arena, progress=progress,
-                           finish=self._finish if self._normalize or self.transform else None,
-                           readers=self._thread_pool(), depth=self.prefetch_depth)
+        if not arena.cache:
+            self._slots = None  # this pass owns it: a concurrent pass makes its own
+        try:
+            yield from self._deliver(consume(self.plan, self._reader, sched, arena, progress=progress,
+                                             finish=self._finish if self._normalize or self.transform else None,
+                                             readers=self._thread_pool(), depth=self.prefetch_depth))
+        finally:
+            if not arena.cache:
+                self._slots = arena
+
+    def _deliver(self, batches: Iterator[Batch]) -> Iterator[Any]:
+        """In a worker of a :class:`RingDataLoader`: through its shared-memory ring."""
+        if self._ring is not None and get_worker_info() is not None:
+            return send(self._ring, batches)
+        return batches
 
     def _arena(self, sched: Any) -> Arena:
         """The cache arena when the selection fits the budget (made once), else a fresh streaming one."""
@@ -335,7 +350,10 @@ class DeltaIterableDataset(IterableDataset):
         if budget and self.num_rows * row_bytes(self.plan) <= budget:
             self._cache = Arena(self.plan, cache=True)
             return self._cache
-        return Arena(self.plan, cache=False, slots=sched.live)
+        arena = self._slots
+        if arena is None or not arena.reset(sched.live):  # reused across passes: no new pages to fault in
+            arena = self._slots = Arena(self.plan, cache=False, slots=sched.live)
+        return arena
 
     def _log_reads(self, world: World, sched: Any) -> None:
         """Say once per topology, at INFO, what this consumer reads."""

@@ -124,12 +124,14 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
     starts = np.concatenate([[0], np.cumsum(by_slice)])
     min_window = -(-buffer_rows // lanes) if buffer_rows > 0 else 0
     phases = []
+    seeds = _rng(seed, epoch, _ROWS).integers(0, 2**63, size=lanes)  # one generator per lane (slice)
+    rngs = [np.random.default_rng(int(x)) for x in seeds]
     for p in range(PHASES):
         grid = np.full((base + 1, q_lanes), -1, dtype=np.int64)
         for q in range(q_lanes):
             s = p * q_lanes + int(rev[q])
             lane = _shuffle_lane(perm[starts[s]:starts[s + 1]], int(starts[s]), unit_end, min_window,
-                                 _rng(seed, epoch, _ROWS, s))
+                                 rngs[s])
             grid[:len(lane), q] = lane
         flat = grid.reshape(-1)
         phases.append(flat[flat >= 0])

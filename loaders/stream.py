@@ -80,6 +80,14 @@ class Arena:
         self.resident[unit] = True
         self.decoded += 1
 
+    def reset(self, slots: int) -> bool:
+        """Reuse this streaming arena for a pass needing ``slots`` slots: ``False`` if too small."""
+        if self.cache or slots * self.slot_rows > self.capacity:
+            return False
+        self.free = list(range(self.capacity // max(self.slot_rows, 1) - 1, -1, -1))
+        self.resident[:] = False
+        return True
+
     def release(self, unit: int) -> None:
         """The consumer is done with ``unit`` (kept when caching)."""
         if not self.cache:
@@ -91,12 +99,16 @@ class Arena:
 class Schedule:
     """Which units a consumer's batches need, and when."""
 
-    refs: list[np.ndarray]
-    units: list[np.ndarray]  # unit of each row, per batch
+    refs: np.ndarray  # row refs of all batches, end to end
+    units: np.ndarray  # unit of each of them
+    bounds: list[int]  # batch b is ``refs[bounds[b]:bounds[b + 1]]``
     order: np.ndarray  # units by first use
-    first: np.ndarray  # first batch using each unit of ``order``
+    arrive: list[list[int]]  # units first used by batch b
     ends: list[list[int]]  # units whose last use is batch b
     live: int  # most units in use at once
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
 
 
 def schedule(plan: Plan, refs: list[np.ndarray]) -> Schedule:
@@ -109,19 +121,21 @@ def schedule(plan: Plan, refs: list[np.ndarray]) -> Schedule:
     n_units = len(plan.units)
     first = np.full(n_units, len(refs), dtype=np.int64)
     last = np.full(n_units, -1, dtype=np.int64)
-    np.minimum.at(first, units, batch)
-    np.maximum.at(last, units, batch)
+    last[units] = batch  # batch is non-decreasing: the last write of each unit is its last use
+    first[units[::-1]] = batch[::-1]
     used = np.flatnonzero(last >= 0)
     order = used[np.argsort(first[used], kind="stable")]
     ends: list[list[int]] = [[] for _ in refs]
+    arrive: list[list[int]] = [[] for _ in refs]
     for u in used.tolist():
         ends[int(last[u])].append(u)
+        arrive[int(first[u])].append(u)
     delta = np.zeros(len(refs) + 1, dtype=np.int64)
     np.add.at(delta, first[used], 1)
     np.add.at(delta, last[used] + 1, -1)
     live = int(np.cumsum(delta).max()) if len(used) else 0
-    split = np.cumsum(sizes)[:-1]
-    return Schedule(refs, np.split(units, split) if refs else [], order, first[order], ends, live)
+    bounds = [0, *np.cumsum(sizes).tolist()]
+    return Schedule(flat, units, bounds, order, arrive, ends, live)
 
 
 def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, progress: Progress,
@@ -141,6 +155,10 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
     """
     units = plan.units
     todo = [u for u in sched.order.tolist() if not arena.resident[u]]
+    warm = not todo  # all resident (a filled cache): one index for the whole pass
+    full = torch.from_numpy(sched.refs + arena.shift[sched.units]) if warm else None
+    items = list(arena.tensors.items())
+    bounds, ends = sched.bounds, sched.ends
     pending: dict[int, Future[Batch]] = {}
     nxt = 0
 
@@ -153,19 +171,25 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
 
     try:
         top_up(depth)
-        for b, refs in enumerate(sched.refs):
-            batch_units = sched.units[b]
-            need = np.unique(batch_units[~arena.resident[batch_units]]).tolist() if len(batch_units) else []
-            for u in need:
-                future = pending.pop(u, None)
-                if future is None and readers is not None:  # not submitted yet: submit up to it
-                    top_up(len(pending) + todo.index(u, nxt) - nxt + 1)
-                    future = pending.pop(u)
-                arena.put(u, future.result() if future is not None else reader.read(units[u]))
-            top_up(depth)
-            index = torch.from_numpy(refs + arena.shift[batch_units])
-            batch = {c: t.index_select(0, index) for c, t in arena.tensors.items()}
-            for u in sched.ends[b]:
+        for b in range(len(sched)):
+            lo, hi = bounds[b], bounds[b + 1]
+            if full is not None:
+                index = full[lo:hi]
+            else:
+                for u in sched.arrive[b]:
+                    if arena.resident[u]:
+                        continue
+                    future = pending.pop(u, None)
+                    if future is None and readers is not None:  # not submitted yet: submit up to it
+                        top_up(len(pending) + todo.index(u, nxt) - nxt + 1)
+                        future = pending.pop(u)
+                    arena.put(u, future.result() if future is not None else reader.read(units[u]))
+                top_up(depth)
+                if not items:
+                    items = list(arena.tensors.items())
+                index = torch.from_numpy(sched.refs[lo:hi] + arena.shift[sched.units[lo:hi]])
+            batch = {c: t.index_select(0, index) for c, t in items}
+            for u in ends[b]:
                 arena.release(u)
             progress.yielded += 1
             yield batch if finish is None else finish(batch)

@@ -1,0 +1,69 @@
+"""RingDataLoader: batches from workers through a shared-memory ring, identical to the plain path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from idxlake.loaders import DeltaIterableDataset, RingDataLoader
+from idxlake.loaders.ring import RING_KEY
+from idxlake.schemas import LoaderConfigError
+
+KW = dict(split="train", batch_size=24, seed=4, shuffle_buffer=100)
+
+
+def ids_of(batches) -> list[list[int]]:
+    return [b["id"].tolist() for b in batches]
+
+
+@pytest.mark.parametrize("persistent", [False, True])
+def test_ring_gives_the_plain_batches_as_fresh_tensors(synthetic_table, persistent: bool) -> None:
+    table, source = synthetic_table
+    images, _ = source.arrays["train"]
+    ds = DeltaIterableDataset(table, **KW)
+    loader = RingDataLoader(ds, num_workers=2, persistent_workers=persistent)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        kept = list(loader)  # held: later slots must not overwrite earlier batches
+        ref = DeltaIterableDataset(table, **KW)
+        ref.set_epoch(epoch)
+        assert ids_of(kept) == ids_of(DataLoader(ref, batch_size=None))
+        for b in kept:
+            assert RING_KEY not in b and set(b) == {"image", "label", "id"}
+            assert np.array_equal(b["image"][:, 0].numpy(), images[b["id"].numpy()])
+    assert ds._ring is None  # only set while the workers start
+
+
+def test_ring_carries_what_a_transform_adds_and_float_images(synthetic_table) -> None:
+    table, _ = synthetic_table
+
+    def extra(batch):
+        batch["double"] = batch["label"].to(torch.float64) * 2
+        batch["label"] = batch["label"][:1]  # a different shape than the slot: sent the usual way
+        return batch
+
+    ds = DeltaIterableDataset(table, transform=extra, image_dtype="float32", **KW)
+    got = list(RingDataLoader(ds, num_workers=2))
+    plain = list(DataLoader(DeltaIterableDataset(table, transform=extra, image_dtype="float32", **KW),
+                            batch_size=None))
+    assert len(got) == len(plain)
+    for a, b in zip(got, plain, strict=True):
+        assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+        assert a["image"].dtype == torch.float32
+
+
+@pytest.mark.slow
+def test_ring_with_spawned_workers_and_zero_workers(synthetic_table) -> None:
+    table, _ = synthetic_table
+    ref = ids_of(DeltaIterableDataset(table, **KW))
+    assert ids_of(RingDataLoader(DeltaIterableDataset(table, **KW), num_workers=2,
+                                 multiprocessing_context="spawn")) == ref
+    assert ids_of(RingDataLoader(DeltaIterableDataset(table, **KW))) == ref
+
+
+def test_ring_refuses_batching_options(synthetic_table) -> None:
+    table, _ = synthetic_table
+    with pytest.raises(LoaderConfigError, match="batch_size is not an option"):
+        RingDataLoader(DeltaIterableDataset(table, **KW), batch_size=4)
