@@ -21,11 +21,13 @@ from idxlake.schemas.extras import require
 
 if TYPE_CHECKING:
     from idxlake.loaders.dataset import DEFAULT_SHUFFLE_BUFFER, DeltaIterableDataset, ImageDtype
+    from idxlake.loaders.device import DeviceLoader
     from idxlake.loaders.ring import RingDataLoader
 
 _TORCH_NAMES: dict[str, str] = {
     "DEFAULT_SHUFFLE_BUFFER": "idxlake.loaders.dataset",
     "DeltaIterableDataset": "idxlake.loaders.dataset",
+    "DeviceLoader": "idxlake.loaders.device",
     "ImageDtype": "idxlake.loaders.dataset",
     "RingDataLoader": "idxlake.loaders.ring",
 }
@@ -34,6 +36,7 @@ _TORCH_NAMES: dict[str, str] = {
 __all__ = [
     "DEFAULT_SHUFFLE_BUFFER",
     "DeltaIterableDataset",
+    "DeviceLoader",
     "FILTER_COLUMNS",
     "ImageDtype",
     "OUTPUT_COLUMNS",
