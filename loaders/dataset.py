@@ -19,20 +19,12 @@ import pyarrow.dataset as pads
 from torch.utils.data import IterableDataset, get_worker_info
 
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
-from idxlake.loaders.order import PHASES, consumer_rows, lane_order, padding, rank_steps, worker_batches
+from idxlake.loaders.options import check_options
+from idxlake.loaders.order import consumer_rows, lane_order, padding, rank_steps, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
 from idxlake.loaders.ring import send
-from idxlake.loaders.stream import (
-    CACHE_FRACTION,
-    READ_THREADS,
-    Arena,
-    Progress,
-    available_memory,
-    consume,
-    row_bytes,
-    schedule,
-)
+from idxlake.loaders.stream import READ_THREADS, Arena, Progress, consume, fits_cache, log_reads, schedule
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot, snapshot
 
@@ -97,18 +89,8 @@ class DeltaIterableDataset(IterableDataset):
                  transform: Callable[[Batch], Batch] | None = None, cache_bytes: int | None = None,
                  prefetch: bool = True, lanes: int = DEFAULT_LANES, prefetch_depth: int = 4) -> None:
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise LoaderConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
-            raise LoaderConfigError(f"shuffle_buffer must be an integer >= 0 (rows), got {shuffle_buffer!r}")
-        if cache_bytes is not None and (not isinstance(cache_bytes, int) or cache_bytes < 0):
-            raise LoaderConfigError(f"cache_bytes must be None or an integer >= 0, got {cache_bytes!r}")
-        if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < PHASES or lanes % PHASES:
-            raise LoaderConfigError(f"lanes must be a positive multiple of {PHASES}, got {lanes!r}")
-        if isinstance(prefetch_depth, bool) or not isinstance(prefetch_depth, int) or prefetch_depth < 1:
-            raise LoaderConfigError(f"prefetch_depth must be an integer >= 1, got {prefetch_depth!r}")
-        if image_dtype not in ("uint8", "float32", "native"):
-            raise LoaderConfigError(f"image_dtype must be 'uint8', 'float32' or 'native', got {image_dtype!r}")
+        check_options(batch_size=batch_size, shuffle_buffer=shuffle_buffer, cache_bytes=cache_bytes,
+                      image_dtype=image_dtype, lanes=lanes, prefetch_depth=prefetch_depth)
         if rank is not None or world_size is not None:
             World(*World.distributed(rank, world_size))  # validates the pair
         snap = table if isinstance(table, TableSnapshot) else snapshot(
@@ -324,48 +306,19 @@ class DeltaIterableDataset(IterableDataset):
                            step_rows=self.batch_size * world.world_size)
         refs = consumer_rows(order, batches, rank=world.rank, world_size=world.world_size, tail_ranges=tail)
         sched = schedule(self.plan, refs)
-        self._log_reads(world, sched)
-        arena = self._arena(sched)
-        if not arena.cache:
-            self._slots = None  # this pass owns it: a concurrent pass makes its own
-        try:
-            yield from self._deliver(consume(self.plan, self._reader, sched, arena, progress=progress,
-                                             finish=self._finish if self._normalize or self.transform else None,
-                                             readers=self._thread_pool(), depth=self.prefetch_depth))
+        if (world.rank, world.world_size, world.worker, world.num_workers) not in self._logged:
+            self._logged.add((world.rank, world.world_size, world.worker, world.num_workers))
+            log_reads(self.plan, world, sched, lanes=self.lanes, shuffle=self.shuffle)
+        if self._cache is None and fits_cache(self.plan, self.cache_bytes):
+            self._cache = Arena(self.plan, cache=True)  # made once, kept across epochs
+        arena, self._slots = self._cache or self._slots, None  # a concurrent pass makes its own slots
+        if not arena or not (arena.cache or arena.reset(sched.live)):  # reused: no new pages to fault in
+            arena = Arena(self.plan, cache=False, slots=sched.live)
+        batches_out = consume(self.plan, self._reader, sched, arena, progress=progress, depth=self.prefetch_depth,
+                              finish=self._finish if self._normalize or self.transform else None,
+                              readers=self._thread_pool())
+        try:  # in a worker of a RingDataLoader: through its shared-memory ring
+            yield from send(self._ring, batches_out) if self._ring is not None and get_worker_info() else batches_out
         finally:
             if not arena.cache:
                 self._slots = arena
-
-    def _deliver(self, batches: Iterator[Batch]) -> Iterator[Any]:
-        """In a worker of a :class:`RingDataLoader`: through its shared-memory ring."""
-        if self._ring is not None and get_worker_info() is not None:
-            return send(self._ring, batches)
-        return batches
-
-    def _arena(self, sched: Any) -> Arena:
-        """The cache arena when the selection fits the budget (made once), else a fresh streaming one."""
-        if self._cache is not None:
-            return self._cache
-        budget = self.cache_bytes if self.cache_bytes is not None else int(CACHE_FRACTION * available_memory())
-        if budget and self.num_rows * row_bytes(self.plan) <= budget:
-            self._cache = Arena(self.plan, cache=True)
-            return self._cache
-        arena = self._slots
-        if arena is None or not arena.reset(sched.live):  # reused across passes: no new pages to fault in
-            arena = self._slots = Arena(self.plan, cache=False, slots=sched.live)
-        return arena
-
-    def _log_reads(self, world: World, sched: Any) -> None:
-        """Say once per topology, at INFO, what this consumer reads."""
-        key = (world.rank, world.world_size, world.worker, world.num_workers)
-        if key in self._logged:
-            return
-        self._logged.add(key)
-        units, c = len(sched.order), world.consumers
-        disjoint = self.shuffle and world.num_workers <= PHASES and PHASES % world.num_workers == 0 \
-            and (self.lanes // PHASES) % world.world_size == 0
-        logger.info("%s: consumer %d of %d (%s) reads %d of %d row groups%s", self.plan.describe(),
-                    world.consumer, c, world, units, len(self.plan.units),
-                    "" if disjoint or c == 1 else
-                    f"; its lanes are not disjoint from the others' (lanes={self.lanes}: use num_workers "
-                    f"dividing {PHASES} and world_size dividing {self.lanes // PHASES})")

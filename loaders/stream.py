@@ -23,7 +23,9 @@ import numpy as np
 import torch
 
 from idxlake.loaders.decode import Batch, UnitReader
+from idxlake.loaders.order import PHASES
 from idxlake.loaders.plan import Plan
+from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE
 
 logger = logging.getLogger(__name__)
@@ -220,3 +222,20 @@ def available_memory() -> int:
 def row_bytes(plan: Plan) -> int:
     """Decoded bytes of one row of the projected columns."""
     return sum(plan.snapshot.meta.record_nbytes if c == IMAGE else 8 for c in plan.columns)
+
+
+def fits_cache(plan: Plan, cache_bytes: int | None) -> bool:
+    """Whether the projected columns of the whole selection fit the cache budget (``None``:
+    :data:`CACHE_FRACTION` of the memory available now; 0: never)."""
+    budget = cache_bytes if cache_bytes is not None else int(CACHE_FRACTION * available_memory())
+    return bool(budget) and plan.num_rows * row_bytes(plan) <= budget
+
+
+def log_reads(plan: Plan, world: World, sched: Schedule, *, lanes: int, shuffle: bool) -> None:
+    """Say at INFO what this consumer reads (the dataset calls it once per topology)."""
+    disjoint = shuffle and PHASES % world.num_workers == 0 and (lanes // PHASES) % world.world_size == 0
+    logger.info("%s: consumer %d of %d (%s) reads %d of %d row groups%s", plan.describe(), world.consumer,
+                world.consumers, world, len(sched.order), len(plan.units),
+                "" if disjoint or world.consumers == 1 else
+                f"; its lanes are not disjoint from the others' (lanes={lanes}: use num_workers dividing "
+                f"{PHASES} and world_size dividing {lanes // PHASES})")

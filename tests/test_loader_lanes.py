@@ -106,7 +106,7 @@ def test_workers_of_two_ranks_decode_only_their_share(many_groups, decoded) -> N
 
 @pytest.mark.parametrize(("ranks", "workers"), [(5, 0), (7, 2), (2, 3)])
 def test_consumers_not_dividing_lanes_stay_exactly_once(many_groups, caplog, ranks: int, workers: int) -> None:
-    caplog.set_level(logging.INFO, logger="idxlake.loaders.dataset")
+    caplog.set_level(logging.INFO, logger="idxlake.loaders.stream")
     per_rank = []
     for r in range(ranks):
         ds = DeltaIterableDataset(many_groups, split="train", batch_size=24, seed=2, rank=r, world_size=ranks)
