@@ -129,9 +129,7 @@ def make_runner(config: dict, tables: dict[str, str], bs: int):
 
         hand = DataLoader(MNIST(images, labels), batch_size=bs, shuffle=True)
         return lambda epoch: sum(len(y) for _, y in hand)
-    from idxlake.loaders import DeltaIterableDataset
-
-    from idxlake.loaders import RingDataLoader
+    from idxlake.loaders import DeltaIterableDataset, RingDataLoader
 
     ds = DeltaIterableDataset(tables[config.get("table", "lz4")], split="train", batch_size=bs,
                               columns=("image", "label"), image_dtype=config.get("dtype", "uint8"),
@@ -188,6 +186,105 @@ def peak_rss(config: dict, tables: dict[str, str], epochs: int = 3) -> dict:
     return {"rss_mb": me, "child_rss_mb": kids}
 
 
+PEERS_AT_256 = {"Daft": 0.057, "Petastorm": 0.029, "HF datasets": 0.016, "Ray Data": 0.008, "Mosaic": 0.002}
+"""Peers' warm bs-256 ratio to the in-memory limit, quoted from issue 10 (measured there the same way;
+not re-measured here: the peers are not installed in this environment)."""
+
+
+def _timed(run, epoch: int) -> float:
+    start = time.perf_counter()
+    n = run(epoch)
+    return n / (time.perf_counter() - start)
+
+
+def scale_sections(tables: dict[str, str], reps: int) -> dict:
+    """Workers with a heavy transform, the cost of filling the cache, simulated world sizes 1-8
+    on 8x MNIST (row groups decoded by rank 0 and its epoch time), S3 (moto) against local disk."""
+    from idxlake.loaders import DeltaIterableDataset
+    from idxlake.loaders.decode import UnitReader
+
+    out: dict = {}
+    mem = make_runner(CONFIGS["in-memory"], tables, 256)
+    heavy = {w: make_runner({"kind": "loader", "workers": w, "ring": True, "heavy": True}, tables, 256)
+             for w in (0, 2)}
+    rates = {w: statistics.median(_timed(run, e) for e in range(1, 3)) for w, run in heavy.items()}
+    out["heavy transform, 2 workers (ring) / 0 workers"] = rates[2] / rates[0]
+    fills, colds = [], []
+    for e in range(reps):  # the first epoch of a fresh dataset: filling the cache vs not caching
+        fills.append(_timed(make_runner({"kind": "loader", "direct": True, "cache": None}, tables, 256), e))
+        colds.append(_timed(make_runner({"kind": "loader", "direct": True}, tables, 256), e))
+    out["first epoch, filling the cache / not caching"] = statistics.median(fills) / statistics.median(colds)
+    out["in-memory limit M/s"] = statistics.median(_timed(mem, e) for e in range(reps)) / 1e6
+    decoded: list[int] = []
+    real = UnitReader.read
+
+    def counting(self, unit):  # type: ignore[no-untyped-def]
+        decoded.append(1)
+        return real(self, unit)
+
+    UnitReader.read = counting  # type: ignore[method-assign]
+    try:
+        base = None
+        for world in range(1, 9):
+            ds = DeltaIterableDataset(tables["x8"], split="train", batch_size=256, columns=("image", "label"),
+                                      cache_bytes=0, rank=0, world_size=world)
+            times = []
+            for e in range(3):
+                decoded.clear()
+                ds.set_epoch(e)
+                start = time.perf_counter()
+                for _ in ds:
+                    pass
+                times.append(time.perf_counter() - start)
+            t = statistics.median(times)
+            base = base or t
+            out[f"world size {world}: rank 0 row groups decoded / total"] = f"{len(decoded)} / {len(ds.plan.units)}"
+            out[f"world size {world}: rank 0 epoch time / world size 1"] = t / base
+    finally:
+        UnitReader.read = real  # type: ignore[method-assign]
+    out.update(s3_vs_local(tables["lz4"]))
+    return out
+
+
+def s3_vs_local(table: str) -> dict:
+    """Cold epochs (bs 256) over MNIST on a moto S3 server on 127.0.0.1 against local disk."""
+    import socket
+    import urllib.request
+
+    import boto3
+
+    from idxlake import ingest
+    from idxlake.loaders import DeltaIterableDataset
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        opts = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
+        boto3.client("s3", endpoint_url=opts["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                     aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="lake")
+        ingest(None, "s3://lake/mnist", storage_options=opts)
+        rates = {}
+        for name, uri, so, depth in (("local", table, None, 4), ("S3, prefetch_depth=1", "s3://lake/mnist", opts, 1),
+                                     ("S3, prefetch_depth=4", "s3://lake/mnist", opts, 4)):
+            ds = DeltaIterableDataset(uri, storage_options=so, split="train", batch_size=256, cache_bytes=0,
+                                      columns=("image", "label"), prefetch_depth=depth)
+            rates[name] = statistics.median(_timed(lambda e, ds=ds: (ds.set_epoch(e), sum(
+                len(b["label"]) for b in ds))[1], e) for e in range(3))
+        return {f"{k} / local": v / rates["local"] for k, v in rates.items() if k != "local"}
+    finally:
+        server.kill()
+
+
 def build_tables(root: Path) -> dict[str, str]:
     """Ingest MNIST as LZ4_RAW (default), ZSTD, and 4x and 8x MNIST by appends."""
     from idxlake import ingest
@@ -209,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--only", nargs="+", default=None, help="configuration names to run")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 0],
+                        help="torch intra-op threads of each throughput run (0: torch's default)")
+    parser.add_argument("--no-scale", action="store_true", help="skip workers/world-size/S3 sections")
     parser.add_argument("--rss", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss:  # child mode: peak RSS of one configuration, as JSON on stdout
@@ -228,10 +328,28 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
                 return 1
             results[name].update(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print("peak RSS measured; throughput (interleaved):", flush=True)
-        for name, rates in throughput(configs, tables, args.batch_sizes, args.reps).items():
-            results[name]["rates"] = rates
-    print_table(results, args.batch_sizes)
+        import torch
+
+        default_threads = torch.get_num_threads()
+        for threads in args.threads:
+            torch.set_num_threads(threads or default_threads)
+            print(f"peak RSS measured; throughput (interleaved), {torch.get_num_threads()} torch thread(s):",
+                  flush=True)
+            for name, rates in throughput(configs, tables, args.batch_sizes, args.reps).items():
+                results[name]["rates"] = rates
+                results[name].setdefault("rates_by_threads", {})[str(torch.get_num_threads())] = rates
+            print_table(results, args.batch_sizes)
+            warm = results.get("loader uint8, cached, no DataLoader", {}).get("rates", {}).get("256")
+            mem = results.get("in-memory", {}).get("rates", {}).get("256")
+            if warm and mem:
+                print("peers (issue 10's bs-256 warm ratios): " + ", ".join(
+                    f"{k} {v:.3f}x" for k, v in PEERS_AT_256.items()) + f"; idxlake cached {warm / mem:.2f}x")
+        torch.set_num_threads(default_threads)
+        if not args.no_scale:
+            scale = scale_sections(tables, args.reps)
+            for key, value in scale.items():
+                print(f"  {key}: {value:.2f}" if isinstance(value, float) else f"  {key}: {value}", flush=True)
+            results["scale"] = scale
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -112,7 +112,7 @@ class RingDataLoader(DataLoader):
         self._ring = make_ring(dataset, num_workers, (prefetch_factor or 0) + 2) if num_workers else []
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        ds = self.dataset
+        ds: Any = self.dataset
         ds._ring = self._ring or None  # workers (forked or spawned) take it from the dataset
         try:
             it = super().__iter__()
