@@ -104,6 +104,7 @@ def test_workers_of_two_ranks_decode_only_their_share(many_groups, decoded) -> N
     assert sum(per_pid.values()) <= 1.1 * units
 
 
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 @pytest.mark.parametrize(("ranks", "workers"), [(5, 0), (7, 2), (2, 3)])
 def test_consumers_not_dividing_lanes_stay_exactly_once(many_groups, caplog, ranks: int, workers: int) -> None:
     caplog.set_level(logging.INFO, logger="idxlake.loaders.stream")
