@@ -173,7 +173,7 @@ def build_tables(root: Path) -> dict[str, str]:
     for name, copies in (("x4", 4), ("x8", 8)):
         ingest(None, tables[name])
         for _ in range(copies - 1):
-            ingest(None, tables[name], mode="append")
+            ingest(None, tables[name], mode="append", allow_duplicate=True)
     return tables
 
 

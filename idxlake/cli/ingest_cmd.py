@@ -27,6 +27,8 @@ def register(sub: Any) -> None:
     p.add_argument("--row-group-rows", type=positive_int, default=None,
                    help="rows per Parquet row group (default 8192)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-duplicate", action="store_true",
+                   help="with --mode append: add files the split already holds (refused by default)")
     add_table_options(p, version=False)
     p.set_defaults(run=run_ingest)
 
@@ -58,7 +60,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         kwargs["on_total"] = lambda total: setattr(bar, "total", total)
     try:
         result = ingest(source, table, dataset=args.dataset, mode=args.mode,
-                        storage_options=storage_options(args), **kwargs)
+                        storage_options=storage_options(args), allow_duplicate=args.allow_duplicate, **kwargs)
     finally:
         if bar is not None:
             bar.close()

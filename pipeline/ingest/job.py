@@ -187,6 +187,41 @@ def _already_holds(old: TableMeta, sources: Mapping[str, SplitSource]) -> bool:
     return True
 
 
+def _validate_fully(sources: Mapping[str, SplitSource]) -> None:
+    """Decode every source file to its end (raises IdxFormatError for a truncated or corrupt one)."""
+    for src in sources.values():
+        scan_idx(src.images)
+        scan_idx(src.labels)
+
+
+def _duplicate_message(table: str, split: str, name: str, version: int | None) -> str:
+    return (f"{table}: split {split!r} already holds {name} (same sha256, recorded in the lineage; table at "
+            f"version {version}); appending it again would duplicate its rows (an earlier ingest that reported "
+            "an error may have landed: see `idxlake history`). Use --mode replace to rewrite the split, or "
+            "--allow-duplicate to append it anyway")
+
+
+def _refuse_duplicate_early(old: TableMeta, sources: Mapping[str, SplitSource], table: str,
+                            version: int | None) -> None:
+    """Refuse an append whose images file is byte-identical (md5 of the stored file) to one already in the split."""
+    for split, src in sources.items():
+        recorded = old.splits.get(split)
+        if recorded is None:
+            continue
+        md5s = {rec.md5 for rec in recorded.sources if rec.role == "images"}
+        if md5s and _file_md5(src.images) in md5s:
+            raise SourceError(_duplicate_message(table, split, src.images.name, version))
+
+
+def _refuse_duplicate(old: TableMeta, scanned: Mapping[str, ScannedSplit], table: str, version: int | None) -> None:
+    """Refuse an append whose images content (sha256 of the uncompressed IDX) is already in the split."""
+    for split, s in scanned.items():
+        recorded = old.splits.get(split)
+        if recorded is not None and s.images_digest.sha256 in {r.sha256 for r in recorded.sources
+                                                               if r.role == "images"}:
+            raise SourceError(_duplicate_message(table, split, s.source.images.name, version))
+
+
 def _file_md5(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
     with open(path, "rb") as f:
@@ -206,6 +241,7 @@ def ingest(
     codec: Codec = DEFAULT_CODEC,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    allow_duplicate: bool = False,
 ) -> IngestResult:
     """Ingest IDX files into a Delta table in one atomic commit.
 
@@ -222,6 +258,8 @@ def ingest(
         codec: Parquet compression codec.
         progress: Called with the number of image bytes just processed.
         on_total: Called once with the total bytes ``progress`` will report.
+        allow_duplicate: Let ``mode="append"`` add an images file the split already holds (same
+            sha256). Refused by default: rerunning an append that did land would duplicate its rows.
 
     Returns:
         An :class:`IngestResult`.
@@ -230,6 +268,8 @@ def ingest(
         IdxFormatError, SourceError: bad input (the table is left unchanged).
         TableExistsError: ``mode="error"`` and the table exists.
         SchemaMismatchError: the source does not fit the existing table.
+        SourceError: also for an append of sources the split already holds (see ``allow_duplicate``).
+        CommitConflictError: another writer created the table or committed first; nothing was written.
     """
     t0 = time.perf_counter()
     if dataset is not None and dataset != GENERIC:
@@ -245,7 +285,13 @@ def ingest(
     named = named_spec(dataset, next(iter(sources.values())).prefix)
     meta = replace(meta, transposed=bool(named and named.transposed))
     if old is not None and mode in ("replace", "append"):
-        _check_compatible(old, replace(meta, dataset=named.name if named else GENERIC), table)
+        try:
+            _check_compatible(old, replace(meta, dataset=named.name if named else GENERIC), table)
+        except SchemaMismatchError:
+            _validate_fully(sources)  # a damaged source is reported as such, not as a table mismatch
+            raise
+        if mode == "append" and not allow_duplicate:
+            _refuse_duplicate_early(old, sources, table, old_version)
         meta = replace(meta, transposed=old.transposed)
         if mode == "replace" and _already_holds(old, sources):
             logger.info("%s: already holds these sources at version %s; nothing to do", table, old_version)
@@ -270,10 +316,12 @@ def ingest(
         rows = {k: s.images.count for k, s in scanned.items()}
         lineage = {"idxlake_version": __version__, "mode": mode, "dataset": meta.dataset, "verified": verified,
                    "rows": rows, "sources": {k: [f.__dict__ for f in s.source_files()] for k, s in scanned.items()}}
-        commit(table, dt, pending, schema=arrow_schema(meta), mode="create" if dt is None or mode == "error" else mode,
-               splits=list(scanned), storage_options=storage_options, name=Path(table.rstrip("/")).name or None,
-               description=meta.describe(), lineage=lineage)
-    version = open_table(table, storage_options=storage_options).version()
+        if old is not None and mode == "append" and not allow_duplicate:
+            _refuse_duplicate(old, scanned, table, old_version)
+        version = commit(table, dt, pending, schema=arrow_schema(meta),
+                         mode="create" if dt is None or mode == "error" else mode, splits=list(scanned),
+                         storage_options=storage_options, name=Path(table.rstrip("/")).name or None,
+                         description=meta.describe(), lineage=lineage)
     logger.info("%s: wrote %s rows as version %d", table, rows, version)
     return IngestResult(table=table, version=version, mode=mode, dataset=meta.dataset, verified=verified, rows=rows,
                         seconds=time.perf_counter() - t0, bytes_read=total,
