@@ -148,3 +148,29 @@ def test_stale_temp_log_files_of_killed_commits_are_removed(synthetic_table,
     assert not stale.exists() and fresh.exists()
     assert vacuum(table, retain_hours=0, force=True).files == []  # without --full: log temp files untouched
     assert snapshot(table).version == 0
+
+
+def test_optimize_losing_a_race_to_vacuum_is_one_clear_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import pyarrow.parquet as pq
+
+    from idxlake.pipeline.ingest import delta_commit
+
+    src = make_source(tmp_path / "src", rows={"train": 60, "test": 20})
+    table = str(tmp_path / "t")
+    ingest(src.root, table, row_group_rows=16)
+    ingest(src.root, table, row_group_rows=16, mode="append", allow_duplicate=True)
+    live = {f.path for f in snapshot(table).files}
+
+    class VacuumedOnClose(pq.ParquetWriter):  # an old-style vacuum deletes the file the moment it is complete
+        def close(self) -> None:
+            super().close()
+            for rel in _parquet(table) - live:
+                os.remove(Path(table) / rel)
+
+    monkeypatch.setattr(delta_commit.pq, "ParquetWriter", VacuumedOnClose)
+    assert main(["optimize", table]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "TypeError" not in err
+    assert "idxlake optimize: error: " in err and "vanished right after it was written" in err
+    assert snapshot(table).version == 1

@@ -83,5 +83,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     for done in export(args.table, args.outdir, splits=args.split, version=args.version,
                        storage_options=storage_options(args), compress=not args.raw):
-        print(f"{done.split}: {done.rows:,} rows -> {done.images} , {done.labels}")
+        check = ("sha256 equals the ingested sources" if done.verified
+                 else "not compared: the split has no single ingested source pair")
+        print(f"{done.split}: {done.rows:,} rows -> {done.images} , {done.labels} ({check})")
     return 0
