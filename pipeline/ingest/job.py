@@ -11,7 +11,6 @@ deletes the files written so far and leaves the table at its previous version.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,8 +21,9 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from idxlake.pipeline.idx.read import IdxFile, scan_idx
+from idxlake.pipeline.idx.read import IdxFile
 from idxlake.pipeline.ingest.delta_commit import Codec, commit, file_schema, image_array, open_pending, write_split
+from idxlake.pipeline.ingest.duplicates import already_holds, refuse_duplicate, refuse_duplicate_early, validate_fully
 from idxlake.pipeline.ingest.prefetch import prefetch
 from idxlake.pipeline.ingest.scan import ScannedSplit, SplitAccumulator, identify, named_spec, pixel_scale
 from idxlake.pipeline.ingest.sources import SplitSource, bundled_mnist, discover
@@ -163,73 +163,6 @@ def _stream(src: SplitSource, meta: TableMeta, schema: pa.Schema, out: dict[str,
                                       acc.stats, acc.label_min if start else 0.0, acc.label_max if start else 0.0)
 
 
-def _already_holds(old: TableMeta, sources: Mapping[str, SplitSource]) -> bool:
-    """True when ``old`` holds exactly this content (sha256 and size of every file) for every split.
-
-    Cheap checks first: identical stored bytes (md5 of the file, no decompression), then the
-    uncompressed size from the header; only files that could be equal are fully hashed.
-    """
-    for split, src in sources.items():
-        recorded = old.splits.get(split)
-        if recorded is None or len(recorded.sources) != 2:
-            return False
-        pairs = (("images", src.images, recorded.sources[0]), ("labels", src.labels, recorded.sources[1]))
-        for role, path, rec in pairs:
-            if rec.role != role:
-                return False
-            if _file_md5(path) == rec.md5:
-                continue
-            with IdxFile(path) as f:
-                if f.header.nbytes + f.header.payload_nbytes != rec.nbytes:
-                    return False
-            if scan_idx(path)[1].sha256 != rec.sha256:
-                return False
-    return True
-
-
-def _validate_fully(sources: Mapping[str, SplitSource]) -> None:
-    """Decode every source file to its end (raises IdxFormatError for a truncated or corrupt one)."""
-    for src in sources.values():
-        scan_idx(src.images)
-        scan_idx(src.labels)
-
-
-def _duplicate_message(table: str, split: str, name: str, version: int | None) -> str:
-    return (f"{table}: split {split!r} already holds {name} (same sha256, recorded in the lineage; table at "
-            f"version {version}); appending it again would duplicate its rows (an earlier ingest that reported "
-            "an error may have landed: see `idxlake history`). Use --mode replace to rewrite the split, or "
-            "--allow-duplicate to append it anyway")
-
-
-def _refuse_duplicate_early(old: TableMeta, sources: Mapping[str, SplitSource], table: str,
-                            version: int | None) -> None:
-    """Refuse an append whose images file is byte-identical (md5 of the stored file) to one already in the split."""
-    for split, src in sources.items():
-        recorded = old.splits.get(split)
-        if recorded is None:
-            continue
-        md5s = {rec.md5 for rec in recorded.sources if rec.role == "images"}
-        if md5s and _file_md5(src.images) in md5s:
-            raise SourceError(_duplicate_message(table, split, src.images.name, version))
-
-
-def _refuse_duplicate(old: TableMeta, scanned: Mapping[str, ScannedSplit], table: str, version: int | None) -> None:
-    """Refuse an append whose images content (sha256 of the uncompressed IDX) is already in the split."""
-    for split, s in scanned.items():
-        recorded = old.splits.get(split)
-        if recorded is not None and s.images_digest.sha256 in {r.sha256 for r in recorded.sources
-                                                               if r.role == "images"}:
-            raise SourceError(_duplicate_message(table, split, s.source.images.name, version))
-
-
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def ingest(
     source: str | Path | Sequence[str | Path] | None,
     table: str,
@@ -288,12 +221,12 @@ def ingest(
         try:
             _check_compatible(old, replace(meta, dataset=named.name if named else GENERIC), table)
         except SchemaMismatchError:
-            _validate_fully(sources)  # a damaged source is reported as such, not as a table mismatch
+            validate_fully(sources)  # a damaged source is reported as such, not as a table mismatch
             raise
         if mode == "append" and not allow_duplicate:
-            _refuse_duplicate_early(old, sources, table, old_version)
+            refuse_duplicate_early(old, sources, table, old_version)
         meta = replace(meta, transposed=old.transposed)
-        if mode == "replace" and _already_holds(old, sources):
+        if mode == "replace" and already_holds(old, sources):
             logger.info("%s: already holds these sources at version %s; nothing to do", table, old_version)
             return IngestResult(table=table, version=old_version or 0, mode=mode, dataset=old.dataset,
                                 verified=all(old.splits[k].verified for k in sources),
@@ -317,7 +250,7 @@ def ingest(
         lineage = {"idxlake_version": __version__, "mode": mode, "dataset": meta.dataset, "verified": verified,
                    "rows": rows, "sources": {k: [f.__dict__ for f in s.source_files()] for k, s in scanned.items()}}
         if old is not None and mode == "append" and not allow_duplicate:
-            _refuse_duplicate(old, scanned, table, old_version)
+            refuse_duplicate(old, scanned, table, old_version)
         version = commit(table, dt, pending, schema=arrow_schema(meta),
                          mode="create" if dt is None or mode == "error" else mode, splits=list(scanned),
                          storage_options=storage_options, name=Path(table.rstrip("/")).name or None,
