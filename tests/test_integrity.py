@@ -146,3 +146,16 @@ def test_appended_split_has_no_single_lineage_but_its_pages_are_checked(syntheti
     assert report.ok and report.rows == 800
     assert "lineage of split 'test' not comparable: it holds 2 ingested source pairs (appends)" in report.notes[0]
     assert pc.sum(snapshot(table).dataset().to_table()["id"]).as_py() > 0
+
+
+@pytest.mark.parametrize("engine", ["datafusion", "duckdb"])
+def test_show_detects_a_flipped_bit_naming_the_file(synthetic_table, engine: str,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    table, _ = synthetic_table
+    path, rel = _train_file(table)
+    _flip_a_bit_in_an_image_page(path)  # row group 1: ids 64..127
+    assert main(["show", table, "--split", "train", "--where", "id < 4", "--engine", engine]) == 0
+    capsys.readouterr()
+    assert main(["show", table, "--split", "train", "--where", "id BETWEEN 70 AND 71", "--engine", engine]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"@v0: data file {rel} cannot be read" in err and "CRC checksum" in err
