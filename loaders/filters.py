@@ -75,12 +75,17 @@ def check_int(name: str, value: object, *, low: int, high: int, limit: str = "")
         limit: Name of the constant behind ``high``, for the message.
 
     Raises:
-        LoaderConfigError: not an integer (bools are refused), or out of ``[low, high]``.
+        LoaderConfigError: not an integer (bools are refused; numpy integers are fine), or out of
+            ``[low, high]``.
     """
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    try:
+        number = None if isinstance(value, bool) else operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        number = None
+    if number is None or not low <= number <= high:
         bound = f"{high}{f' ({limit})' if limit else ''}"
         raise LoaderConfigError(f"{name} must be an integer >= {low} and <= {bound}, got {value!r}")
-    return value
+    return number
 
 
 def _tokens(text: str) -> list[tuple[str, str]]:

@@ -89,3 +89,11 @@ def test_fuzzed_integer_arguments_only_raise_loader_config_error(value: object) 
     except LoaderConfigError:
         return
     assert isinstance(out, int) and 1 <= out <= 1 << 24
+
+
+def test_numpy_integers_are_integers(synthetic_table) -> None:
+    import numpy as np
+
+    table, _ = synthetic_table
+    ds = DeltaIterableDataset(table, batch_size=np.int64(32), seed=np.uint32(7), version=np.int64(0))
+    assert ds.batch_size == 32 and ds.seed == 7
