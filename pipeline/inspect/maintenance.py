@@ -220,7 +220,7 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
             ``delta.deletedFileRetentionDuration``, else 168).
         dry_run: Only list the files.
         force: Allow a retention below the table's minimum (breaks time travel and readers
-            still using older versions).
+            still using older versions). Not needed for a ``dry_run``, which deletes nothing.
         full: Also delete files the log never referenced (orphans of failed writes) and stale
             temporary log files, when older than :data:`MIN_UNTRACKED_AGE_HOURS`.
         storage_options: Object-store options.
@@ -237,8 +237,10 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
         raise MaintenanceError(f"--retain-hours must be >= 0, got {retain_hours}")
     dt = open_table(table, storage_options=storage_options)
     try:
-        # Removed files by the retention (lite mode touches only files the log removed) ...
-        files = set(dt.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=not force))
+        # Removed files by the retention (lite mode touches only files the log removed); a dry run
+        # deletes nothing, so it may list below the minimum retention without --force ...
+        enforce = not (force or dry_run)
+        files = set(dt.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=enforce))
         if full:  # ... untracked ones only when older than the floor: a writer may be about to commit them
             floor = max(retain_hours if retain_hours is not None else DEFAULT_RETENTION_HOURS,
                         MIN_UNTRACKED_AGE_HOURS)
