@@ -159,3 +159,30 @@ def test_show_detects_a_flipped_bit_naming_the_file(synthetic_table, engine: str
     assert main(["show", table, "--split", "train", "--where", "id BETWEEN 70 AND 71", "--engine", engine]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"@v0: data file {rel} cannot be read" in err and "CRC checksum" in err
+
+
+def test_verify_an_old_version_whose_files_were_vacuumed(synthetic_table, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import make_source
+
+    from idxlake import ingest, vacuum
+
+    table, _ = synthetic_table
+    ingest(make_source(tmp_path / "new", rows={"test": 30}, seed=3).root, table)
+    assert verify_table(table, version=0).ok and verify_table(table).ok
+    removed = vacuum(table, retain_hours=0, force=True).files
+    assert len(removed) == 1 and removed[0].startswith("split=test/")
+    assert main(["verify", table, "--version", "0", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["version"] == 0 and doc["checks"]["files"] is False
+    assert doc["problems"] == [f"files: {removed[0]}: missing (the log of version 0 references it)"]
+    assert main(["verify", table]) == 0
+
+
+def test_verify_on_s3(s3_endpoint: dict[str, str], synthetic_source) -> None:
+    from idxlake import ingest
+
+    uri = "s3://lake/verified"
+    ingest(synthetic_source.root, uri, storage_options=s3_endpoint, row_group_rows=64)
+    report = verify_table(uri, storage_options=s3_endpoint)
+    assert report.ok and report.rows == 400 and report.orphans == [] and report.stale_log_files == []

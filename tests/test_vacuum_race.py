@@ -174,3 +174,28 @@ def test_optimize_losing_a_race_to_vacuum_is_one_clear_line(
     assert err.count("\n") == 1 and "TypeError" not in err
     assert "idxlake optimize: error: " in err and "vanished right after it was written" in err
     assert snapshot(table).version == 1
+
+
+def test_optimize_reading_a_file_a_concurrent_write_and_vacuum_removed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from idxlake.pipeline.inspect import maintenance
+
+    src = make_source(tmp_path / "src", rows={"train": 60, "test": 20})
+    table = str(tmp_path / "t")
+    ingest(src.root, table, row_group_rows=16)
+    ingest(src.root, table, row_group_rows=16, mode="append", allow_duplicate=True)
+    real = maintenance._read_in_order
+
+    def meanwhile(snap, files, schema):  # another writer replaces the split, a vacuum deletes its old files
+        ingest(make_source(tmp_path / "new", rows={"test": 10}, seed=8).root, table)
+        vacuum(table, retain_hours=0, force=True)
+        return real(snap, files, schema)
+
+    monkeypatch.setattr(maintenance, "_read_in_order", meanwhile)
+    assert main(["optimize", table]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "vanished while optimize read it (the table moved on to version" in err
+    monkeypatch.undo()
+    Path(table, snapshot(table).files[0].path).unlink()
+    assert main(["optimize", table]) == 1  # the same symptom without a race: the table is damaged
+    assert "is missing; nothing was committed. Run `idxlake verify" in capsys.readouterr().err

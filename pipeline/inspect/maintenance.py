@@ -128,6 +128,19 @@ def _rebatch(batches: Iterable[pa.RecordBatch], rows: int, schema: pa.Schema) ->
         yield held.combine_chunks().to_batches()[0]
 
 
+def _vanished(snap: TableSnapshot, name: str) -> Exception:
+    """A live file of the compacted version is gone: lost a race (the table moved on) or a damaged table."""
+    from idxlake.schemas import DataCorruptionError
+
+    latest = open_table(snap.uri, storage_options=snap.storage_options).version()
+    if latest != snap.version:
+        return CommitConflictError(
+            f"{snap.uri}: data file {name} of version {snap.version} vanished while optimize read it (the table "
+            f"moved on to version {latest} and a vacuum deleted it); nothing was committed, run optimize again")
+    return DataCorruptionError(f"{snap.uri}@v{snap.version}: live data file {name} is missing; nothing was "
+                               f"committed. Run `idxlake verify {snap.uri}`")
+
+
 def _read_in_order(snap: TableSnapshot, files: list[DataFile], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
 
@@ -139,9 +152,7 @@ def _read_in_order(snap: TableSnapshot, files: list[DataFile], schema: pa.Schema
                                      page_checksum_verification=True)
             yield from parquet.iter_batches(columns=schema.names, batch_size=8192)
         except FileNotFoundError as exc:
-            raise CommitConflictError(
-                f"{snap.uri}: data file {data_file.path} of version {snap.version} vanished while optimize read it "
-                "(a concurrent write and vacuum?); nothing was committed, run optimize again") from exc
+            raise _vanished(snap, data_file.path) from exc
         except (OSError, pa.ArrowException) as exc:
             raise DataCorruptionError(f"{snap.uri}@v{snap.version}: data file {data_file.path}: cannot be read "
                                       f"({exc}); run `idxlake verify {snap.uri}`") from exc
@@ -187,8 +198,7 @@ def optimize(table: str, *, target_file_bytes: int | None = None,
             try:
                 row_group_rows, codec = _layout(snap, files)
             except FileNotFoundError as exc:
-                raise CommitConflictError(f"{table}: a data file of version {snap.version} vanished before optimize "
-                                          "read it (a concurrent write and vacuum?); run optimize again") from exc
+                raise _vanished(snap, str(exc.filename or exc)) from exc
             batches = _rebatch(_read_in_order(snap, files, fschema), row_group_rows, fschema)
             write_split(pending, split, batches, file_schema=fschema, row_group_rows=row_group_rows,
                         codec=codec, target_file_bytes=target)  # type: ignore[arg-type]

@@ -154,7 +154,10 @@ def _housekeeping(uri: str, report: VerifyReport, storage_options: Mapping[str, 
     latest = open_table(uri, storage_options=storage_options)
     every = set(latest.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False, full=True))
     retired = set(latest.vacuum(retention_hours=0, dry_run=True, enforce_retention_duration=False))
-    report.orphans = sorted(every - retired)
+    live = set(pa.table(latest.get_add_actions(flatten=True)).column("path").to_pylist())
+    folders = {p.rsplit("/", i)[0] for p in every | live for i in range(1, p.count("/") + 1)}
+    # object stores list the folder markers pyarrow leaves ("", "split=train"): they are not files
+    report.orphans = sorted(p for p in every - retired if p and p not in folders)
     report.stale_log_files = stale_log_files(uri, storage_options=storage_options, min_age_hours=0)
 
 
