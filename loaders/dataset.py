@@ -89,8 +89,9 @@ class DeltaIterableDataset(IterableDataset):
                  transform: Callable[[Batch], Batch] | None = None, cache_bytes: int | None = None,
                  prefetch: bool = True, lanes: int = DEFAULT_LANES, prefetch_depth: int = 4) -> None:
         super().__init__()
-        check_options(batch_size=batch_size, shuffle_buffer=shuffle_buffer, cache_bytes=cache_bytes,
-                      image_dtype=image_dtype, lanes=lanes, prefetch_depth=prefetch_depth)
+        check_options(batch_size=batch_size, shuffle_buffer=shuffle_buffer, cache_bytes=cache_bytes, seed=seed,
+                      version=version, world_size=world_size, image_dtype=image_dtype, lanes=lanes,
+                      prefetch_depth=prefetch_depth)
         if rank is not None or world_size is not None:
             World(*World.distributed(rank, world_size))  # validates the pair
         snap = table if isinstance(table, TableSnapshot) else snapshot(

@@ -2,26 +2,33 @@
 
 from __future__ import annotations
 
+from idxlake.loaders.filters import INT64_MAX, INT64_MIN, MAX_BATCH_SIZE, MAX_WORLD_SIZE, check_int
 from idxlake.loaders.order import PHASES
 from idxlake.schemas import LoaderConfigError
 
+MAX_LANES = 1 << 16
+"""Most lanes (each holds a window in memory)."""
 
-def check_options(*, batch_size: object, shuffle_buffer: object, cache_bytes: object, image_dtype: object,
-                  lanes: object, prefetch_depth: object) -> None:
-    """Check the options of ``DeltaIterableDataset``.
+
+def check_options(*, batch_size: object, shuffle_buffer: object, cache_bytes: object, seed: object,
+                  version: object, world_size: object, image_dtype: object, lanes: object,
+                  prefetch_depth: object) -> None:
+    """Check the options of ``DeltaIterableDataset`` against their limits (before numpy or delta-rs sees them).
 
     Raises:
         LoaderConfigError: naming the option, what it got and what it accepts.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise LoaderConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
-        raise LoaderConfigError(f"shuffle_buffer must be an integer >= 0 (rows), got {shuffle_buffer!r}")
-    if cache_bytes is not None and (not isinstance(cache_bytes, int) or cache_bytes < 0):
-        raise LoaderConfigError(f"cache_bytes must be None or an integer >= 0, got {cache_bytes!r}")
-    if isinstance(lanes, bool) or not isinstance(lanes, int) or lanes < PHASES or lanes % PHASES:
-        raise LoaderConfigError(f"lanes must be a positive multiple of {PHASES}, got {lanes!r}")
-    if isinstance(prefetch_depth, bool) or not isinstance(prefetch_depth, int) or prefetch_depth < 1:
-        raise LoaderConfigError(f"prefetch_depth must be an integer >= 1, got {prefetch_depth!r}")
+    check_int("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
+    check_int("shuffle_buffer", shuffle_buffer, low=0, high=INT64_MAX // 2, limit="rows")
+    if cache_bytes is not None:
+        check_int("cache_bytes", cache_bytes, low=0, high=INT64_MAX // 2)
+    check_int("seed", seed, low=INT64_MIN, high=2**64 - 1)
+    if version is not None:
+        check_int("version", version, low=0, high=INT64_MAX, limit="a Delta version")
+    if world_size is not None:
+        check_int("world_size", world_size, low=1, high=MAX_WORLD_SIZE, limit="MAX_WORLD_SIZE")
+    if check_int("lanes", lanes, low=PHASES, high=MAX_LANES, limit="MAX_LANES") % PHASES:
+        raise LoaderConfigError(f"lanes must be a multiple of {PHASES}, got {lanes!r}")
+    check_int("prefetch_depth", prefetch_depth, low=1, high=1024)
     if image_dtype not in ("uint8", "float32", "native"):
         raise LoaderConfigError(f"image_dtype must be 'uint8', 'float32' or 'native', got {image_dtype!r}")
