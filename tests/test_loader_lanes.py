@@ -136,3 +136,19 @@ def test_cache_turns_itself_on_when_the_selection_fits(many_groups, decoded) -> 
         assert counts[0] == ROWS // GROUP
         assert counts[1] == (0 if ds is auto else ROWS // GROUP), counts
     assert auto._cache is not None and off._cache is None and tiny._cache is None
+
+
+def test_prefetch_depth_and_lanes_options(many_groups) -> None:
+    def run(**kw) -> list[list[int]]:
+        return [b["id"].tolist() for b in DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=3,
+                                                               cache_bytes=0, **kw)]
+
+    reference = run()
+    assert run(prefetch_depth=1) == reference and run(prefetch=False) == reference
+    assert run(prefetch_depth=64) == reference
+    other = run(lanes=8)  # another K: another order, still exactly once
+    assert other != reference and sorted(i for b in other for i in b) == list(range(ROWS))
+    for bad, match in (({"lanes": 7}, "multiple of 2"), ({"lanes": 0}, "lanes must be"),
+                       ({"prefetch_depth": 0}, "prefetch_depth must be")):
+        with pytest.raises(ValueError, match=match):
+            DeltaIterableDataset(many_groups, **bad)
