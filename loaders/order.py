@@ -126,20 +126,20 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
     phases = []
     seeds = _rng(seed, epoch, _ROWS).integers(0, 2**63, size=lanes)  # one generator per lane (slice)
     rngs = [np.random.default_rng(int(x)) for x in seeds]
+    laid = np.arange(n_rows, dtype=np.int64)  # lanes hold laid-out positions, mapped to refs at the end
     for p in range(PHASES):
         grid = np.full((base + 1, q_lanes), -1, dtype=np.int64)
         for q in range(q_lanes):
             s = p * q_lanes + int(rev[q])
-            lane = _shuffle_lane(perm[starts[s]:starts[s + 1]], int(starts[s]), unit_end, min_window,
-                                 rngs[s])
+            lane = _shuffle_lane(laid[starts[s]:starts[s + 1]], int(starts[s]), unit_end, min_window, rngs[s])
             grid[:len(lane), q] = lane
         flat = grid.reshape(-1)
         phases.append(flat[flat >= 0])
-    laid = np.arange(n_rows, dtype=np.int64)  # laid-out position -> tail sort key: rev(q), then phase
-    lane = np.searchsorted(starts, laid, side="right") - 1
-    position = np.empty(n_rows, dtype=np.int64)
-    position[perm] = ((lane % q_lanes) * PHASES + lane // q_lanes) * n_rows + laid
-    return _assemble(phases, PHASES, step_rows, lanes, position)
+    full = [len(v) // step_rows for v in phases]
+    tail = np.concatenate([v[f * step_rows:] for v, f in zip(phases, full, strict=True)])
+    lane_of = np.searchsorted(starts, tail, side="right") - 1  # the tail by rev(q), then phase, then position
+    tail = tail[np.argsort(((lane_of % q_lanes) * PHASES + lane_of // q_lanes) * n_rows + tail, kind="stable")]
+    return _assemble([perm[v] for v in phases], PHASES, step_rows, lanes, perm[tail])
 
 
 def _shuffle_lane(lane: np.ndarray, start: int, unit_end: np.ndarray, min_window: int,
@@ -161,12 +161,11 @@ def _shuffle_lane(lane: np.ndarray, start: int, unit_end: np.ndarray, min_window
 
 
 def _assemble(phases: list[np.ndarray], num_phases: int, step_rows: int, lanes: int,
-              rank_of: np.ndarray | None = None) -> LaneOrder:
+              tail: np.ndarray | None = None) -> LaneOrder:
     full = [len(v) // step_rows for v in phases]
     steps = tuple((p, k) for k in range(max(full, default=0)) for p in range(num_phases) if k < full[p])
-    tail = np.concatenate([v[f * step_rows:] for v, f in zip(phases, full, strict=True)])
-    if rank_of is not None:  # the tail in laid-out order: each rank's part of it lies side by side
-        tail = tail[np.argsort(rank_of[tail], kind="stable")]
+    if tail is None:
+        tail = np.concatenate([v[f * step_rows:] for v, f in zip(phases, full, strict=True)])
     return LaneOrder(tuple(phases), steps, tail, step_rows, lanes)
 
 
