@@ -306,7 +306,7 @@ class DeltaIterableDataset(IterableDataset):
                            lanes=self.lanes, buffer_rows=self.shuffle_buffer,
                            step_rows=self.batch_size * world.world_size)
         refs = consumer_rows(order, batches, rank=world.rank, world_size=world.world_size, tail_ranges=tail)
-        sched = schedule(self.plan, refs)
+        sched = schedule(self.plan, refs, cached=self._cache is not None and bool(self._cache.resident.all()))
         if (world.rank, world.world_size, world.worker, world.num_workers) not in self._logged:
             self._logged.add((world.rank, world.world_size, world.worker, world.num_workers))
             log_reads(self.plan, world, sched, lanes=self.lanes, shuffle=self.shuffle)

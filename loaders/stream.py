@@ -113,8 +113,16 @@ class Schedule:
         return len(self.bounds) - 1
 
 
-def schedule(plan: Plan, refs: list[np.ndarray]) -> Schedule:
-    """The units each batch touches, their first and last use, and the peak of units in use."""
+def schedule(plan: Plan, refs: list[np.ndarray], *, cached: bool = False) -> Schedule:
+    """The units each batch touches, their first and last use, and the peak of units in use.
+
+    ``cached``: every unit is in the cache arena already; only the rows are needed.
+    """
+    if cached:
+        flat = np.concatenate(refs) if refs else np.empty(0, np.int64)
+        bounds = [0, *np.cumsum([len(r) for r in refs]).tolist()]
+        return Schedule(flat, np.empty(0, np.int64), bounds, np.empty(0, np.int64), [[] for _ in refs],
+                        [[] for _ in refs], 0)
     offsets = np.concatenate([[0], np.cumsum(plan.unit_rows)]).astype(np.int64)
     sizes = [len(r) for r in refs]
     flat = np.concatenate(refs) if refs else np.empty(0, np.int64)
@@ -158,7 +166,7 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
     units = plan.units
     todo = [u for u in sched.order.tolist() if not arena.resident[u]]
     warm = not todo  # all resident (a filled cache): one index for the whole pass
-    full = torch.from_numpy(sched.refs + arena.shift[sched.units]) if warm else None
+    full = None if not warm else torch.from_numpy(sched.refs if arena.cache else sched.refs + arena.shift[sched.units])
     items = list(arena.tensors.items())
     bounds, ends = sched.bounds, sched.ends
     pending: dict[int, Future[Batch]] = {}
