@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from conftest import RAMP
 from PIL import Image
 
 
@@ -29,10 +30,7 @@ class Compose:
 
 class ToTensor:
     def __call__(self, pic: Any) -> torch.Tensor:
-        if isinstance(pic, Image.Image):
-            array = np.array(pic, dtype=np.uint8, copy=True)
-        else:
-            array = np.asarray(pic)
+        array = np.array(pic, dtype=np.uint8, copy=True) if isinstance(pic, Image.Image) else np.asarray(pic)
         if array.ndim == 2:
             array = array[:, :, None]
         tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
@@ -77,3 +75,16 @@ def offset_of(cropped: torch.Tensor, original: torch.Tensor, padding: int) -> tu
             if torch.equal(padded[..., t:t + h, left:left + w], cropped)]
     assert len(hits) == 1, f"crop matches {len(hits)} offsets"
     return hits[0]
+
+
+RAMP_T = torch.from_numpy(RAMP).unsqueeze(0)
+
+
+def crop_offsets(images: torch.Tensor) -> list[tuple[int, int]]:
+    """The crop offset of each image of a batch of cropped ramp images."""
+    return [offset_of(image, RAMP_T, 4) for image in images]
+
+
+def offsets(images: torch.Tensor) -> set[tuple[int, int]]:
+    """The distinct crop offsets in a batch of cropped ramp images."""
+    return set(crop_offsets(images))
