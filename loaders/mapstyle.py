@@ -144,10 +144,12 @@ class DeltaImageDataset(Dataset[tuple[Any, Any]]):
         self._images = self.data.numpy()
         self._labels = self.targets.numpy()
         self._float_labels = bool(self.targets.is_floating_point())
+        shape = self.meta.shape
+        self._pil_size = (shape[1], shape[0]) if len(shape) == 2 and self.meta.dtype == "uint8" else None
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for key in ("_images", "_labels", "_float_labels"):
+        for key in ("_images", "_labels", "_float_labels", "_pil_size"):
             state.pop(key, None)
         return state
 
@@ -197,8 +199,10 @@ class DeltaImageDataset(Dataset[tuple[Any, Any]]):
         """``(image, target)`` of row ``index``, after ``transform`` / ``target_transform``."""
         raw = self._images[index]
         image: Any
-        if self.image_type == "pil":
-            image = Image.fromarray(raw)  # mode L for HxW uint8; read-only view, PIL copies before a change
+        if self.image_type == "pil":  # mode L for HxW uint8, as torchvision; a read-only view of the
+            # buffer (PIL copies before any change); frombuffer skips fromarray's checks (2.5 vs 4 us)
+            image = (Image.frombuffer("L", self._pil_size, raw, "raw", "L", 0, 1) if self._pil_size
+                     else Image.fromarray(raw))
         elif self.image_type == "tensor":
             image = torch.from_numpy(raw.copy())
             if image.dim() == 2:
