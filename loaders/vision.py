@@ -106,7 +106,7 @@ class EMNIST(_Named):
         LoaderConfigError: an unknown ``split``, or a table of another dataset.
     """
 
-    def __init__(self, table: str | TableSnapshot, *, split: str, train: bool = True,  # type: ignore[override]
+    def __init__(self, table: str | TableSnapshot, *, split: str, train: bool = True,
                  transform: Callable[[Any], Any] | None = None,
                  target_transform: Callable[[Any], Any] | None = None, version: int | None = None,
                  storage_options: Mapping[str, str] | None = None, image_type: ImageType = "pil",
