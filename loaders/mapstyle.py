@@ -30,7 +30,7 @@ from idxlake.loaders.plan import Plan, build_plan
 from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError, TableMeta, TableSnapshot, snapshot
 
 ImageType = Literal["pil", "tensor", "numpy"]
-"""``pil``: a PIL image (mode ``L`` for 2-D uint8 records); ``tensor``: ``[C, H, W]``; ``numpy``: ``[H, W]``."""
+"""``pil``: a PIL image (mode ``L`` for 2-D uint8 records); ``tensor``: ``[1, H, W]``; ``numpy``: ``[H, W]``."""
 
 IMAGE_TYPES: tuple[str, ...] = ("pil", "tensor", "numpy")
 
@@ -97,7 +97,8 @@ class DeltaImageDataset(Dataset[tuple[Any, Any]]):
         version: Table version to pin; the latest when ``None``.
         storage_options: Object-store options (delta-rs style keys).
         image_type: ``"pil"`` (default, as torchvision: mode ``L`` for 2-D uint8 records),
-            ``"tensor"`` (``[C, H, W]``, the table dtype) or ``"numpy"`` (``[*shape]``). Images are
+            ``"tensor"`` (``[1, H, W]`` for 2-D records, else the record shape; the table dtype) or
+            ``"numpy"`` (``[*shape]``). Images are
             fresh copies: modifying one never touches the shared buffer.
         max_bytes: Refuse to decode more image bytes than this (use the streaming dataset).
 

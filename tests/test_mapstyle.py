@@ -110,6 +110,16 @@ def test_pil_needs_uint8_records(source_factory, tmp_path: Path) -> None:
     assert x.dtype == torch.float32 and torch.equal(x[0], torch.from_numpy(src.arrays["train"][0][4]))
 
 
+def test_rgb_records_become_rgb_images(source_factory, tmp_path: Path) -> None:
+    src = source_factory("rgb", rows={"train": 12}, shape=(8, 6, 3))
+    table = str(tmp_path / "rgb")
+    ingest(src.root, table)
+    image, _ = DeltaImageDataset(table)[5]
+    assert image.mode == "RGB" and image.size == (6, 8) and np.array_equal(np.array(image), src.arrays["train"][0][5])
+    x, _ = DeltaImageDataset(table, image_type="tensor")[5]
+    assert x.shape == (8, 6, 3) and torch.equal(x, torch.from_numpy(src.arrays["train"][0][5]))
+
+
 def test_pickles_by_value_and_keeps_working(synthetic_table: tuple[str, SyntheticSource]) -> None:
     table, src = synthetic_table
     ds = DeltaImageDataset(table, image_type="numpy")
