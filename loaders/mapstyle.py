@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.dataset as pads
 import torch
 from PIL import Image
@@ -55,7 +56,7 @@ def load_buffer(plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
     Labels and ids are read first (small) to place every row; the images are then streamed one
     row group at a time straight into their rows of one preallocated tensor: peak memory is the
-    buffer plus one decoded row group.
+    buffer plus one decoded row group (Arrow's allocator is asked to release each group's pages).
     """
     meta = plan.snapshot.meta
     small = UnitReader(dataclasses.replace(plan, columns=(LABEL, ID)))
@@ -73,15 +74,18 @@ def load_buffer(plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     first = np.empty(0, dtype=meta.image_dtype.little_endian.newbyteorder("="))
     images = torch.empty((len(order), *meta.shape), dtype=torch.from_numpy(first).dtype)
     reader = UnitReader(dataclasses.replace(plan, columns=(IMAGE,)))
+    pool = pa.default_memory_pool()
     pos = 0
     for unit in plan.units:
-        block = reader.read(unit)[IMAGE].reshape(-1, *meta.shape)
+        block = reader.read(unit)[IMAGE].reshape(-1, *meta.shape)  # a view of Arrow memory
         n = len(block)
         if dest is None:
             images[pos:pos + n].copy_(block)
         else:
             images.index_copy_(0, dest[pos:pos + n], block)
         pos += n
+        del block
+        pool.release_unused()  # hand the row group's pages back: the peak stays buffer + one row group
     return images, labels, ids
 
 

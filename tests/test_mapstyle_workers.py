@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -79,6 +81,27 @@ def test_seed_style_loop_trains_to_98_percent_in_one_epoch(mnist_table: str) -> 
         torch.set_num_threads(threads)
     assert seen == 60000
     assert correct / len(test) >= 0.98, correct / len(test)
+
+
+MEMORY_PROBE = """
+import sys, idxlake
+def status(key):
+    return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith(key))
+import pyarrow as pa
+idxlake.MNIST(sys.argv[1], train=False)[0]      # imports and first-use costs, on the small split
+pa.default_memory_pool().release_unused()
+before = status("VmRSS")
+ds = idxlake.MNIST(sys.argv[1], train=True)
+print(ds.nbytes, status("VmHWM") - before, status("VmRSS") - before)
+"""
+
+
+def test_memory_is_the_image_bytes(mnist_table: str) -> None:
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, mnist_table], capture_output=True, text=True, check=True)
+    nbytes, peak, held = map(int, out.stdout.split())
+    assert nbytes == 47_040_000
+    # held: the buffer; peak: the buffer and one row group being decoded (8192 rows): no float32 copy, no 2nd buffer
+    assert 0.9 * nbytes < held < 1.2 * nbytes and peak < 1.6 * nbytes, (nbytes, peak, held)
 
 
 def test_forked_workers_share_the_buffer(mnist_table: str) -> None:
