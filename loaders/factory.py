@@ -5,8 +5,8 @@
   the map-style dataset gets ``batch_size=64, shuffle=True`` unless told otherwise;
 * ``persistent_workers`` when there are workers (the dataset's per-process state survives epochs);
 * a multiprocessing start method that works for the table's storage (:data:`WORKER_CONTEXTS`):
-  forked workers are fine for local files and S3, but pyarrow's Azure client aborts in a forked
-  child and the GCS client inherits a credential chain that hangs, so those use ``forkserver``;
+  forked workers are fine for local files, S3 and GCS (each process creates its own pyarrow
+  filesystem), but pyarrow's Azure client aborts in a forked child, so Azure uses ``forkserver``;
 * :func:`~idxlake.loaders.samples.seed_worker` as ``worker_init_fn``, so per-sample random
   transforms differ across DDP ranks and workers (the caller's own ``worker_init_fn`` runs after it).
 """
@@ -28,10 +28,10 @@ from idxlake.schemas import LoaderConfigError, TableSnapshot
 WORKER_CONTEXTS: dict[str, str] = {
     "": "fork", "file": "fork", "s3": "fork", "s3a": "fork",
     "az": "forkserver", "abfs": "forkserver", "abfss": "forkserver", "adl": "forkserver",
-    "gs": "forkserver", "gcs": "forkserver",
+    "gs": "fork", "gcs": "fork",
 }
-"""URI scheme of a table -> the DataLoader worker start method its storage client tolerates.
-Unknown schemes get ``spawn`` (the safe one)."""
+"""URI scheme of a table -> the DataLoader worker start method its storage client tolerates (the
+pyarrow filesystem is created per process, after the fork). Unknown schemes get ``spawn``."""
 
 MAPSTYLE_DEFAULTS: dict[str, Any] = {"batch_size": 64, "shuffle": True}
 """DataLoader arguments the map-style dataset gets unless the caller passes them."""

@@ -62,7 +62,7 @@ def test_map_style_random_crop_differs_within_a_batch(ramp_table: str) -> None:
 @pytest.mark.parametrize(("uri", "method"), [
     ("/data/mnist", "fork"), ("file:///data/mnist", "fork"), ("s3://bucket/mnist", "fork"),
     ("az://container/mnist", "forkserver"), ("abfss://c@acct.dfs.core.windows.net/mnist", "forkserver"),
-    ("gs://bucket/mnist", "forkserver"), ("hdfs://nn/mnist", "spawn"),
+    ("gs://bucket/mnist", "fork"), ("hdfs://nn/mnist", "spawn"),
 ])
 def test_worker_context_by_storage(uri: str, method: str) -> None:
     assert worker_context(uri) == method
