@@ -79,13 +79,14 @@ def test_splits_order_and_filter(synthetic_table: tuple[str, SyntheticSource]) -
 def test_rows_are_in_id_order_across_files_and_versions_pinned(tmp_path: Path,
                                                                   synthetic_source: SyntheticSource) -> None:
     table = str(tmp_path / "t")
+    more = make_source(tmp_path / "more", seed=1)
     ingest(synthetic_source.root, table, row_group_rows=64)
-    ingest(synthetic_source.root, table, mode="append", row_group_rows=64)
+    ingest(more.root, table, mode="append", row_group_rows=64)
     ds = DeltaImageDataset(table, image_type="numpy")
     assert len(ds.snapshot.files_of(["train"])) == 2
     assert ds.ids.tolist() == list(range(600))
-    images = synthetic_source.arrays["train"][0]
-    assert np.array_equal(ds.data.numpy(), np.concatenate([images, images]))
+    expected = np.concatenate([synthetic_source.arrays["train"][0], more.arrays["train"][0]])
+    assert np.array_equal(ds.data.numpy(), expected)
     assert len(DeltaImageDataset(table, version=0)) == 300 and DeltaImageDataset(table, version=0).version == 0
 
 
