@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from idxlake.pipeline.idx.write import write_idx_chunks
 from idxlake.schemas import DATASETS, ID, IMAGE, LABEL, SchemaMismatchError, TableSnapshot, snapshot
+from idxlake.schemas.versions import Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,8 @@ def _chunks(snap: TableSnapshot, groups: list[tuple[str, int, int, int]], column
 
 
 def export(table: str, outdir: str | Path, *, splits: list[str] | None = None, version: int | None = None,
-           storage_options: Mapping[str, str] | None = None, compress: bool = True) -> list[ExportedSplit]:
+           storage_options: Mapping[str, str] | None = None, compress: bool = True,
+           as_of: Timestamp | None = None) -> list[ExportedSplit]:
     """Write each split of a table as an IDX images/labels pair.
 
     Streams one row group at a time. The uncompressed output is byte-identical to the
@@ -106,11 +108,12 @@ def export(table: str, outdir: str | Path, *, splits: list[str] | None = None, v
         version: Table version (default: latest).
         storage_options: Object-store options.
         compress: Write ``.gz`` files (default) or raw IDX.
+        as_of: Instead of ``version``: the version that was latest at this timestamp.
 
     Returns:
         One :class:`ExportedSplit` per split.
     """
-    snap = snapshot(table, version=version, storage_options=storage_options)
+    snap = snapshot(table, version=version, as_of=as_of, storage_options=storage_options)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     written = []

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from idxlake.cli.common import add_table_options, is_tty, non_empty, positive_int, storage_options
+from idxlake.cli.common import add_table_options, is_tty, non_empty, positive_int, storage_options, time_travel
 
 
 def register(sub: Any) -> None:
@@ -35,7 +35,7 @@ def register(sub: Any) -> None:
     e.add_argument("outdir")
     e.add_argument("--split", action="append", default=None, help="split to export (repeatable; default all)")
     e.add_argument("--raw", action="store_true", help="write uncompressed IDX instead of .gz")
-    add_table_options(e)
+    add_table_options(e, as_of=True)
     e.set_defaults(run=run_export)
 
 
@@ -79,7 +79,8 @@ def run_export(args: argparse.Namespace) -> int:
     """Export a table to IDX files."""
     from idxlake.pipeline.export import export
 
-    for done in export(args.table, args.outdir, splits=args.split, version=args.version,
+    version, as_of = time_travel(args)
+    for done in export(args.table, args.outdir, splits=args.split, version=version, as_of=as_of,
                        storage_options=storage_options(args), compress=not args.raw):
         print(f"{done.split}: {done.rows:,} rows -> {done.images} , {done.labels}")
     return 0
