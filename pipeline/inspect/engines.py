@@ -85,11 +85,24 @@ class Limits:
 
 @dataclass
 class Running:
-    """A statement being executed: its result schema and batches, and a way to stop it."""
+    """A statement being executed: its result schema and batches."""
 
     schema: pa.Schema
     batches: Iterator[pa.RecordBatch]
-    interrupt: Callable[[], None]
+
+
+@dataclass
+class Session:
+    """An engine session over the registered tables.
+
+    Attributes:
+        run: Plans and starts one statement.
+        interrupt: Stops the running statement from another thread (``None``: the engine is
+            stopped with the alarm signal instead).
+    """
+
+    run: Callable[[str], Running]
+    interrupt: Callable[[], None] | None = None
 
 
 class _Alarm(Exception):
@@ -159,7 +172,7 @@ def _byte_length(values: pa.Array) -> pa.Array:
     return pc.binary_length(values).cast(pa.int64())
 
 
-def open_datafusion(tables: Mapping[str, DeltaTable], limits: Limits) -> Callable[[str], Running]:
+def open_datafusion(tables: Mapping[str, DeltaTable], limits: Limits) -> Session:
     """A read-only DataFusion session over ``tables`` (name -> ``DeltaTable`` of a pinned version)."""
     from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext, SQLOptions, udf
 
@@ -173,13 +186,13 @@ def open_datafusion(tables: Mapping[str, DeltaTable], limits: Limits) -> Callabl
     def run(sql: str) -> Running:
         df = ctx.sql_with_options(sql, options)
         stream = df.execute_stream()
-        return Running(df.schema(), (b.to_pyarrow() for b in stream), lambda: None)
+        return Running(df.schema(), (b.to_pyarrow() for b in stream))
 
-    return run
+    return Session(run)
 
 
 def open_duckdb(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: str,
-                storage_options: Mapping[str, str] | None) -> Callable[[str], Running]:
+                storage_options: Mapping[str, str] | None) -> Session:
     """A read-only, sandboxed in-memory DuckDB over the live files of ``tables``."""
     from idxlake.schemas.extras import require
 
@@ -203,9 +216,9 @@ def open_duckdb(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: str,
             raise QueryError(f"duckdb parses this as {', '.join(kinds) or f'{len(statements)} statements'}: "
                              "the table is read-only through `idxlake sql`; only one SELECT/EXPLAIN runs")
         reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
-        return Running(reader.schema, iter(reader), con.interrupt)
+        return Running(reader.schema, iter(reader))
 
-    return run
+    return Session(run, con.interrupt)
 
 
 def is_memory_error(message: str) -> bool:
@@ -213,35 +226,34 @@ def is_memory_error(message: str) -> bool:
     return "Resources exhausted" in message or "Out of Memory" in message
 
 
-def collect(start: Callable[[], Running], limits: Limits, *, max_rows: int | None,
-            use_interrupt: bool) -> tuple[pa.Table, bool]:
+def _short(message: str) -> str:
+    """The first sentence or so of an engine message (DuckDB appends paragraphs of advice)."""
+    for cut in (" Database is launched", " Possible solutions", " caused by"):
+        message = message.split(cut)[0]
+    return message if len(message) <= 300 else message[:297] + "..."
+
+
+def collect(session: Session, sql: str, limits: Limits, *, max_rows: int | None) -> tuple[pa.Table, bool]:
     """Run a statement under ``limits`` and gather its rows.
 
     Args:
-        start: Plans and starts the statement (called inside the deadline).
+        session: The engine session.
+        sql: The statement.
         limits: Time and memory bounds.
         max_rows: Stop after this many rows (``None``: all).
-        use_interrupt: Stop the engine through :attr:`Running.interrupt` from a timer
-            thread (DuckDB) rather than with the alarm signal (DataFusion).
 
     Returns:
         ``(rows, truncated)``.
 
     Raises:
-        QueryError: over the time or memory limit (one line), or the engine's own error.
+        QueryError: over the time or memory limit (one line), or the engine's own refusal.
     """
     budget = limits.memory_mb << 20
-    holder: dict[str, Running] = {}
-
-    def interrupt() -> None:
-        if "run" in holder:
-            holder["run"].interrupt()
-
     batches: list[pa.RecordBatch] = []
     rows, size, truncated = 0, 0, False
-    with deadline(limits.timeout_s, interrupt if use_interrupt else None) as expired:
+    with deadline(limits.timeout_s, session.interrupt) as expired:
         try:
-            running = holder["run"] = start()
+            running = session.run(sql)
             for batch in running.batches:
                 if expired.is_set():
                     raise _Alarm()
@@ -264,7 +276,7 @@ def collect(start: Callable[[], Running], limits: Limits, *, max_rows: int | Non
                 raise QueryError(limits.timeout_message()) from exc
             message = " ".join(str(exc).split())
             if is_memory_error(message):
-                raise QueryError(limits.memory_message(message)) from exc
+                raise QueryError(limits.memory_message(_short(message))) from exc
             raise
     if batches and batches[0].schema != schema:
         schema = batches[0].schema

@@ -26,7 +26,7 @@ from idxlake.pipeline.inspect.engines import (
     DEFAULT_MEMORY_MB,
     DEFAULT_TIMEOUT_S,
     Limits,
-    Running,
+    Session,
     binary_columns,
     collect,
     is_binary,
@@ -46,21 +46,21 @@ logger = logging.getLogger(__name__)
 Engine = Literal["datafusion", "duckdb"]
 DEFAULT_ENGINE: Engine = "datafusion"
 
-Opener = Callable[..., Callable[[str], Running]]
+Opener = Callable[..., Session]
 
 
 def _duckdb(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: str,
-            storage_options: Mapping[str, str] | None) -> Callable[[str], Running]:
+            storage_options: Mapping[str, str] | None) -> Session:
     return open_duckdb(tables, limits, uri=uri, storage_options=storage_options)
 
 
 def _datafusion(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: str,
-                storage_options: Mapping[str, str] | None) -> Callable[[str], Running]:
+                storage_options: Mapping[str, str] | None) -> Session:
     return open_datafusion(tables, limits)
 
 
 ENGINES: dict[str, Opener] = {"datafusion": _datafusion, "duckdb": _duckdb}
-"""Engine name -> opener ``(tables, limits, *, uri, storage_options) -> run(sql)``."""
+"""Engine name -> opener ``(tables, limits, *, uri, storage_options) -> Session``."""
 
 
 @dataclass(frozen=True)
@@ -153,9 +153,8 @@ def query(table: str, sql: str, *, engine: Engine = DEFAULT_ENGINE, name: str | 
     if rewritten != statement:
         logger.debug("rewrote the statement: %s", rewritten)
     try:
-        run = ENGINES[engine](tables, limits, uri=table, storage_options=storage_options)
-        result, truncated = collect(lambda: run(rewritten), limits, max_rows=max_rows,
-                                    use_interrupt=engine == "duckdb")
+        session = ENGINES[engine](tables, limits, uri=table, storage_options=storage_options)
+        result, truncated = collect(session, rewritten, limits, max_rows=max_rows)
     except IdxlakeError:
         raise
     except Exception as exc:  # engines raise plain Exception, ValueError or duckdb.Error subclasses
