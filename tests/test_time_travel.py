@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SyntheticSource, make_source
+from conftest import make_source
 from deltalake import DeltaTable
+from four_versions import ROWS, Four, build_four
 
 from idxlake import ingest
 from idxlake.cli import main
-from idxlake.pipeline.inspect.maintenance import optimize, vacuum
+from idxlake.pipeline.inspect.maintenance import vacuum
 from idxlake.pipeline.inspect.sql import query
 from idxlake.pipeline.inspect.timetravel import find_clauses, rewrite_time_travel
 from idxlake.schemas import (
@@ -33,44 +33,12 @@ from idxlake.schemas import (
 )
 
 ENGINES = ["datafusion", "duckdb"]
-ROWS = {0: {"test": 20, "train": 40}, 1: {"test": 40, "train": 80}, 2: {"test": 20, "train": 80},
-        3: {"test": 20, "train": 80}}
 COUNT = "SELECT split, count(*) AS n FROM mnist{clause} GROUP BY split ORDER BY split"
-
-
-class Four:
-    """The four-version table and what each version holds."""
-
-    def __init__(self, table: str, first: SyntheticSource, second: SyntheticSource) -> None:
-        self.table, self.first, self.second = table, first, second
-        self.stamps = {int(c["version"]): int(c["timestamp"]) for c in DeltaTable(table).history()}
-
-    def iso(self, version: int) -> str:
-        """The commit time of ``version`` with milliseconds, as history shows it."""
-        stamp = datetime.fromtimestamp(self.stamps[version] / 1000, tz=timezone.utc)
-        return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-    def labels(self, version: int) -> Counter[tuple[str, int]]:
-        """(split, label) -> rows of ``version``, from the source arrays (independent of the table)."""
-        train = self.first.arrays["train"][1]
-        test_a, test_b = self.first.arrays["test"][1], self.second.arrays["test"][1]
-        parts = {0: (train, test_a), 1: (np.concatenate([train, train]), np.concatenate([test_a, test_a]))}
-        parts[2] = parts[3] = (parts[1][0], test_b)
-        train_labels, test_labels = parts[version]
-        return Counter([("train", int(x)) for x in train_labels] + [("test", int(x)) for x in test_labels])
 
 
 @pytest.fixture(scope="module")
 def four(tmp_path_factory: pytest.TempPathFactory) -> Four:
-    base = tmp_path_factory.mktemp("four")
-    first = make_source(base / "a", rows={"train": 40, "test": 20}, classes=7)
-    second = make_source(base / "b", rows={"test": 20}, seed=3, classes=4)
-    table = str(base / "mnist")
-    ingest(first.root, table, row_group_rows=16)
-    ingest(first.root, table, mode="append", row_group_rows=16)
-    ingest(second.root, table, row_group_rows=16)
-    assert optimize(table).version == 3
-    return Four(table, first, second)
+    return build_four(tmp_path_factory.mktemp("four"))
 
 
 def _counts(four: Four, clause: str, engine: str, **kw: object) -> dict[str, int]:
