@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -191,3 +192,60 @@ def test_version_range_of_a_one_version_table(four: Four, tmp_path: Path) -> Non
     described = version_range(str(tmp_path / "t")).describe()
     assert described.startswith("table has version 0 only (") and described.endswith("Z)")
     assert version_range(four.table).latest == 3
+
+
+def _recipe() -> list[str]:
+    text = (Path(__file__).resolve().parents[1] / "schemas" / "README.md").read_text()
+    block = text.split("SQL inspection (Databricks SQL", 1)[1].split("```sql\n", 1)[1].split("```", 1)[0]
+    return [line.split("--")[0].strip().rstrip(";") for line in block.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_spark_recipe_runs_on_the_embedded_engines(four: Four, engine: str) -> None:
+    """schemas/README's Databricks SQL, with the table name (and the timestamp literal) adapted to this table."""
+    statements = _recipe()
+    assert len(statements) == 8
+    counts = []
+    for sql in statements:
+        if sql.startswith(("DESCRIBE TABLE EXTENDED", "DESCRIBE HISTORY")):  # documented as Spark-only
+            with pytest.raises(QueryError):
+                query(four.table, sql.replace("main.ml.mnist", "mnist"), engine=engine)  # type: ignore[arg-type]
+            continue
+        sql = re.sub(r"TIMESTAMP AS OF '[^']*'", f"TIMESTAMP AS OF '{four.iso(1)}'",
+                     sql.replace("main.ml.mnist", "mnist"))
+        result = query(four.table, sql, engine=engine).table  # type: ignore[arg-type]
+        if sql.startswith("SELECT count(*)"):
+            counts.append(result.column(0)[0].as_py())
+        elif "EXCEPT" in sql:
+            new = Counter(label for _, label in four.labels(3).elements())
+            old = Counter(label for _, label in four.labels(0).elements())
+            assert sorted(tuple(r.values()) for r in result.to_pylist()) == sorted(
+                (label, n) for label, n in old.items() if new[label] != n)
+        else:
+            assert result.num_rows > 0
+    assert counts == [60, 120, 60]
+
+
+def test_readme_time_travel_commands_run_as_written(four: Four, capsys: pytest.CaptureFixture[str]) -> None:
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("### Time travel:", 1)[1].split("\n### ", 1)[0]
+    lines = section.splitlines()
+    ran = 0
+    for k, line in enumerate(lines):
+        if not line.startswith("$ idxlake "):
+            continue
+        argv = [four.table if a == "tables/mnist" else a for a in shlex.split(line[2:])][1:]
+        expected = lines[k + 1]
+        code = main(argv)
+        captured = capsys.readouterr()
+        if expected.startswith("idxlake ") and ": error: " in expected:
+            def normal(text: str) -> str:  # commit times differ from the README's table
+                return re.sub(r"\(\S+Z \.\. \S+Z\)", "(T .. T)", text.replace("tables/mnist", four.table))
+
+            assert code == 2 and normal(captured.err.strip()) == normal(expected), captured.err
+        else:
+            assert code == 0 and captured.out.splitlines()[0].split() == expected.split()
+        ran += 1
+    assert ran == 3
