@@ -177,11 +177,11 @@ def table_diff(table: str, a: int | str | None = None, b: int | str | None = Non
     added = _keys(new, added_files, content=content, side="b")
     changes = _row_changes(removed, added, content=content)
     kept = _label_counts(new, kept_files)
-    before = {k: kept.get(k, 0) + n for k, n in _label_counts(old, removed_files).items()}
-    after = {k: kept.get(k, 0) + n for k, n in _label_counts(new, added_files).items()}
-    for k, n in kept.items():
-        before.setdefault(k, n)
-        after.setdefault(k, n)
+    before = {key: kept.get(key, 0) + n for key, n in _label_counts(old, removed_files).items()}
+    after = {key: kept.get(key, 0) + n for key, n in _label_counts(new, added_files).items()}
+    for key, n in kept.items():
+        before.setdefault(key, n)
+        after.setdefault(key, n)
     splits: dict[str, Any] = {}
     for split, label in sorted(set(before) | set(after) | set(changes)):
         c = changes.get((split, label), {})
