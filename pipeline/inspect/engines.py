@@ -172,14 +172,28 @@ def _byte_length(values: pa.Array) -> pa.Array:
     return pc.binary_length(values).cast(pa.int64())
 
 
-def open_datafusion(tables: Mapping[str, DeltaTable], limits: Limits) -> Session:
-    """A read-only DataFusion session over ``tables`` (name -> ``DeltaTable`` of a pinned version)."""
+def open_datafusion(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: str = "",
+                    storage_options: Mapping[str, str] | None = None) -> Session:
+    """A read-only DataFusion session over ``tables`` (name -> ``DeltaTable`` of a pinned version).
+
+    A local table is registered as deltalake's Delta table provider. The provider cannot reach
+    an object store through the FFI boundary (deltalake 1.6 with datafusion 55: "No suitable
+    object store found for s3://..."), so a table on an object store is registered as the
+    pyarrow dataset of the version's live files instead (read with pyarrow's filesystem, as
+    for DuckDB).
+    """
+    from urllib.parse import urlparse
+
     from datafusion import RuntimeEnvBuilder, SessionConfig, SessionContext, SQLOptions, udf
 
     runtime = RuntimeEnvBuilder().with_disk_manager_disabled().with_greedy_memory_pool(limits.memory_mb << 20)
     ctx = SessionContext(SessionConfig().with_information_schema(True), runtime)
+    local = urlparse(uri).scheme in ("", "file")
     for name, table in tables.items():
-        ctx.register_table(name, table)
+        if local:
+            ctx.register_table(name, table)
+        else:
+            ctx.register_dataset(name, snapshot_of(table, uri=uri, storage_options=storage_options).dataset())
     ctx.register_udf(udf(_byte_length, [pa.binary_view()], pa.int64(), "immutable", BYTE_LENGTH))
     options = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 

@@ -56,7 +56,7 @@ def _duckdb(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: str,
 
 def _datafusion(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: str,
                 storage_options: Mapping[str, str] | None) -> Session:
-    return open_datafusion(tables, limits)
+    return open_datafusion(tables, limits, uri=uri, storage_options=storage_options)
 
 
 ENGINES: dict[str, Opener] = {"datafusion": _datafusion, "duckdb": _duckdb}
