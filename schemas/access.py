@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from idxlake.schemas.errors import MissingDataFileError, SchemaMismatchError, TableNotFoundError
+from idxlake.schemas.errors import MissingDataFileError, NotATableError, SchemaMismatchError, TableNotFoundError
 from idxlake.schemas.table import SPLIT, TableMeta, meta_from_schema
 from idxlake.schemas.versions import Timestamp, version_range
 
@@ -194,6 +194,17 @@ class TableSnapshot:
             partitions=[pads.field(SPLIT) == f.split for f in files])
 
 
+def check_not_a_file(uri: str) -> None:
+    """Refuse a local table location that is a plain file (delta-rs would say "does not exist").
+
+    Raises:
+        NotATableError: ``uri`` names an existing local file.
+    """
+    if urlparse(uri).scheme in ("", "file") and os.path.isfile(fs_path(uri)):
+        raise NotATableError(f"{uri}: is a file, not a Delta table (a table is a directory holding _delta_log/); "
+                             "give a directory path")
+
+
 def open_table(uri: str, *, version: int | None = None, as_of: Timestamp | None = None,
                storage_options: Mapping[str, str] | None = None) -> DeltaTable:
     """Open a Delta table, turning delta-rs errors into idxlake ones.
@@ -209,9 +220,11 @@ def open_table(uri: str, *, version: int | None = None, as_of: Timestamp | None 
         A ``deltalake.DeltaTable``.
 
     Raises:
+        NotATableError: ``uri`` is a local plain file.
         TableNotFoundError: if there is no Delta table at ``uri``, or no such ``version`` or
             ``as_of`` (the message names the table's range of versions and commit times).
     """
+    check_not_a_file(uri)
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
     from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound

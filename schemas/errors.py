@@ -25,6 +25,10 @@ class TableNotFoundError(IdxlakeError, FileNotFoundError):
     """No Delta table (or no such version) at the given location."""
 
 
+class NotATableError(IdxlakeError, NotADirectoryError):
+    """The table location is a plain file: a Delta table is a directory (or prefix) holding ``_delta_log/``."""
+
+
 class TableExistsError(IdxlakeError, FileExistsError):
     """The table already exists and the write mode forbids touching it."""
 

@@ -62,7 +62,7 @@ def test_info_json_fields(mnist_table: str, capsys: pytest.CaptureFixture[str]) 
 def test_info_text(mnist_table: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", mnist_table]) == 0
     out = capsys.readouterr().out
-    assert "dataset:    mnist (verified official data)" in out
+    assert "dataset:    mnist (verified official data: test, train)" in out
     assert "rows:       70,000" in out
     assert MNIST_SHA256["train-images-idx3-ubyte.gz"] in out
     label_rows = [line.split() for line in out.splitlines() if line.strip().startswith(("0  0", "9  9"))]

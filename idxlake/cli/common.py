@@ -72,6 +72,12 @@ def time_travel(args: argparse.Namespace) -> tuple[int | None, str | None]:
     return version, as_of
 
 
+def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--json``: print one JSON document with stable keys (documented in the README) instead of text."""
+    parser.add_argument("--json", action="store_true",
+                        help=f"print {what} as one JSON document with stable keys (see README)")
+
+
 def storage_options(args: argparse.Namespace) -> dict[str, str] | None:
     """The parsed ``--storage-option`` values of ``args``."""
     return parse_storage_options(getattr(args, "storage_option", None))

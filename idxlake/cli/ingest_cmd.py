@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from idxlake.cli.common import add_table_options, is_tty, non_empty, positive_int, storage_options, time_travel
+from idxlake.cli.common import (
+    add_json_option,
+    add_table_options,
+    is_tty,
+    non_empty,
+    positive_int,
+    storage_options,
+    time_travel,
+)
+
+if TYPE_CHECKING:
+    from idxlake.pipeline.ingest.job import IngestResult
 
 
 def register(sub: Any) -> None:
@@ -15,7 +26,8 @@ def register(sub: Any) -> None:
                        description="Decode and validate IDX files (.gz or raw) and write them to a Delta "
                                    "table in one atomic commit.")
     p.add_argument("paths", nargs="+", metavar="[SOURCE] TABLE", type=non_empty,
-                   help="optional source directory or files, then the table path/URI")
+                   help="optional source directory or files (default: the bundled MNIST), then the table "
+                        "path or URI")
     p.add_argument("--dataset", default=None,
                    help="registered dataset name (mnist, fashion-mnist, kmnist, emnist-*) or 'generic'; "
                         "default: inferred from hashes and file names")
@@ -27,14 +39,19 @@ def register(sub: Any) -> None:
     p.add_argument("--row-group-rows", type=positive_int, default=None,
                    help="rows per Parquet row group (default 8192)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_json_option(p, "the ingest summary")
     add_table_options(p, version=False)
     p.set_defaults(run=run_ingest)
 
-    e = sub.add_parser("export", help="write a table back to IDX .gz files (byte-identical content)")
-    e.add_argument("table")
-    e.add_argument("outdir")
+    e = sub.add_parser("export", help="write a table back to IDX .gz files (byte-identical content)",
+                       description="Write each split of a table version back to IDX files (the canonical file "
+                                   "names for registered datasets), streaming one row group at a time. The "
+                                   "uncompressed content is byte-identical to the ingested sources.")
+    e.add_argument("table", help="table path or URI")
+    e.add_argument("outdir", help="directory to write the IDX files into (created if missing)")
     e.add_argument("--split", action="append", default=None, help="split to export (repeatable; default all)")
     e.add_argument("--raw", action="store_true", help="write uncompressed IDX instead of .gz")
+    add_json_option(e, "the files written")
     add_table_options(e, as_of=True)
     e.set_defaults(run=run_export)
 
@@ -62,11 +79,19 @@ def run_ingest(args: argparse.Namespace) -> int:
     finally:
         if bar is not None:
             bar.close()
+    if args.json:
+        from idxlake.cli.formatting import json_document
+
+        sys.stdout.write(json_document(ingest_document(result)))
+        return 0
     rate = result.bytes_read / 1e6 / result.seconds if result.seconds else 0.0
     print(f"table:    {result.table}")
-    print(f"dataset:  {result.dataset} ({'verified official data' if result.verified else 'not verified'})")
+    print(f"dataset:  {result.dataset}")
     for split, n in result.rows.items():
         print(f"  {split:<6} {n:>9,} rows  from {', '.join(result.sources.get(split, []))}")
+        print(f"         sources: {'match the published hashes' if result.verified else 'not verified'}; "
+              f"split {split} at this version: "
+              f"{'verified official data' if result.split_verified.get(split) else 'not verified official data'}")
     if result.noop:
         print(f"version:  {result.version} (unchanged: the table already holds these sources)")
     else:
@@ -75,12 +100,31 @@ def run_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
+def ingest_document(result: IngestResult) -> dict[str, Any]:
+    """The ``ingest --json`` document (stable keys, documented in the README)."""
+    return {
+        "table": result.table, "version": result.version, "mode": result.mode, "dataset": result.dataset,
+        "noop": result.noop, "seconds": result.seconds, "bytes_read": result.bytes_read,
+        "splits": {split: {"rows": n, "sources": list(result.sources.get(split, [])),
+                           "sources_verified": result.verified,
+                           "split_verified": bool(result.split_verified.get(split))}
+                   for split, n in result.rows.items()},
+    }
+
+
 def run_export(args: argparse.Namespace) -> int:
     """Export a table to IDX files."""
     from idxlake.pipeline.export import export
 
     version, as_of = time_travel(args)
-    for done in export(args.table, args.outdir, splits=args.split, version=version, as_of=as_of,
-                       storage_options=storage_options(args), compress=not args.raw):
-        print(f"{done.split}: {done.rows:,} rows -> {done.images} , {done.labels}")
+    done = export(args.table, args.outdir, splits=args.split, version=version, as_of=as_of,
+                  storage_options=storage_options(args), compress=not args.raw)
+    if args.json:
+        from idxlake.cli.formatting import json_document
+
+        sys.stdout.write(json_document({"table": args.table, "outdir": str(args.outdir), "splits": {
+            d.split: {"rows": d.rows, "images": str(d.images), "labels": str(d.labels)} for d in done}}))
+        return 0
+    for d in done:
+        print(f"{d.split}: {d.rows:,} rows -> {d.images} , {d.labels}")
     return 0

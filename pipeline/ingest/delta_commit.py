@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -57,6 +58,7 @@ class PendingFiles:
     storage_options: Mapping[str, str] | None = None
     actions: list[Any] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    root_existed: bool = True
 
     def discard(self) -> None:
         """Delete every file written so far (best effort)."""
@@ -65,8 +67,24 @@ class PendingFiles:
                 self.fs.delete_file(path)
             except OSError as exc:  # pragma: no cover - best effort
                 logger.warning("could not remove uncommitted file %s: %s", path, exc)
+        self._prune_empty_dirs()
         self.paths.clear()
         self.actions.clear()
+
+    def _prune_empty_dirs(self) -> None:
+        """Remove the ``split=...`` folders (and a new table's root) the discarded files leave empty.
+
+        Only local filesystems have real folders; object stores have none to remove.
+        """
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return
+        parents = sorted({p.rsplit("/", 1)[0] for p in self.paths if "/" in p}, key=len, reverse=True)
+        for folder in [*parents] + ([] if self.root_existed else [self.root]):
+            try:
+                if not os.listdir(folder):
+                    os.rmdir(folder)
+            except OSError:
+                continue  # not there, not empty, or not ours to remove
 
     def landed(self) -> bool:
         """True if a commit holding these files is in the table (e.g. Ctrl-C right after committing).
@@ -168,7 +186,9 @@ def open_pending(table: str, storage_options: Mapping[str, str] | None) -> Pendi
     Leaving the block with an error deletes the files, unless the commit had already landed.
     """
     fs, root = pyarrow_filesystem(table, storage_options)
-    return PendingFiles(fs, root.rstrip("/"), table, storage_options)
+    root = root.rstrip("/")
+    existed = not isinstance(fs, pafs.LocalFileSystem) or os.path.isdir(root)
+    return PendingFiles(fs, root, table, storage_options, root_existed=existed)
 
 
 def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,

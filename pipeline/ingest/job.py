@@ -64,12 +64,15 @@ class IngestResult:
         version: Table version after the ingest (unchanged for a no-op).
         mode: The write mode used.
         dataset: Registry name or ``"generic"``.
-        verified: True when every source matched the dataset's published hashes.
+        verified: True when every source of THIS ingest matched the dataset's published hashes
+            (recorded in the commit's lineage).
         rows: Rows written per split.
         noop: True when the table already held exactly these sources.
         seconds: Wall time.
         bytes_read: Uncompressed IDX image bytes processed.
         sources: File names per split.
+        split_verified: Per written split, True when the split as the table now holds it is exactly the
+            published one (False e.g. after appending to it); what ``idxlake info`` reports.
     """
 
     table: str
@@ -82,6 +85,7 @@ class IngestResult:
     seconds: float = 0.0
     bytes_read: int = 0
     sources: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    split_verified: Mapping[str, bool] = field(default_factory=dict)
 
 
 def _existing(table: str, storage_options: Mapping[str, str] | None,
@@ -253,7 +257,8 @@ def ingest(
                                 verified=all(old.splits[k].verified for k in sources),
                                 rows={k: old.splits[k].rows for k in sources}, noop=True,
                                 seconds=time.perf_counter() - t0,
-                                sources={k: [f.name for f in old.splits[k].sources] for k in sources})
+                                sources={k: [f.name for f in old.splits[k].sources] for k in sources},
+                                split_verified={k: old.splits[k].verified for k in sources})
     offsets = {k: old.splits[k].rows if old and mode == "append" and k in old.splits else 0 for k in sources}
     chunk_records = max(1, min(row_group_rows, MAX_ROW_GROUP_BYTES // max(meta.record_nbytes, 1)))
     schema = arrow_schema(meta)
@@ -277,7 +282,8 @@ def ingest(
     logger.info("%s: wrote %s rows as version %d", table, rows, version)
     return IngestResult(table=table, version=version, mode=mode, dataset=meta.dataset, verified=verified, rows=rows,
                         seconds=time.perf_counter() - t0, bytes_read=total,
-                        sources={k: [s.source.images.name, s.source.labels.name] for k, s in scanned.items()})
+                        sources={k: [s.source.images.name, s.source.labels.name] for k, s in scanned.items()},
+                        split_verified={k: meta.splits[k].verified for k in scanned})
 
 
 def _final_meta(meta: TableMeta, spec: Any, verified: bool, scanned: Mapping[str, ScannedSplit],

@@ -185,7 +185,7 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
             ``delta.deletedFileRetentionDuration``, else 168).
         dry_run: Only list the files.
         force: Allow a retention below the table's minimum (breaks time travel and readers
-            still using older versions).
+            still using older versions). Not needed for a ``dry_run``, which deletes nothing.
         full: Also delete files the log never referenced (orphans of failed writes).
         storage_options: Object-store options.
 
@@ -201,8 +201,9 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
         raise MaintenanceError(f"--retain-hours must be >= 0, got {retain_hours}")
     dt = open_table(table, storage_options=storage_options)
     try:
-        files = dt.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=not force,
-                          full=full)
+        # A dry run deletes nothing, so it may list below the minimum retention without --force.
+        files = dt.vacuum(retention_hours=retain_hours, dry_run=dry_run,
+                          enforce_retention_duration=not (force or dry_run), full=full)
     except DeltaError as exc:
         if "retention" in str(exc).lower():
             raise MaintenanceError(
