@@ -92,6 +92,8 @@ PAYLOADS: list[str] = [
     "EXPLAIN ANALYZE COPY (SELECT * FROM mnist VERSION AS OF 0) TO '{mark}_45.csv'",
     "WITH a AS (SELECT * FROM mnist@v0) INSERT INTO mnist SELECT * FROM a",
     "SELECT * FROM mnist@v1; COPY (SELECT 1) TO '{mark}_47.csv'",
+    "SELECT * FROM mnist VERSION AS OF 0 WHERE split = E'\\'' ; COPY (SELECT 1) TO '{mark}_48.csv' --'",
+    "SELECT * FROM mnist VERSION AS OF 1 AS v, (SELECT 1) AS x; DROP TABLE mnist",
 ]
 
 
@@ -273,3 +275,33 @@ def test_library_timeout_off_the_main_thread(mnist_table: str) -> None:
     assert not worker.is_alive() and time.monotonic() - start < 10
     assert len(errors) == 1 and isinstance(errors[0], QueryError) and "cancelled after 0.5 s" in str(errors[0])
 
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("guarded", [True, False], ids=["text-pass", "engine-only"])
+@pytest.mark.parametrize("where", [
+    "1 = 1) UNION ALL SELECT * FROM mnist; COPY (SELECT 1) TO '{mark}_w1.csv' --",
+    "id IN (SELECT 1 /* /* */ ' */ ) ; COPY (SELECT 42) TO '{mark}_w2.csv'",
+    "label = 1) ; ATTACH '{tmp}/{mark}_w3.db' AS x; SELECT (1",
+    "id >= 0 AND id IN (SELECT id FROM mnist VERSION AS OF 0)) ; CREATE TABLE {mark} AS SELECT (1",
+])
+def test_show_where_goes_through_the_same_engine_path(where: str, guarded: bool, engine: str,
+                                                      watched: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    if not guarded:
+        monkeypatch.setattr(sql_module, "check_read_only", lambda sql: sql.strip().rstrip(";").strip())
+    argv = ["show", str(watched["table"]), "--where", _payload(where, watched), "--engine", engine, "--name", "mnist"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("idxlake show: error: ") and err.count("\n") == 1
+    if not guarded:
+        assert err.startswith(f"idxlake show: error: {engine}"), err
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_show_where_time_travel_subquery(place: dict[str, Path], engine: str,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    where = "id IN (SELECT id FROM mnist VERSION AS OF 0 WHERE split = 'test') AND id >= 18"
+    assert main(["show", str(place["table"]), "--split", "test", "--where", where, "--engine", engine]) == 0
+    out = capsys.readouterr().out
+    assert "test:18" in out and "test:19" in out and "test:20" not in out  # version 0 has test ids 0-19
