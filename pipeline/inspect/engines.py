@@ -241,8 +241,10 @@ def is_memory_error(message: str) -> bool:
 
 
 def _short(message: str) -> str:
-    """The first sentence or so of an engine message (DuckDB appends paragraphs of advice)."""
-    for cut in (" Database is launched", " Possible solutions", " caused by"):
+    """The part of an engine's out-of-memory message that says what failed (not its config advice)."""
+    if "Resources exhausted: " in message:  # DataFusion: "... caused by Resources exhausted: Failed to ... - ..."
+        message = "DataFusion: " + message.split("Resources exhausted: ", 1)[1].split(" - ", 1)[0]
+    for cut in (" Database is launched", " Possible solutions"):
         message = message.split(cut)[0]
     return message if len(message) <= 300 else message[:297] + "..."
 
