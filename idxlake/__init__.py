@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from idxlake.schemas.errors import (
     CommitConflictError,
+    CommitUncertainError,
+    DataCorruptionError,
     IdxFormatError,
     IdxlakeError,
     LoaderConfigError,
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from idxlake.pipeline.inspect.info import table_info as info
     from idxlake.pipeline.inspect.maintenance import OptimizeResult, VacuumResult, optimize, vacuum
     from idxlake.pipeline.inspect.sql import QueryResult, query
+    from idxlake.pipeline.inspect.verify import verify_table as verify
     from idxlake.schemas.access import TableSnapshot, snapshot
     from idxlake.schemas.datasets import DATASETS, DatasetSpec, get_dataset
     from idxlake.schemas.table import TableMeta
@@ -83,6 +86,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "train": ("idxlake.loaders.train", "train"),
     "vacuum": ("idxlake.pipeline.inspect.maintenance", "vacuum"),
     "version_range": ("idxlake.schemas.versions", "version_range"),
+    "verify": ("idxlake.pipeline.inspect.verify", "verify_table"),
     "write_idx": ("idxlake.pipeline.idx.write", "write_idx"),
 }
 """Public name -> (module, attribute): the registry the facade loads from on first access."""
@@ -91,7 +95,9 @@ _NEEDS_TORCH = frozenset({"DeltaIterableDataset", "TrainResult", "train"})
 
 __all__ = [
     "CommitConflictError",
+    "CommitUncertainError",
     "DATASETS",
+    "DataCorruptionError",
     "DatasetSpec",
     "DeltaIterableDataset",
     "IdxFormatError",
@@ -129,6 +135,7 @@ __all__ = [
     "train",
     "vacuum",
     "version_range",
+    "verify",
     "write_idx",
 ]
 

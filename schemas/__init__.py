@@ -16,6 +16,8 @@ from idxlake.schemas.datasets import DATASETS, GENERIC, DatasetSpec, SplitFiles,
 from idxlake.schemas.dtypes import DTYPES_BY_NAME, IDX_DTYPES, IdxDtype, dtype_by_name
 from idxlake.schemas.errors import (
     CommitConflictError,
+    CommitUncertainError,
+    DataCorruptionError,
     IdxFormatError,
     IdxlakeError,
     LoaderConfigError,
@@ -51,8 +53,10 @@ from idxlake.schemas.versions import VersionRange, parse_timestamp, version_rang
 __all__ = [
     "COLUMNS",
     "CommitConflictError",
+    "CommitUncertainError",
     "DATASETS",
     "DTYPES_BY_NAME",
+    "DataCorruptionError",
     "DataFile",
     "DatasetSpec",
     "FORMAT_VERSION",

@@ -189,8 +189,10 @@ class TableSnapshot:
         self.check_files(files)
         if not files:
             return pads.dataset(self.schema.empty_table())
+        verified = pads.ParquetFileFormat(  # every page's CRC is checked as it is read (DuckDB reads this too)
+            default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
         return pads.FileSystemDataset.from_paths(
-            paths, schema=self.schema, format=pads.ParquetFileFormat(), filesystem=fs,
+            paths, schema=self.schema, format=verified, filesystem=fs,
             partitions=[pads.field(SPLIT) == f.split for f in files])
 
 

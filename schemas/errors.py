@@ -59,3 +59,12 @@ class MissingExtraError(IdxlakeError, ImportError):
 
 class CommitConflictError(IdxlakeError, RuntimeError):
     """Another writer committed to the table while this write was running; nothing was written."""
+
+
+class DataCorruptionError(IdxlakeError, RuntimeError):
+    """Stored data does not read back as written: a page checksum, a footer or a content hash failed,
+    or a committed version references files that are gone. The message names table, version and file."""
+
+
+class CommitUncertainError(IdxlakeError, RuntimeError):
+    """A commit was attempted but the log could not be read afterwards to learn whether it landed."""

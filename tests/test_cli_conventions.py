@@ -187,7 +187,8 @@ def test_info_and_ingest_agree_on_what_is_verified(tmp_path: Path, capsys: pytes
     table = str(tmp_path / "mnist")
     ingest(None, table)
     rc, out, _ = _run(capsys, "ingest", str(mnist_dir / "t10k-images-idx3-ubyte.gz"),
-                      str(mnist_dir / "t10k-labels-idx1-ubyte.gz"), table, "--mode", "append", "--json")
+                      str(mnist_dir / "t10k-labels-idx1-ubyte.gz"), table, "--mode", "append", "--allow-duplicate",
+                      "--json")
     doc = json.loads(out)
     assert rc == 0 and doc["splits"]["test"] == {**doc["splits"]["test"], "sources_verified": True,
                                                   "split_verified": False}

@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "idxlake.cli.inspect_cmd",
     "idxlake.cli.diff_cmd",
     "idxlake.cli.train_cmd",
+    "idxlake.cli.verify_cmd",
 )
 """Modules that each define ``register(subparsers)``; the registry of subcommands."""
 

@@ -39,6 +39,8 @@ def register(sub: Any) -> None:
     p.add_argument("--row-group-rows", type=positive_int, default=None,
                    help="rows per Parquet row group (default 8192)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-duplicate", action="store_true",
+                   help="with --mode append: add files the split already holds (refused by default)")
     add_json_option(p, "the ingest summary")
     add_table_options(p, version=False)
     p.set_defaults(run=run_ingest)
@@ -75,7 +77,7 @@ def run_ingest(args: argparse.Namespace) -> int:
         kwargs["on_total"] = lambda total: setattr(bar, "total", total)
     try:
         result = ingest(source, table, dataset=args.dataset, mode=args.mode,
-                        storage_options=storage_options(args), **kwargs)
+                        storage_options=storage_options(args), allow_duplicate=args.allow_duplicate, **kwargs)
     finally:
         if bar is not None:
             bar.close()
@@ -123,8 +125,11 @@ def run_export(args: argparse.Namespace) -> int:
         from idxlake.cli.formatting import json_document
 
         sys.stdout.write(json_document({"table": args.table, "outdir": str(args.outdir), "splits": {
-            d.split: {"rows": d.rows, "images": str(d.images), "labels": str(d.labels)} for d in done}}))
+            d.split: {"rows": d.rows, "images": str(d.images), "labels": str(d.labels), "verified": d.verified}
+            for d in done}}))
         return 0
     for d in done:
-        print(f"{d.split}: {d.rows:,} rows -> {d.images} , {d.labels}")
+        check = ("sha256 equals the ingested sources" if d.verified
+                 else "not compared: the split has no single ingested source pair")
+        print(f"{d.split}: {d.rows:,} rows -> {d.images} , {d.labels} ({check})")
     return 0

@@ -5,8 +5,14 @@ deltalake 1.6), which would scramble the ``id`` order of the files. So idxlake
 writes the Parquet files itself with pyarrow (exact row groups in id order, no
 dictionary or statistics on ``image``, statistics on ``id``/``label``) and then
 commits them with delta-rs' transaction API in ONE commit that also carries the new
-schema metadata and the lineage. Files of a failed attempt are deleted; the table
-stays at its previous version.
+schema metadata, the lineage and a transaction id. Files of a failed attempt are deleted;
+the table stays at its previous version. Every data page carries a CRC checksum
+(``write_page_checksum``), which every idxlake reader verifies.
+
+After the commit call, the outcome is checked against the log
+(:mod:`idxlake.pipeline.ingest.landing`): an error raised after the commit landed (e.g. the
+connection dropped on the reply) is logged as a warning and the write succeeds; a commit
+whose files vanished meanwhile raises :class:`DataCorruptionError` at once.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from idxlake.schemas import (
     PARTITION_BY,
     SPLIT,
     CommitConflictError,
-    TableExistsError,
+    DataCorruptionError,
     TableNotFoundError,
     open_table,
     pyarrow_filesystem,
@@ -65,6 +71,8 @@ class PendingFiles:
         for path in self.paths:
             try:
                 self.fs.delete_file(path)
+            except FileNotFoundError:
+                pass  # never created, or already gone
             except OSError as exc:  # pragma: no cover - best effort
                 logger.warning("could not remove uncommitted file %s: %s", path, exc)
         self._prune_empty_dirs()
@@ -144,7 +152,12 @@ def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBa
         writer.close()
         sink.close()  # ParquetWriter leaves a sink it did not open; closing completes an S3 upload
         writer = None
-        size = pending.fs.get_file_info(path).size
+        info = pending.fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound or info.size is None:
+            raise CommitConflictError(
+                f"{pending.table}: data file {rel} vanished right after it was written (deleted by a concurrent "
+                "`vacuum --full`?); nothing was committed, run the write again")
+        size = info.size
         pending.actions.append(AddAction(rel, size, {SPLIT: split}, int(time.time() * 1000), True,
                                          _stats(rows, ids, labels)))
 
@@ -155,11 +168,11 @@ def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBa
             if writer is None:
                 rel = f"{SPLIT}={split}/part-{len(pending.actions):05d}-{uuid.uuid4()}-c000.{codec.lower()}.parquet"
                 path = f"{pending.root}/{rel}"
-                pending.paths.append(path)
                 pending.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
                 sink = pending.fs.open_output_stream(path)
+                pending.paths.append(path)  # only files that were created (no warning on a read-only target)
                 writer = pq.ParquetWriter(
-                    sink, file_schema, compression=_PYARROW_CODECS[codec],
+                    sink, file_schema, compression=_PYARROW_CODECS[codec], write_page_checksum=True,
                     use_dictionary=[LABEL], write_statistics=[ID, LABEL], store_schema=True)
                 rows, nbytes, ids, labels = 0, 0, [], []
             writer.write_batch(batch, row_group_size=row_group_rows)
@@ -194,7 +207,7 @@ def open_pending(table: str, storage_options: Mapping[str, str] | None) -> Pendi
 def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
            mode: Literal["create", "replace", "append", "overwrite"], splits: Sequence[str],
            storage_options: Mapping[str, str] | None, name: str | None, description: str,
-           lineage: Mapping[str, Any]) -> None:
+           lineage: Mapping[str, Any]) -> int:
     """Commit ``pending`` files as ONE Delta version carrying ``schema`` (with its metadata).
 
     Args:
@@ -210,39 +223,66 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
         description: Table description (on create).
         lineage: JSON-able lineage, stored as the commit's ``userMetadata``.
 
+    Returns:
+        The committed version.
+
     Raises:
-        TableExistsError: ``create`` raced with another writer creating the table.
+        CommitConflictError: another writer created the table or committed first (nothing written).
+        CommitUncertainError: the commit call failed and the log cannot be read to learn its fate.
+        DataCorruptionError: the commit landed but some of its files are gone.
     """
     from deltalake import CommitProperties, Schema
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import create_table_with_add_actions
 
-    props = CommitProperties(custom_metadata={"userMetadata": json.dumps(lineage, sort_keys=True)})
-    if mode == "create":
-        try:
-            create_table_with_add_actions(
-                table, Schema.from_arrow(schema), pending.actions, mode="error", partition_by=list(PARTITION_BY),
-                name=name, description=description,
-                storage_options=dict(storage_options) if storage_options else None, commit_properties=props)
-        except DeltaError as exc:
-            if "exist" in str(exc).lower():
-                raise TableExistsError(f"{table}: another writer created the table meanwhile; run again") from exc
-            raise
-        return
-    removals: dict[str, list[tuple[str, str, Any]] | None] = {
-        "replace": [(SPLIT, "in", list(splits))],
-        "append": [(SPLIT, "in", [])],  # removes nothing: an append that may update the metadata
-        "overwrite": None,
-    }
-    filters = removals[mode]
+    from idxlake.pipeline.ingest.landing import TXN_KEY, check_committed_files, find_commit, new_txn
+
+    txn = new_txn()
+    props = CommitProperties(custom_metadata={"userMetadata": json.dumps({**lineage, "txn": txn}, sort_keys=True),
+                                              TXN_KEY: txn})
+    read_version = None if dt is None else dt.version()
     try:
-        dt.create_write_transaction(pending.actions, mode="overwrite", schema=schema,
-                                    partition_by=list(PARTITION_BY), partition_filters=filters,
-                                    commit_properties=props)
-    except CommitFailedError as exc:
-        raise CommitConflictError(
-            f"{table}: another writer committed after version {dt.version()} while this one was running "
-            f"({exc}); nothing was written, run it again") from exc
+        if mode == "create":
+            try:
+                create_table_with_add_actions(
+                    table, Schema.from_arrow(schema), pending.actions, mode="error",
+                    partition_by=list(PARTITION_BY), name=name, description=description,
+                    storage_options=dict(storage_options) if storage_options else None, commit_properties=props)
+            except DeltaError as exc:
+                if "exist" in str(exc).lower():
+                    raise CommitConflictError(f"{table}: another writer created the table meanwhile; nothing "
+                                              "was written, run it again") from exc
+                raise
+        else:
+            removals: dict[str, list[tuple[str, str, Any]] | None] = {
+                "replace": [(SPLIT, "in", list(splits))],
+                "append": [(SPLIT, "in", [])],  # removes nothing: an append that may update the metadata
+                "overwrite": None,
+            }
+            try:
+                dt.create_write_transaction(pending.actions, mode="overwrite", schema=schema,
+                                            partition_by=list(PARTITION_BY), partition_filters=removals[mode],
+                                            commit_properties=props)
+            except CommitFailedError as exc:
+                raise CommitConflictError(
+                    f"{table}: another writer committed after version {read_version} while this one was running "
+                    f"({exc}); nothing was written, run it again") from exc
+    except CommitConflictError:
+        raise
+    except BaseException as exc:  # the call failed, but the commit may have landed: ask the log
+        version = find_commit(table, txn, after=read_version, storage_options=storage_options)
+        if version is None:
+            raise
+        logger.warning("%s: the commit landed as version %d although the call reported an error (%s: %s)",
+                       table, version, type(exc).__name__, exc)
+        if not isinstance(exc, Exception):  # Ctrl-C and the like still stop the program, after saying so
+            raise
+    else:
+        version = find_commit(table, txn, after=read_version, storage_options=storage_options)
+        if version is None:  # pragma: no cover - delta-rs returned without committing
+            raise DataCorruptionError(f"{table}: delta-rs reported success but no commit carries transaction {txn}")
+    check_committed_files(table, version, pending.fs, pending.paths, pending.root)
+    return version
 
 
 def file_schema(schema: pa.Schema) -> pa.Schema:

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from idxlake.pipeline.inspect.engines import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S
 from idxlake.pipeline.inspect.sql import Engine
-from idxlake.schemas import SchemaMismatchError, TableMeta
+from idxlake.schemas import SchemaMismatchError, TableMeta, TableSnapshot
 from idxlake.schemas.versions import Timestamp
 
 logger = logging.getLogger(__name__)
@@ -248,10 +248,36 @@ def select_images(table: str, *, split: str | None = None, where: str | None = N
     conditions = [f"({where})"] if where and where.strip() else []
     if split is not None:
         conditions.append("split = '" + split.replace("'", "''") + "'")
-    sql = (f"SELECT split, id, label, image FROM {name}"
+    sql = (f"SELECT split, id, label FROM {name}"  # images are read by verified_images
            + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
            + f" ORDER BY split, id LIMIT {int(limit)}")
     result = query(table, sql, engine=engine, name=name, version=version, as_of=as_of,
                    storage_options=storage_options, timeout=timeout, memory_mb=memory_mb)
-    meta = snapshot(table, version=result.versions[name], storage_options=storage_options).meta
-    return result.table, meta
+    snap = snapshot(table, version=result.versions[name], storage_options=storage_options)
+    return verified_images(snap, result.table), snap.meta
+
+
+def verified_images(snap: TableSnapshot, rows: pa.Table) -> pa.Table:
+    """``rows`` (split, id, label) with their ``image`` column, read through the snapshot's dataset:
+    every page read is CRC-checked (DataFusion's reader does not check page checksums)."""
+    import pyarrow.dataset as pads
+
+    if rows.num_rows == 0:
+        return rows.append_column(pa.field("image", pa.binary()), pa.array([], pa.binary()))
+    from idxlake.schemas import DataCorruptionError, fs_path
+
+    splits, ids = rows.column("split").to_pylist(), rows.column("id").to_pylist()
+    wanted = pads.field("id").isin(sorted(set(ids)))
+    by_key: dict[tuple[str, int], bytes] = {}
+    dataset = snap.dataset(sorted(set(splits)))
+    for fragment in dataset.get_fragments(filter=wanted):
+        try:
+            found = fragment.to_table(columns=["split", "id", "image"], filter=wanted, schema=dataset.schema)
+        except (OSError, pa.ArrowException) as exc:
+            rel = fragment.path.removeprefix(fs_path(snap.uri).rstrip("/") + "/")
+            raise DataCorruptionError(f"{snap.uri}@v{snap.version}: data file {rel} cannot be read: {exc}; "
+                                      f"run `idxlake verify {snap.uri}`") from exc
+        keys = zip(found.column("split").to_pylist(), found.column("id").to_pylist(), strict=True)
+        by_key.update(zip(keys, found.column("image").to_pylist(), strict=True))
+    images = pa.array([by_key[key] for key in zip(splits, ids, strict=True)], pa.binary())
+    return rows.append_column(pa.field("image", pa.binary()), images)
