@@ -85,8 +85,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "spark_ddl": ("idxlake.pipeline.inspect.ddl", "spark_ddl"),
     "train": ("idxlake.loaders.train", "train"),
     "vacuum": ("idxlake.pipeline.inspect.maintenance", "vacuum"),
-    "version_range": ("idxlake.schemas.versions", "version_range"),
     "verify": ("idxlake.pipeline.inspect.verify", "verify_table"),
+    "version_range": ("idxlake.schemas.versions", "version_range"),
     "write_idx": ("idxlake.pipeline.idx.write", "write_idx"),
 }
 """Public name -> (module, attribute): the registry the facade loads from on first access."""
@@ -134,8 +134,8 @@ __all__ = [
     "spark_ddl",
     "train",
     "vacuum",
-    "version_range",
     "verify",
+    "version_range",
     "write_idx",
 ]
 

@@ -23,7 +23,7 @@ import pyarrow.fs as pafs
 
 from idxlake.schemas.errors import MissingDataFileError, NotATableError, SchemaMismatchError, TableNotFoundError
 from idxlake.schemas.table import SPLIT, TableMeta, meta_from_schema
-from idxlake.schemas.versions import Timestamp, version_range
+from idxlake.schemas.versions import Timestamp, as_version, version_range
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -232,10 +232,10 @@ def open_table(uri: str, *, version: int | None = None, as_of: Timestamp | None 
     from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 
     options = dict(storage_options) if storage_options else None
-    if version is not None and as_of is None and not isinstance(version, bool) and isinstance(version, int) \
-            and version >= 0:
+    number = as_version(version)
+    if number is not None and as_of is None and number >= 0:
         try:  # the common case: one log read
-            return DeltaTable(uri, version=version, storage_options=options)
+            return DeltaTable(uri, version=number, storage_options=options)
         except DeltaTableNotFound as exc:
             raise TableNotFoundError(f"{uri}: no Delta table here; create it with `idxlake ingest SOURCE {uri}`") \
                 from exc

@@ -9,12 +9,13 @@ A request outside the table's range gets one line that names the range, e.g.
 
 from __future__ import annotations
 
+import operator
 import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, SupportsIndex
 
 from idxlake.schemas.errors import TableNotFoundError
 
@@ -96,10 +97,13 @@ class VersionRange:
         return next((ms for v, ms, _ in self.commits if v == version), None)
 
     def check_version(self, version: int) -> int:
-        """``version`` if it exists, else :class:`TableNotFoundError` naming the range."""
-        if isinstance(version, bool) or not isinstance(version, int) or not self.first <= version <= self.latest:
-            raise TableNotFoundError(f"{self.uri}: {self.describe()}; version {version} does not exist")
-        return version
+        """``version`` (any integer, numpy's too) if it exists, else :class:`TableNotFoundError` naming the range."""
+        number = as_version(version)
+        if number is None or not self.first <= number <= self.latest:
+            raise TableNotFoundError(f"{self.uri}: {self.describe()}; version {version!r} does not exist"
+                                     if number is None else f"{self.uri}: {self.describe()}; version {version} "
+                                     "does not exist")
+        return number
 
     def at(self, as_of: Timestamp, *, now: float | None = None) -> int:
         """The latest version committed at or before ``as_of``.
@@ -130,6 +134,13 @@ class VersionRange:
             if v > version and operation.upper().startswith("VACUUM"):
                 return f"vacuumed at {iso_seconds(ms)} (VACUUM, version {v})"
         return None
+
+
+def as_version(value: object) -> int | None:
+    """``value`` as a Python int if it is an integer (not a bool), else ``None``."""
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        return None
+    return operator.index(value)
 
 
 def version_range(uri: str, *, table: DeltaTable | None = None,

@@ -1,4 +1,4 @@
-"""A table with four versions: 0 ingest, 1 append, 2 replace of the test split, 3 optimize (tests' helper)."""
+"""Tests' helper: a table with versions 0 ingest, 1 append of the same files, 2 replace of test, 3 optimize."""
 
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def build_four(base: Path) -> Four:
     second = make_source(base / "b", rows={"test": 20}, seed=3, classes=4)
     table = str(base / "mnist")
     ingest(first.root, table, row_group_rows=16)
-    ingest(first.root, table, mode="append", row_group_rows=16)
+    ingest(first.root, table, mode="append", row_group_rows=16, allow_duplicate=True)
     ingest(second.root, table, row_group_rows=16)
     assert optimize(table).version == 3
     return Four(table, first, second)

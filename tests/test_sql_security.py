@@ -107,7 +107,7 @@ def place(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     source = make_source(base / "src", rows={"train": 40, "test": 20})
     table = base / "mnist"
     ingest(source.root, str(table), row_group_rows=16)
-    ingest(source.root, str(table), mode="append", row_group_rows=16)
+    ingest(source.root, str(table), mode="append", row_group_rows=16, allow_duplicate=True)
     dirs = {"base": base, "table": table, "log": table / "_delta_log"}
     for name in ("cwd", "tmp", "outside"):
         dirs[name] = base / name
