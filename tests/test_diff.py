@@ -125,3 +125,22 @@ def test_diff_reads_no_images_without_content(four: Four, monkeypatch: pytest.Mo
     monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
     table_diff(four.table, 0, 3)
     assert read and all("image" not in c and "*" not in c for c in read)
+
+
+def test_diff_over_s3(s3_endpoint: dict[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import make_source
+
+    from idxlake import ingest
+
+    source = make_source(tmp_path / "s", rows={"train": 30, "test": 10})
+    uri = "s3://lake/diff"
+    ingest(source.root, uri, storage_options=s3_endpoint, row_group_rows=16)
+    ingest(source.root, uri, storage_options=s3_endpoint, row_group_rows=16, mode="append", allow_duplicate=True)
+    doc = table_diff(uri, storage_options=s3_endpoint, content=True)
+    assert doc["rows"] == {"from": 40, "to": 80, "added": 40, "removed": 0, "rewritten": 0, "changed": 0}
+    opts = [f"--storage-option={k}={v}" for k, v in s3_endpoint.items()]
+    assert main(["diff", uri, "0", "1", "--json", *opts]) == 0
+    assert json.loads(capsys.readouterr().out)["splits"]["train"]["added"] == 30
+    assert main(["sql", uri, "SELECT count(*) AS n FROM diff VERSION AS OF 0 WHERE label >= 0", "--format", "csv",
+                 *opts]) == 0
+    assert capsys.readouterr().out.splitlines() == ['"n"', "40"]
