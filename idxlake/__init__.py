@@ -42,13 +42,16 @@ from idxlake.schemas.version import __version__
 
 if TYPE_CHECKING:
     from idxlake.loaders.dataset import DeltaIterableDataset
+    from idxlake.loaders.mapstyle import DeltaImageDataset
     from idxlake.loaders.train import TrainResult, train
+    from idxlake.loaders.vision import EMNIST, KMNIST, MNIST, FashionMNIST
     from idxlake.loaders.world import World
     from idxlake.pipeline.export import export
     from idxlake.pipeline.idx.read import read_idx
     from idxlake.pipeline.idx.write import write_idx
     from idxlake.pipeline.ingest.job import IngestResult, ingest
     from idxlake.pipeline.inspect.ddl import spark_ddl
+    from idxlake.pipeline.inspect.diff import table_diff as diff
     from idxlake.pipeline.inspect.info import table_history as history
     from idxlake.pipeline.inspect.info import table_info as info
     from idxlake.pipeline.inspect.maintenance import OptimizeResult, VacuumResult, optimize, vacuum
@@ -57,12 +60,18 @@ if TYPE_CHECKING:
     from idxlake.schemas.access import TableSnapshot, snapshot
     from idxlake.schemas.datasets import DATASETS, DatasetSpec, get_dataset
     from idxlake.schemas.table import TableMeta
+    from idxlake.schemas.versions import version_range
 
 _LAZY: dict[str, tuple[str, str]] = {
     "DATASETS": ("idxlake.schemas.datasets", "DATASETS"),
     "DatasetSpec": ("idxlake.schemas.datasets", "DatasetSpec"),
+    "DeltaImageDataset": ("idxlake.loaders.mapstyle", "DeltaImageDataset"),
     "DeltaIterableDataset": ("idxlake.loaders.dataset", "DeltaIterableDataset"),
+    "EMNIST": ("idxlake.loaders.vision", "EMNIST"),
+    "FashionMNIST": ("idxlake.loaders.vision", "FashionMNIST"),
     "IngestResult": ("idxlake.pipeline.ingest.job", "IngestResult"),
+    "KMNIST": ("idxlake.loaders.vision", "KMNIST"),
+    "MNIST": ("idxlake.loaders.vision", "MNIST"),
     "OptimizeResult": ("idxlake.pipeline.inspect.maintenance", "OptimizeResult"),
     "QueryResult": ("idxlake.pipeline.inspect.sql", "QueryResult"),
     "TableMeta": ("idxlake.schemas.table", "TableMeta"),
@@ -70,6 +79,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "TrainResult": ("idxlake.loaders.train", "TrainResult"),
     "VacuumResult": ("idxlake.pipeline.inspect.maintenance", "VacuumResult"),
     "World": ("idxlake.loaders.world", "World"),
+    "diff": ("idxlake.pipeline.inspect.diff", "table_diff"),
     "export": ("idxlake.pipeline.export", "export"),
     "get_dataset": ("idxlake.schemas.datasets", "get_dataset"),
     "history": ("idxlake.pipeline.inspect.info", "table_history"),
@@ -83,11 +93,13 @@ _LAZY: dict[str, tuple[str, str]] = {
     "train": ("idxlake.loaders.train", "train"),
     "vacuum": ("idxlake.pipeline.inspect.maintenance", "vacuum"),
     "verify": ("idxlake.pipeline.inspect.verify", "verify_table"),
+    "version_range": ("idxlake.schemas.versions", "version_range"),
     "write_idx": ("idxlake.pipeline.idx.write", "write_idx"),
 }
 """Public name -> (module, attribute): the registry the facade loads from on first access."""
 
-_NEEDS_TORCH = frozenset({"DeltaIterableDataset", "TrainResult", "train"})
+_NEEDS_TORCH = frozenset({"DeltaImageDataset", "DeltaIterableDataset", "EMNIST", "FashionMNIST", "KMNIST", "MNIST",
+                          "TrainResult", "train"})
 
 __all__ = [
     "CommitConflictError",
@@ -95,11 +107,16 @@ __all__ = [
     "DATASETS",
     "DataCorruptionError",
     "DatasetSpec",
+    "DeltaImageDataset",
     "DeltaIterableDataset",
+    "EMNIST",
+    "FashionMNIST",
     "IdxFormatError",
     "IdxlakeError",
     "IngestResult",
+    "KMNIST",
     "LoaderConfigError",
+    "MNIST",
     "MaintenanceError",
     "MissingDataFileError",
     "MissingExtraError",
@@ -117,6 +134,7 @@ __all__ = [
     "VacuumResult",
     "World",
     "__version__",
+    "diff",
     "export",
     "get_dataset",
     "history",
@@ -130,6 +148,7 @@ __all__ = [
     "train",
     "vacuum",
     "verify",
+    "version_range",
     "write_idx",
 ]
 

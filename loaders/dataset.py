@@ -16,17 +16,19 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow.dataset as pads
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
 from idxlake.loaders.options import check_options
-from idxlake.loaders.order import consumer_rows, lane_order, padding, rank_steps, worker_batches
+from idxlake.loaders.order import consumer_rows, lane_order, rank_steps, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
 from idxlake.loaders.ring import send
-from idxlake.loaders.stream import READ_THREADS, Arena, Progress, consume, fits_cache, log_reads, schedule
+from idxlake.loaders.samples import SampleTransform, finish_batch
+from idxlake.loaders.stream import READ_THREADS, Arena, Progress, consume, fits_cache, log_reads, pass_arena, schedule
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot, snapshot
+from idxlake.schemas.versions import Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +64,10 @@ class DeltaIterableDataset(IterableDataset):
         world_size: Number of ranks; default from ``torch.distributed`` when initialised, else 1.
         image_dtype: ``"uint8"`` (raw), ``"float32"`` (scaled to [0, 1], then normalised with the
             table's mean/std), or ``"native"`` (the table's dtype as is).
-        transform: Callable applied to each batch dict (in the worker).
+        transform: Callable applied to each batch dict (in the worker). A torchvision random
+            transform given a batch draws ONE set of parameters for all of its images.
+        sample_transform: Callable on each image ``[C, H, W]`` (in the worker, before the
+            ``float32`` normalisation): independent randomness per sample.
         cache_bytes: Keep every decoded row group for later epochs when the projected columns of
             the rows this consumer reads fit this many bytes (0: off). ``None`` (default): a quarter
             of the memory available when the pass starts (``CACHE_FRACTION``). The cache lives in
@@ -72,6 +77,8 @@ class DeltaIterableDataset(IterableDataset):
             the ``world_size x num_workers`` consumers reads only its lanes' row groups when
             ``num_workers`` divides 2 and ``world_size`` divides ``lanes / 2``.
         prefetch_depth: Row groups decoded (read) ahead of the one needed next.
+        as_of: Instead of ``version``: pin the version that was latest at this timestamp
+            (a datetime, naive = UTC, or text such as ``"2026-11-24 02:41:00"``).
 
     Raises:
         LoaderConfigError: bad option, unknown column, empty split or selection.
@@ -87,15 +94,20 @@ class DeltaIterableDataset(IterableDataset):
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, drop_last: bool = False,
                  rank: int | None = None, world_size: int | None = None, image_dtype: ImageDtype = "uint8",
                  transform: Callable[[Batch], Batch] | None = None, cache_bytes: int | None = None,
-                 prefetch: bool = True, lanes: int = DEFAULT_LANES, prefetch_depth: int = 4) -> None:
+                 prefetch: bool = True, as_of: Timestamp | None = None,
+                 sample_transform: SampleTransform | None = None, lanes: int = DEFAULT_LANES,
+                 prefetch_depth: int = 4) -> None:
         super().__init__()
         check_options(batch_size=batch_size, shuffle_buffer=shuffle_buffer, cache_bytes=cache_bytes, seed=seed,
                       version=version, world_size=world_size, image_dtype=image_dtype, lanes=lanes,
                       prefetch_depth=prefetch_depth)
         if rank is not None or world_size is not None:
             World(*World.distributed(rank, world_size))  # validates the pair
+        if as_of is not None and (version is not None or isinstance(table, TableSnapshot)):
+            raise LoaderConfigError(f"as_of={as_of!r} pins a version by time: give it instead of version= "
+                                    "and with a table URI (not a TableSnapshot)")
         snap = table if isinstance(table, TableSnapshot) else snapshot(
-            table, version=version, storage_options=storage_options)
+            table, version=version, as_of=as_of, storage_options=storage_options)
         if version is not None and snap.version != version:
             raise LoaderConfigError(f"{snap.uri}: snapshot is version {snap.version}, version={version} was asked")
         self.plan: Plan = build_plan(snap, split=split, filter=filter, columns=columns)
@@ -108,6 +120,7 @@ class DeltaIterableDataset(IterableDataset):
         self.lanes, self.prefetch_depth = lanes, prefetch_depth
         self._logged: set[tuple[int, int, int, int]] = set()
         self._ring: list[Any] | None = None  # set by RingDataLoader while it starts its workers
+        self.sample_transform = sample_transform
         self._rank, self._world_size = rank, world_size
         self._parent_dist: tuple[int, int] | None = None
         self._normalize = Normalizer(snap.meta) if image_dtype == "float32" else None
@@ -134,8 +147,7 @@ class DeltaIterableDataset(IterableDataset):
         return self._pools[1]
 
     def __getstate__(self) -> dict[str, Any]:
-        """Pickled into spawned workers: the topology as this process sees it now (the process
-        group may have been initialised after the dataset was created), no per-process state."""
+        """Pickled into spawned workers: the topology this process sees now, no per-process state."""
         self.settle_resume()
         state = dict(self.__dict__)
         for key in ("_reader", "_cache", "_slots", "_progress", "_pools"):
@@ -149,7 +161,6 @@ class DeltaIterableDataset(IterableDataset):
         self._progress = None
         self._init_process_state()
 
-    # ----------------------------------------------------------------- properties
     @property
     def snapshot(self) -> TableSnapshot:
         """The pinned table version."""
@@ -175,7 +186,6 @@ class DeltaIterableDataset(IterableDataset):
         """The current epoch (see :meth:`set_epoch`)."""
         return self._shared.epoch
 
-    # ----------------------------------------------------------------- topology
     def _remember_dist(self) -> None:
         if self._rank is None:
             self._parent_dist = World.distributed()
@@ -208,7 +218,6 @@ class DeltaIterableDataset(IterableDataset):
         """Batches this rank yields per full epoch, over all of its DataLoader workers."""
         return self.batches_per_rank()
 
-    # ----------------------------------------------------------------- resume
     def state_dict(self) -> dict[str, Any]:
         """Where this consumer stands in the epoch (torchdata ``StatefulDataLoader`` protocol).
 
@@ -261,15 +270,18 @@ class DeltaIterableDataset(IterableDataset):
         if self._resume is not None and self._resume.inherited and self._shared.resume_used:
             self._resume = None
 
-    # ----------------------------------------------------------------- iteration
     def _finish(self, batch: Batch) -> Batch:
-        if self._normalize is not None and IMAGE in batch:
-            batch[IMAGE] = self._normalize(batch[IMAGE])
-        return self.transform(batch) if self.transform is not None else batch
+        return finish_batch(batch, sample_transform=self.sample_transform, normalize=self._normalize,
+                            transform=self.transform)
+
+    def dataloader(self, *, num_workers: int = 0, pin_memory: bool = False, **kwargs: Any) -> DataLoader:
+        """A ``DataLoader`` configured for this dataset (see :func:`idxlake.loaders.factory.dataloader`)."""
+        from idxlake.loaders.factory import dataloader
+
+        return dataloader(self, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
 
     def __iter__(self) -> Iterator[Batch]:
-        """Start a pass over the current epoch: set up now (the pending resume is taken and
-        :meth:`state_dict` describes the new pass), batches are read by the returned iterator."""
+        """Start a pass over the current epoch now (takes the pending resume); the iterator reads."""
         world = self._world = World.detect(*self._dist())
         epoch, in_worker = self.epoch, get_worker_info() is not None
         if in_worker:
@@ -291,10 +303,8 @@ class DeltaIterableDataset(IterableDataset):
                            self.batch_size, world.world_size)
         mine = worker_batches(total, worker=world.worker, num_workers=world.num_workers, start=start)
         progress = self._progress = Progress(epoch, start, min(skip, len(mine)))
-        logger.debug("%s: epoch %d, %s, %d of %d batches (pad %d)", self.plan.describe(), epoch, world,
-                     len(mine) - progress.yielded, total,
-                     padding(self.num_rows, batch_size=self.batch_size, world_size=world.world_size,
-                             drop_last=self.drop_last))
+        logger.debug("%s: epoch %d, %s, %d of %d batches", self.plan.describe(), epoch, world,
+                     len(mine) - progress.yielded, total)
         return self._stream(world, tail, mine[progress.yielded:], progress,
                             mark_used=in_worker and pending is not None and pending.inherited)
 
@@ -307,17 +317,12 @@ class DeltaIterableDataset(IterableDataset):
                            step_rows=self.batch_size * world.world_size)
         refs = consumer_rows(order, batches, rank=world.rank, world_size=world.world_size, tail_ranges=tail)
         sched = schedule(self.plan, refs, cached=self._cache is not None and bool(self._cache.resident.all()))
-        if (world.rank, world.world_size, world.worker, world.num_workers) not in self._logged:
-            self._logged.add((world.rank, world.world_size, world.worker, world.num_workers))
-            log_reads(self.plan, world, sched, lanes=self.lanes, shuffle=self.shuffle)
-        if self._cache is None and fits_cache(self.plan, self.cache_bytes):
-            self._cache = Arena(self.plan, cache=True)  # made once, kept across epochs
-        arena, self._slots = self._cache or self._slots, None  # a concurrent pass makes its own slots
-        if not arena or not (arena.cache or arena.reset(sched.live)):  # reused: no new pages to fault in
-            arena = Arena(self.plan, cache=False, slots=sched.live)
+        log_reads(self.plan, world, sched, lanes=self.lanes, shuffle=self.shuffle, seen=self._logged)
+        self._cache = self._cache or (Arena(self.plan, cache=True) if fits_cache(self.plan, self.cache_bytes) else None)
+        arena, self._slots = pass_arena(self.plan, self._cache, self._slots, sched.live), None  # concurrent: own
+        finish = self._finish if self._normalize or self.transform or self.sample_transform else None
         batches_out = consume(self.plan, self._reader, sched, arena, progress=progress, depth=self.prefetch_depth,
-                              finish=self._finish if self._normalize or self.transform else None,
-                              readers=self._thread_pool())
+                              finish=finish, readers=self._thread_pool())
         try:  # in a worker of a RingDataLoader: through its shared-memory ring
             yield from send(self._ring, batches_out) if self._ring is not None and get_worker_info() else batches_out
         finally:

@@ -239,8 +239,22 @@ def fits_cache(plan: Plan, cache_bytes: int | None) -> bool:
     return bool(budget) and plan.num_rows * row_bytes(plan) <= budget
 
 
-def log_reads(plan: Plan, world: World, sched: Schedule, *, lanes: int, shuffle: bool) -> None:
-    """Say at INFO what this consumer reads (the dataset calls it once per topology)."""
+def pass_arena(plan: Plan, cache: Arena | None, slots: Arena | None, live: int) -> Arena:
+    """The arena of a pass: the cache, else the reusable slots when big enough, else new slots."""
+    if cache is not None:
+        return cache
+    if slots is not None and slots.reset(live):  # reused: no new pages to fault in
+        return slots
+    return Arena(plan, cache=False, slots=live)
+
+
+def log_reads(plan: Plan, world: World, sched: Schedule, *, lanes: int, shuffle: bool,
+              seen: set[tuple[int, int, int, int]]) -> None:
+    """Say at INFO what this consumer reads, once per topology (``seen`` remembers them)."""
+    key = (world.rank, world.world_size, world.worker, world.num_workers)
+    if key in seen:
+        return
+    seen.add(key)
     disjoint = shuffle and PHASES % world.num_workers == 0 and (lanes // PHASES) % world.world_size == 0
     logger.info("%s: consumer %d of %d (%s) reads %d of %d row groups%s", plan.describe(), world.consumer,
                 world.consumers, world, len(sched.order), len(plan.units),

@@ -48,6 +48,7 @@ from idxlake.schemas.table import (
     arrow_schema,
     meta_from_schema,
 )
+from idxlake.schemas.versions import VersionRange, parse_timestamp, version_range
 
 __all__ = [
     "COLUMNS",
@@ -87,13 +88,16 @@ __all__ = [
     "TableMeta",
     "TableNotFoundError",
     "TableSnapshot",
+    "VersionRange",
     "arrow_schema",
     "dtype_by_name",
     "fs_path",
     "get_dataset",
     "meta_from_schema",
     "open_table",
+    "parse_timestamp",
     "pyarrow_filesystem",
     "snapshot",
     "snapshot_of",
+    "version_range",
 ]

@@ -21,6 +21,7 @@ from idxlake.schemas import IdxlakeError
 COMMAND_MODULES: tuple[str, ...] = (
     "idxlake.cli.ingest_cmd",
     "idxlake.cli.inspect_cmd",
+    "idxlake.cli.diff_cmd",
     "idxlake.cli.train_cmd",
     "idxlake.cli.verify_cmd",
 )

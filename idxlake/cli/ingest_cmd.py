@@ -6,7 +6,15 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
-from idxlake.cli.common import add_json_option, add_table_options, is_tty, non_empty, positive_int, storage_options
+from idxlake.cli.common import (
+    add_json_option,
+    add_table_options,
+    is_tty,
+    non_empty,
+    positive_int,
+    storage_options,
+    time_travel,
+)
 
 if TYPE_CHECKING:
     from idxlake.pipeline.ingest.job import IngestResult
@@ -46,7 +54,7 @@ def register(sub: Any) -> None:
     e.add_argument("--split", action="append", default=None, help="split to export (repeatable; default all)")
     e.add_argument("--raw", action="store_true", help="write uncompressed IDX instead of .gz")
     add_json_option(e, "the files written")
-    add_table_options(e)
+    add_table_options(e, as_of=True)
     e.set_defaults(run=run_export)
 
 
@@ -110,7 +118,8 @@ def run_export(args: argparse.Namespace) -> int:
     """Export a table to IDX files."""
     from idxlake.pipeline.export import export
 
-    done = export(args.table, args.outdir, splits=args.split, version=args.version,
+    version, as_of = time_travel(args)
+    done = export(args.table, args.outdir, splits=args.split, version=version, as_of=as_of,
                   storage_options=storage_options(args), compress=not args.raw)
     if args.json:
         from idxlake.cli.formatting import json_document
