@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from idxlake.loaders.decode import Batch, UnitReader
+from idxlake.loaders.misuse import StreamBatch
 from idxlake.loaders.order import PHASES
 from idxlake.loaders.plan import Plan
 from idxlake.loaders.world import World
@@ -198,7 +199,7 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                 if not items:
                     items = list(arena.tensors.items())
                 index = torch.from_numpy(sched.refs[lo:hi] + arena.shift[sched.units[lo:hi]])
-            batch = {c: t.index_select(0, index) for c, t in items}
+            batch = StreamBatch({c: t.index_select(0, index) for c, t in items})
             for u in ends[b]:
                 arena.release(u)
             progress.yielded += 1
