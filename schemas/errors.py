@@ -55,3 +55,11 @@ class MissingExtraError(IdxlakeError, ImportError):
 
 class CommitConflictError(IdxlakeError, RuntimeError):
     """Another writer committed to the table while this write was running; nothing was written."""
+
+
+class StorageConfigError(IdxlakeError, ValueError):
+    """A table or source location cannot be used as given: unknown scheme, unknown or unusable option."""
+
+
+class StorageUnreachableError(IdxlakeError, RuntimeError):
+    """The storage behind a location did not answer (endpoint down, wrong port, no network)."""

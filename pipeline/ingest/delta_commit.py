@@ -33,8 +33,13 @@ from idxlake.schemas import (
     PARTITION_BY,
     SPLIT,
     CommitConflictError,
+    StorageConfigError,
     TableExistsError,
     TableNotFoundError,
+    check_writable,
+    delta_options,
+    fuse_hint,
+    normalize,
     open_table,
     pyarrow_filesystem,
 )
@@ -167,6 +172,7 @@ def open_pending(table: str, storage_options: Mapping[str, str] | None) -> Pendi
 
     Leaving the block with an error deletes the files, unless the commit had already landed.
     """
+    check_writable(table, storage_options)
     fs, root = pyarrow_filesystem(table, storage_options)
     return PendingFiles(fs, root.rstrip("/"), table, storage_options)
 
@@ -201,10 +207,11 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
     if mode == "create":
         try:
             create_table_with_add_actions(
-                table, Schema.from_arrow(schema), pending.actions, mode="error", partition_by=list(PARTITION_BY),
-                name=name, description=description,
-                storage_options=dict(storage_options) if storage_options else None, commit_properties=props)
+                normalize(table), Schema.from_arrow(schema), pending.actions, mode="error",
+                partition_by=list(PARTITION_BY), name=name, description=description,
+                storage_options=delta_options(table, storage_options), commit_properties=props)
         except DeltaError as exc:
+            _raise_without_hard_links(table, exc)
             if "exist" in str(exc).lower():
                 raise TableExistsError(f"{table}: another writer created the table meanwhile; run again") from exc
             raise
@@ -223,6 +230,16 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
         raise CommitConflictError(
             f"{table}: another writer committed after version {dt.version()} while this one was running "
             f"({exc}); nothing was written, run it again") from exc
+    except DeltaError as exc:
+        _raise_without_hard_links(table, exc)
+        raise
+
+
+def _raise_without_hard_links(table: str, exc: Exception) -> None:
+    """A commit that failed for lack of hard links (FUSE mounts) becomes one line with the way out."""
+    text = str(exc)
+    if "rename" in text.lower() and ("not permitted" in text.lower() or "not supported" in text.lower()):
+        raise StorageConfigError(fuse_hint(table)) from exc
 
 
 def file_schema(schema: pa.Schema) -> pa.Schema:
