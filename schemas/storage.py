@@ -219,7 +219,7 @@ def fuse_hint(uri: str) -> str:
     """The one-line refusal for a commit on a mount without hard links."""
     return (f"{uri}: this mount has no hard links (a Databricks /Volumes or /dbfs FUSE path?), so Delta commits "
             "cannot be atomic; write to the volume's cloud URI (abfss://, s3://, gs://) instead, or, if this is "
-            "the only writer, pass -o allow_unsafe_rename=true")
+            "the only writer, pass --storage-option allow_unsafe_rename=true")
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
