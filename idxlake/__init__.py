@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from idxlake.loaders.train import TrainResult, train
     from idxlake.loaders.world import World
     from idxlake.pipeline.export import export
+    from idxlake.pipeline.export_parquet import export_parquet
     from idxlake.pipeline.idx.read import read_idx
     from idxlake.pipeline.idx.write import write_idx
     from idxlake.pipeline.ingest.job import IngestResult, ingest
@@ -67,6 +68,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "VacuumResult": ("idxlake.pipeline.inspect.maintenance", "VacuumResult"),
     "World": ("idxlake.loaders.world", "World"),
     "export": ("idxlake.pipeline.export", "export"),
+    "export_parquet": ("idxlake.pipeline.export_parquet", "export_parquet"),
     "get_dataset": ("idxlake.schemas.datasets", "get_dataset"),
     "history": ("idxlake.pipeline.inspect.info", "table_history"),
     "info": ("idxlake.pipeline.inspect.info", "table_info"),
@@ -110,6 +112,7 @@ __all__ = [
     "World",
     "__version__",
     "export",
+    "export_parquet",
     "get_dataset",
     "history",
     "info",

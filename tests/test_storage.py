@@ -47,7 +47,7 @@ def test_databricks_paths() -> None:
     assert normalize("dbfs:/Volumes/x") == "/dbfs/Volumes/x" and normalize("DBFS:/mnt/a") == "/dbfs/mnt/a"
     assert is_fuse_mount("dbfs:/t") and is_fuse_mount("/Volumes/c/s/v/t") and is_fuse_mount("/dbfs/t")
     assert not is_fuse_mount("/tmp/Volumes/t") and not is_fuse_mount("s3://b/Volumes")
-    with pytest.raises(StorageConfigError, match="no hard links.*cloud URI.*allow_unsafe_rename=true"):
+    with pytest.raises(StorageConfigError, match=r"no hard links.*cloud URI.*allow_unsafe_rename=true"):
         check_writable("/Volumes/c/s/v/t", None)
     check_writable("/Volumes/c/s/v/t", {"ALLOW_UNSAFE_RENAME": "true"})  # the single-writer mode
     check_writable("/tmp/t", None)
@@ -71,7 +71,7 @@ def test_options_any_case_and_none_dropped() -> None:
 
 
 def test_an_endpoint_never_falls_back_to_a_cloud_credential_chain(tmp_path: Path) -> None:
-    with pytest.raises(StorageConfigError, match="AWS's credential chain.*AWS_SKIP_SIGNATURE"):
+    with pytest.raises(StorageConfigError, match=r"AWS's credential chain.*AWS_SKIP_SIGNATURE"):
         pyarrow_filesystem("s3://b/t", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     anonymous, _ = pyarrow_filesystem("s3://b/t", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9",
                                                    "AWS_SKIP_SIGNATURE": "true"})

@@ -30,9 +30,13 @@ def register(sub: Any) -> None:
     add_table_options(p, version=False)
     p.set_defaults(run=run_ingest)
 
-    e = sub.add_parser("export", help="write a table back to IDX .gz files (byte-identical content)")
+    e = sub.add_parser("export", help="write a table back to IDX .gz files (byte-identical content), "
+                                      "or as a plain-Parquet snapshot of one version")
     e.add_argument("table")
     e.add_argument("outdir")
+    e.add_argument("--format", choices=["idx", "parquet"], default="idx",
+                   help="idx (default): IDX files; parquet: the live rows of one version as plain Parquet, "
+                        "for readers without Delta support")
     e.add_argument("--split", action="append", default=None, help="split to export (repeatable; default all)")
     e.add_argument("--raw", action="store_true", help="write uncompressed IDX instead of .gz")
     add_table_options(e)
@@ -76,9 +80,18 @@ def run_ingest(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Export a table to IDX files."""
+    """Export a table to IDX files or a plain-Parquet snapshot."""
     from idxlake.pipeline.export import export
 
+    if args.format == "parquet":
+        from idxlake.pipeline.export_parquet import export_parquet
+
+        done = export_parquet(args.table, args.outdir, splits=args.split, version=args.version,
+                              storage_options=storage_options(args))
+        rows = ", ".join(f"{split} {n:,}" for split, n in done.rows.items())
+        print(f"version {done.version}: {rows} rows in {len(done.files)} files, {done.row_groups} row groups "
+              f"-> {done.out}")
+        return 0
     for done in export(args.table, args.outdir, splits=args.split, version=args.version,
                        storage_options=storage_options(args), compress=not args.raw):
         print(f"{done.split}: {done.rows:,} rows -> {done.images} , {done.labels}")
