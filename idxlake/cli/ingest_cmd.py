@@ -6,7 +6,15 @@ import argparse
 import sys
 from typing import Any
 
-from idxlake.cli.common import add_table_options, is_tty, non_empty, positive_int, storage_options
+from idxlake.cli.common import (
+    add_table_options,
+    is_tty,
+    key_value,
+    non_empty,
+    parse_storage_options,
+    positive_int,
+    storage_options,
+)
 
 
 def register(sub: Any) -> None:
@@ -27,6 +35,9 @@ def register(sub: Any) -> None:
     p.add_argument("--row-group-rows", type=positive_int, default=None,
                    help="rows per Parquet row group (default 8192)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--source-option", action="append", metavar="K=V", default=None, type=key_value,
+                   help="storage option for a SOURCE on an object store (repeatable; default: the table's "
+                        "--storage-option values when both are on the same store)")
     add_table_options(p, version=False)
     p.set_defaults(run=run_ingest)
 
@@ -61,8 +72,8 @@ def run_ingest(args: argparse.Namespace) -> int:
         kwargs["progress"] = bar.update
         kwargs["on_total"] = lambda total: setattr(bar, "total", total)
     try:
-        result = ingest(source, table, dataset=args.dataset, mode=args.mode,
-                        storage_options=storage_options(args), **kwargs)
+        result = ingest(source, table, dataset=args.dataset, mode=args.mode, storage_options=storage_options(args),
+                        source_storage_options=parse_storage_options(args.source_option), **kwargs)
     finally:
         if bar is not None:
             bar.close()
