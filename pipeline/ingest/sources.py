@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from idxlake.schemas import DATASETS, SourceError, fs_path, normalize, pyarrow_filesystem, store_of
+from idxlake.schemas import DATASETS, SourceError, check_options, fs_path, normalize, pyarrow_filesystem, store_of
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,12 @@ def is_remote(source: str | Path | Sequence[str | Path]) -> bool:
 def source_options(source: str | Path | Sequence[str | Path] | None, table: str,
                    table_options: Mapping[str, str] | None,
                    given: Mapping[str, str] | None) -> Mapping[str, str] | None:
-    """The storage options for reading ``source``: ``given``, else the table's when on the same store."""
+    """The storage options for reading ``source``: ``given``, else the table's when on the same store.
+
+    Raises:
+        StorageConfigError: ``table_options`` do not fit the table's store (checked before any source is read).
+    """
+    check_options(table, table_options)
     if given is not None or source is None or not is_remote(source):
         return given
     first = str(source if isinstance(source, (str, Path)) else next(iter(source)))
