@@ -210,7 +210,7 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
                 normalize(table), Schema.from_arrow(schema), pending.actions, mode="error",
                 partition_by=list(PARTITION_BY), name=name, description=description,
                 storage_options=delta_options(table, storage_options), commit_properties=props)
-        except DeltaError as exc:
+        except (DeltaError, OSError) as exc:  # delta-rs raises OSError for local filesystem failures
             _raise_without_hard_links(table, exc)
             if "exist" in str(exc).lower():
                 raise TableExistsError(f"{table}: another writer created the table meanwhile; run again") from exc
@@ -230,7 +230,7 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
         raise CommitConflictError(
             f"{table}: another writer committed after version {dt.version()} while this one was running "
             f"({exc}); nothing was written, run it again") from exc
-    except DeltaError as exc:
+    except (DeltaError, OSError) as exc:
         _raise_without_hard_links(table, exc)
         raise
 
