@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from idxlake.pipeline.export_parquet import export_parquet
     from idxlake.pipeline.idx.read import read_idx
     from idxlake.pipeline.idx.write import write_idx
+    from idxlake.pipeline.ingest.download import download
     from idxlake.pipeline.ingest.job import IngestResult, ingest
     from idxlake.pipeline.inspect.ddl import spark_ddl
     from idxlake.pipeline.inspect.info import table_history as history
@@ -67,6 +68,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "TrainResult": ("idxlake.loaders.train", "TrainResult"),
     "VacuumResult": ("idxlake.pipeline.inspect.maintenance", "VacuumResult"),
     "World": ("idxlake.loaders.world", "World"),
+    "download": ("idxlake.pipeline.ingest.download", "download"),
     "export": ("idxlake.pipeline.export", "export"),
     "export_parquet": ("idxlake.pipeline.export_parquet", "export_parquet"),
     "get_dataset": ("idxlake.schemas.datasets", "get_dataset"),
@@ -111,6 +113,7 @@ __all__ = [
     "VacuumResult",
     "World",
     "__version__",
+    "download",
     "export",
     "export_parquet",
     "get_dataset",

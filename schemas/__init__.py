@@ -13,7 +13,9 @@ from idxlake.schemas.access import (
 from idxlake.schemas.datasets import DATASETS, GENERIC, DatasetSpec, SplitFiles, get_dataset
 from idxlake.schemas.dtypes import DTYPES_BY_NAME, IDX_DTYPES, IdxDtype, dtype_by_name
 from idxlake.schemas.errors import (
+    ChecksumMismatchError,
     CommitConflictError,
+    DownloadError,
     IdxFormatError,
     IdxlakeError,
     LoaderConfigError,
@@ -64,11 +66,13 @@ from idxlake.schemas.table import (
 
 __all__ = [
     "COLUMNS",
+    "ChecksumMismatchError",
     "CommitConflictError",
     "DATASETS",
     "DTYPES_BY_NAME",
     "DataFile",
     "DatasetSpec",
+    "DownloadError",
     "FORMAT_VERSION",
     "GENERIC",
     "ID",

@@ -63,3 +63,11 @@ class StorageConfigError(IdxlakeError, ValueError):
 
 class StorageUnreachableError(IdxlakeError, RuntimeError):
     """The storage behind a location did not answer (endpoint down, wrong port, no network)."""
+
+
+class DownloadError(IdxlakeError, RuntimeError):
+    """A download failed on every mirror (no network, HTTP errors, cut connections)."""
+
+
+class ChecksumMismatchError(DownloadError):
+    """Downloaded bytes do not match the registry's hashes; nothing was kept."""

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from idxlake.schemas import IdxlakeError
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "idxlake.cli.download_cmd",
     "idxlake.cli.ingest_cmd",
     "idxlake.cli.inspect_cmd",
     "idxlake.cli.train_cmd",

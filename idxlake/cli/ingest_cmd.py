@@ -97,11 +97,11 @@ def run_export(args: argparse.Namespace) -> int:
     if args.format == "parquet":
         from idxlake.pipeline.export_parquet import export_parquet
 
-        done = export_parquet(args.table, args.outdir, splits=args.split, version=args.version,
+        snap = export_parquet(args.table, args.outdir, splits=args.split, version=args.version,
                               storage_options=storage_options(args))
-        rows = ", ".join(f"{split} {n:,}" for split, n in done.rows.items())
-        print(f"version {done.version}: {rows} rows in {len(done.files)} files, {done.row_groups} row groups "
-              f"-> {done.out}")
+        rows = ", ".join(f"{split} {n:,}" for split, n in snap.rows.items())
+        print(f"version {snap.version}: {rows} rows in {len(snap.files)} files, {snap.row_groups} row groups "
+              f"-> {snap.out}")
         return 0
     for done in export(args.table, args.outdir, splits=args.split, version=args.version,
                        storage_options=storage_options(args), compress=not args.raw):

@@ -146,7 +146,7 @@ def discover(source: str | Path | Sequence[str | Path], *, dataset: str | None =
     """
     if is_remote(source):
         staged = tempfile.TemporaryDirectory(prefix="idxlake-source-")
-        where = source if isinstance(source, str) else ", ".join(map(str, source))
+        where = str(source) if isinstance(source, (str, Path)) else ", ".join(map(str, source))
         try:
             local = discover(stage(source, storage_options, Path(staged.name)), dataset=dataset)  # type: ignore[arg-type]
         except SourceError as exc:
