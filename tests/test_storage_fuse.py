@@ -73,6 +73,7 @@ def test_fuse_mount_single_writer_mode(nolink_mount: Path, synthetic_source: Syn
     export(table, nolink_mount.parent / "out")
     assert np.array_equal(read_idx(nolink_mount.parent / "out" / "train-labels-idx1-ubyte.gz"),
                           synthetic_source.arrays["train"][1])
+    capsys.readouterr()  # drop what earlier output (and earlier tests' log handlers) left
     assert main(["ingest", str(synthetic_source.root), str(nolink_mount / "other"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("idxlake ingest: error:") and len(err.strip().splitlines()) == 1 and "\x1b[" not in err
