@@ -18,7 +18,8 @@ interleaved epoch by epoch in one process so that machine noise hits them alike:
   ``DataLoader(batch_size=None)`` (or iterated directly: "no DataLoader"), cold (decoded
   from Parquet each epoch; the OS page cache is warm) with 0 and 2 (persistent) workers,
   uint8 and float32, with the decode cache (epochs after the first), on a ZSTD table,
-  and on 4x and 8x MNIST tables (memory must stay flat).
+  and on 4x and 8x MNIST tables (memory must stay flat); and without verifying the Parquet
+  page checksums (``loaders.plan.PAGE_CHECKSUMS``), to measure what the verification costs.
 
 Ratios are against the in-memory limit and the hand-rolled loader at the same batch
 size. Machines are noisy: compare medians and ratios, not single runs.
@@ -47,6 +48,7 @@ CONFIGS: dict[str, dict] = {
     "loader uint8, cached": {"kind": "loader", "workers": 0, "cache": 1 << 30},
     "loader uint8, 0 workers, no DataLoader": {"kind": "loader", "direct": True},
     "loader uint8, cached, no DataLoader": {"kind": "loader", "direct": True, "cache": 1 << 30},
+    "loader uint8, 0 workers, no page checksums": {"kind": "loader", "workers": 0, "checksums": False},
     "loader uint8, 0 workers, ZSTD": {"kind": "loader", "workers": 0, "table": "zstd"},
     "loader uint8, 0 workers, 4x MNIST": {"kind": "loader", "workers": 0, "table": "x4"},
     "loader uint8, 0 workers, 8x MNIST": {"kind": "loader", "workers": 0, "table": "x8"},
@@ -121,7 +123,10 @@ def make_runner(config: dict, tables: dict[str, str], bs: int):
     loader = ds if config.get("direct") else DataLoader(ds, batch_size=None, num_workers=workers,
                                                          persistent_workers=workers > 0)
 
+    import idxlake.loaders.plan as plan
+
     def run(epoch: int) -> int:
+        plan.PAGE_CHECKSUMS = config.get("checksums", True)  # read when a file is opened
         ds.set_epoch(epoch)
         return sum(len(b["label"]) for b in loader)
     return run
@@ -173,7 +178,7 @@ def build_tables(root: Path) -> dict[str, str]:
     for name, copies in (("x4", 4), ("x8", 8)):
         ingest(None, tables[name])
         for _ in range(copies - 1):
-            ingest(None, tables[name], mode="append")
+            ingest(None, tables[name], mode="append", allow_duplicate=True)
     return tables
 
 
@@ -227,6 +232,10 @@ def print_table(results: dict[str, dict], batch_sizes: list[int]) -> None:
         has_workers = r["child_rss_mb"] > 1 and "workers" in name and "0 workers" not in name
         kids = f" ({r['child_rss_mb']:.0f})" if has_workers else ""
         print(f"| {name} | {cells} | {ratio_mem} | {ratio_hand} | {r['rss_mb']:.0f}{kids} |")
+    on, off = results.get("loader uint8, 0 workers"), results.get("loader uint8, 0 workers, no page checksums")
+    if on and off:
+        cost = ", ".join(f"batch {b}: {on['rates'][str(b)] / off['rates'][str(b)]:.3f}" for b in batch_sizes)
+        print(f"\npage checksum verification, throughput with / without (same run): {cost}")
 
 
 if __name__ == "__main__":

@@ -22,12 +22,15 @@ from typing import TYPE_CHECKING, Any
 
 from idxlake.schemas.errors import (
     CommitConflictError,
+    CommitUncertainError,
+    DataCorruptionError,
     IdxFormatError,
     IdxlakeError,
     LoaderConfigError,
     MaintenanceError,
     MissingDataFileError,
     MissingExtraError,
+    NotATableError,
     QueryError,
     SchemaMismatchError,
     SourceError,
@@ -52,6 +55,7 @@ if TYPE_CHECKING:
     from idxlake.pipeline.inspect.info import table_info as info
     from idxlake.pipeline.inspect.maintenance import OptimizeResult, VacuumResult, optimize, vacuum
     from idxlake.pipeline.inspect.sql import QueryResult, query
+    from idxlake.pipeline.inspect.verify import verify_table as verify
     from idxlake.schemas.access import TableSnapshot, snapshot
     from idxlake.schemas.datasets import DATASETS, DatasetSpec, get_dataset
     from idxlake.schemas.table import TableMeta
@@ -82,6 +86,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "spark_ddl": ("idxlake.pipeline.inspect.ddl", "spark_ddl"),
     "train": ("idxlake.loaders.train", "train"),
     "vacuum": ("idxlake.pipeline.inspect.maintenance", "vacuum"),
+    "verify": ("idxlake.pipeline.inspect.verify", "verify_table"),
     "write_idx": ("idxlake.pipeline.idx.write", "write_idx"),
 }
 """Public name -> (module, attribute): the registry the facade loads from on first access."""
@@ -90,7 +95,9 @@ _NEEDS_TORCH = frozenset({"DeltaIterableDataset", "TrainResult", "train"})
 
 __all__ = [
     "CommitConflictError",
+    "CommitUncertainError",
     "DATASETS",
+    "DataCorruptionError",
     "DatasetSpec",
     "DeltaIterableDataset",
     "IdxFormatError",
@@ -100,6 +107,7 @@ __all__ = [
     "MaintenanceError",
     "MissingDataFileError",
     "MissingExtraError",
+    "NotATableError",
     "OptimizeResult",
     "QueryError",
     "QueryResult",
@@ -127,6 +135,7 @@ __all__ = [
     "spark_ddl",
     "train",
     "vacuum",
+    "verify",
     "write_idx",
 ]
 

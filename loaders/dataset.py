@@ -19,6 +19,7 @@ import pyarrow.dataset as pads
 from torch.utils.data import IterableDataset, get_worker_info
 
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
+from idxlake.loaders.filters import INT64_MAX, INT64_MIN, MAX_BATCH_SIZE, MAX_WORLD_SIZE, check_int
 from idxlake.loaders.order import EpochOrder, epoch_order, padding, rank_batches, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
@@ -77,12 +78,14 @@ class DeltaIterableDataset(IterableDataset):
                  transform: Callable[[Batch], Batch] | None = None, cache_bytes: int = 0,
                  prefetch: bool = True) -> None:
         super().__init__()
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise LoaderConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-        if not isinstance(shuffle_buffer, int) or shuffle_buffer < 0:
-            raise LoaderConfigError(f"shuffle_buffer must be an integer >= 0 (rows), got {shuffle_buffer!r}")
-        if not isinstance(cache_bytes, int) or cache_bytes < 0:
-            raise LoaderConfigError(f"cache_bytes must be an integer >= 0, got {cache_bytes!r}")
+        check_int("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
+        check_int("shuffle_buffer", shuffle_buffer, low=0, high=INT64_MAX // 2, limit="rows")
+        check_int("cache_bytes", cache_bytes, low=0, high=INT64_MAX // 2)
+        check_int("seed", seed, low=INT64_MIN, high=2**64 - 1)
+        if version is not None:
+            check_int("version", version, low=0, high=INT64_MAX, limit="a Delta version")
+        if world_size is not None:
+            check_int("world_size", world_size, low=1, high=MAX_WORLD_SIZE, limit="MAX_WORLD_SIZE")
         if image_dtype not in ("uint8", "float32", "native"):
             raise LoaderConfigError(f"image_dtype must be 'uint8', 'float32' or 'native', got {image_dtype!r}")
         if rank is not None or world_size is not None:

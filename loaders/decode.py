@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from idxlake.loaders.plan import Plan, Unit, missing_file_error, open_parquet
+from idxlake.loaders.plan import Plan, Unit, corrupt_file_error, missing_file_error, open_parquet
 from idxlake.schemas import ID, IMAGE, LABEL, SchemaMismatchError, TableMeta
 
 Batch = dict[str, torch.Tensor]
@@ -151,6 +151,8 @@ class UnitReader:
                                                          use_threads=False)
         except FileNotFoundError as exc:
             raise missing_file_error(self.plan.snapshot, data_file) from exc
+        except (OSError, pa.ArrowException) as exc:  # a page checksum, the codec or the encoding failed
+            raise corrupt_file_error(self.plan.snapshot, data_file, exc, f" row group {unit.row_group}") from exc
         if table.num_rows != unit.num_rows:
             raise SchemaMismatchError(f"{where}: has {table.num_rows} rows, the plan expected {unit.num_rows}")
         out: Batch = {}

@@ -26,6 +26,7 @@ from idxlake.schemas import (
     IMAGE,
     LABEL,
     SPLIT,
+    DataCorruptionError,
     DataFile,
     LoaderConfigError,
     MissingDataFileError,
@@ -37,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_COLUMNS: tuple[str, ...] = (IMAGE, LABEL, ID)
 """Columns a loader can yield."""
+PAGE_CHECKSUMS = True
+"""Verify the CRC of every Parquet page read (idxlake writes them); ``benchmarks/bench_loader.py`` measures the cost."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,23 +111,35 @@ def missing_file_error(snapshot: TableSnapshot, data_file: DataFile) -> MissingD
         "(vacuumed or deleted?); read a newer version or restore the file")
 
 
+def corrupt_file_error(snapshot: TableSnapshot, data_file: DataFile, exc: BaseException,
+                       where: str = "") -> DataCorruptionError:
+    """The error for a live file that does not read back (bad footer, page checksum, codec)."""
+    return DataCorruptionError(
+        f"{snapshot.uri}@v{snapshot.version}: data file {data_file.path or data_file.uri}{where} cannot be read: "
+        f"{exc}; run `idxlake verify {snapshot.uri}` and re-ingest the split")
+
+
 def open_parquet(snapshot: TableSnapshot, data_file: DataFile) -> pq.ParquetFile:
-    """Open a live file with pyarrow (never deltalake: this runs in DataLoader workers too).
+    """Open a live file with pyarrow (never deltalake: this runs in DataLoader workers too); every
+    page read from it has its CRC checked (:data:`PAGE_CHECKSUMS`).
 
     Raises:
         MissingDataFileError: the file is gone.
+        DataCorruptionError: its footer does not read.
     """
     fs = snapshot.filesystem()
     path = snapshot.file_path(data_file)
     try:
-        return pq.ParquetFile(fs.open_input_file(path))
-    except (FileNotFoundError, OSError) as exc:
+        return pq.ParquetFile(fs.open_input_file(path), page_checksum_verification=PAGE_CHECKSUMS)
+    except (FileNotFoundError, OSError, pa.ArrowException) as exc:
         try:
             gone = fs.get_file_info(path).type == pafs.FileType.NotFound
         except OSError:  # pragma: no cover - storage unreachable: report the original error
             gone = False
         if gone or isinstance(exc, FileNotFoundError):
             raise missing_file_error(snapshot, data_file) from exc
+        if isinstance(exc, pa.ArrowInvalid):  # a damaged footer ("Parquet magic bytes not found", ...)
+            raise corrupt_file_error(snapshot, data_file, exc) from exc
         raise
 
 
@@ -207,7 +222,10 @@ def build_plan(snapshot: TableSnapshot, *, split: str | Sequence[str] | None = N
             n = md.row_group(rg).num_rows
             rows = None
             if expr is not None:
-                rows = _select(pf, rg, n, data_file.split, expr)
+                try:
+                    rows = _select(pf, rg, n, data_file.split, expr)
+                except (OSError, pa.ArrowException) as exc:
+                    raise corrupt_file_error(snapshot, data_file, exc, f" row group {rg}") from exc
                 scanned += n
                 if len(rows) == n:
                     rows = None

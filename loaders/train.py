@@ -58,12 +58,16 @@ class TrainResult:
         samples_per_s: Training throughput per epoch, all ranks together.
         accuracy: Test accuracy after the last epoch.
         version: The table version trained on.
+        rank: This process's rank (reports come from rank 0).
+        world_size: Number of ranks that trained.
     """
 
     losses: list[float] = field(default_factory=list)
     samples_per_s: list[float] = field(default_factory=list)
     accuracy: float = math.nan
     version: int = -1
+    rank: int = 0
+    world_size: int = 1
 
 
 def _setup_distributed() -> tuple[int, int, bool]:
@@ -146,7 +150,7 @@ def train(table: str, *, epochs: int = 2, batch_size: int = 128, workers: int = 
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         loader = DataLoader(data, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
         max_batches = len(data) if limit is None else min(len(data), math.ceil(limit / (batch_size * world_size)))
-        result = TrainResult(version=pinned)
+        result = TrainResult(version=pinned, rank=rank, world_size=world_size)
         say(f"training on {table}@v{pinned}: {data.num_rows} rows, {world_size} rank(s) x "
             f"{max(workers, 1)} reader(s), batch {batch_size}, {max_batches} batches per rank and epoch")
         for epoch in range(epochs):

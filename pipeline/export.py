@@ -1,18 +1,39 @@
-"""Export a table split back to IDX files whose uncompressed bytes equal the ingested sources."""
+"""Export a table split back to IDX files whose uncompressed bytes equal the ingested sources.
+
+Every Parquet page read is CRC-checked. Each file is written under a temporary name, read
+back, and its sha256 (of the uncompressed IDX bytes) compared with the lineage hash of the
+ingested source; only when every file of the export matches are they renamed into place.
+On a mismatch nothing is kept and :class:`DataCorruptionError` names the file.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from idxlake.pipeline.idx.write import write_idx_chunks
-from idxlake.schemas import DATASETS, ID, IMAGE, LABEL, SchemaMismatchError, TableSnapshot, snapshot
+from idxlake.pipeline.idx.read import scan_idx
+from idxlake.pipeline.idx.write import idx_header, write_idx_chunks
+from idxlake.schemas import (
+    DATASETS,
+    DTYPES_BY_NAME,
+    ID,
+    IMAGE,
+    LABEL,
+    DataCorruptionError,
+    SchemaMismatchError,
+    TableSnapshot,
+    fs_path,
+    snapshot,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -26,12 +47,15 @@ class ExportedSplit:
         images: Path of the images file.
         labels: Path of the labels file.
         rows: Records written.
+        verified: True when both files were read back and their sha256 equals the lineage of the
+            ingest; False when the split has no single source to compare with (built by appends).
     """
 
     split: str
     images: Path
     labels: Path
     rows: int
+    verified: bool = False
 
 
 def export_names(snap: TableSnapshot, split: str, *, compress: bool = True) -> tuple[str, str]:
@@ -45,26 +69,52 @@ def export_names(snap: TableSnapshot, split: str, *, compress: bool = True) -> t
     return f"{stem}-images-idx{len(meta.shape) + 1}-ubyte{gz}", f"{stem}-labels-idx1-ubyte{gz}"
 
 
-def _ordered_row_groups(snap: TableSnapshot, split: str) -> list[tuple[str, int, int, int]]:
+def _rel(snap: TableSnapshot, path: str) -> str:
+    """``path`` relative to the table root, as the Delta log names it."""
+    return path.removeprefix(fs_path(snap.uri).rstrip("/") + "/")
+
+
+def _read(snap: TableSnapshot, path: str, row_group: int, column: str) -> pa.ChunkedArray:
+    """One column of one row group, every page CRC-checked; errors name table, version and file."""
+    try:
+        with snap.filesystem().open_input_file(path) as fh:
+            parquet = pq.ParquetFile(fh, page_checksum_verification=True)
+            return parquet.read_row_group(row_group, columns=[column])[column]
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        raise DataCorruptionError(f"{snap.uri}@v{snap.version}: data file {_rel(snap, path)} row group "
+                                  f"{row_group} cannot be read: {exc}; run `idxlake verify {snap.uri}`") from exc
+
+
+def _num_row_groups(snap: TableSnapshot, path: str) -> int:
+    try:
+        with snap.filesystem().open_input_file(path) as fh:
+            return int(pq.ParquetFile(fh).metadata.num_row_groups)
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        raise DataCorruptionError(f"{snap.uri}@v{snap.version}: data file {_rel(snap, path)}: footer cannot be "
+                                  f"read: {exc}; run `idxlake verify {snap.uri}`") from exc
+
+
+def ordered_row_groups(snap: TableSnapshot, split: str) -> list[tuple[str, int, int, int]]:
     """(path, row_group, min id, rows) of every row group of ``split``, in id order; checks ids are 0..n-1."""
-    fs = snap.filesystem()
     snap.check_files(snap.files_of([split]))
     groups = []
     for f in snap.files_of([split]):
         path = snap.file_path(f)
-        with fs.open_input_file(path) as fh:
-            pf = pq.ParquetFile(fh)
-            for i in range(pf.metadata.num_row_groups):
-                ids = pf.read_row_group(i, columns=[ID])[ID]
-                if len(ids) == 0:
-                    continue
-                lo, hi = pc.min(ids).as_py(), pc.max(ids).as_py()
-                if hi - lo + 1 != len(ids) or not pc.all(pc.equal(pc.subtract(ids, lo),
-                                                                  np.arange(len(ids)))).as_py():
-                    raise SchemaMismatchError(
-                        f"{snap.uri}: row group {i} of {f.uri} holds ids out of order; run "
-                        "`idxlake optimize` or re-ingest before exporting")
-                groups.append((path, i, lo, len(ids)))
+        for i in range(_num_row_groups(snap, path)):
+            ids = _read(snap, path, i, ID)
+            if len(ids) == 0:
+                continue
+            lo, hi = pc.min(ids).as_py(), pc.max(ids).as_py()
+            if hi - lo + 1 != len(ids) or not pc.all(pc.equal(pc.subtract(ids, lo),
+                                                              np.arange(len(ids)))).as_py():
+                raise SchemaMismatchError(
+                    f"{snap.uri}: row group {i} of {f.uri} holds ids out of order; run "
+                    "`idxlake optimize` or re-ingest before exporting")
+            groups.append((path, i, lo, len(ids)))
     groups.sort(key=lambda g: g[2])
     expected = 0
     for path, i, lo, n in groups:
@@ -75,12 +125,11 @@ def _ordered_row_groups(snap: TableSnapshot, split: str) -> list[tuple[str, int,
     return groups
 
 
-def _chunks(snap: TableSnapshot, groups: list[tuple[str, int, int, int]], column: str) -> Iterator[np.ndarray]:
+def chunks(snap: TableSnapshot, groups: list[tuple[str, int, int, int]], column: str) -> Iterator[np.ndarray]:
+    """The records of ``column`` (images as ``[n, *shape]`` in source orientation, or labels), in id order."""
     meta = snap.meta
-    fs = snap.filesystem()
     for path, i, _, _ in groups:
-        with fs.open_input_file(path) as fh:
-            col = pq.ParquetFile(fh).read_row_group(i, columns=[column])[column].combine_chunks()
+        col = _read(snap, path, i, column).combine_chunks()
         if column == LABEL:
             yield col.to_numpy().astype(meta.label_dtype)
             continue
@@ -92,12 +141,41 @@ def _chunks(snap: TableSnapshot, groups: list[tuple[str, int, int, int]], column
         yield np.swapaxes(images, -1, -2) if meta.transposed else images
 
 
+def idx_dims(snap: TableSnapshot, rows: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """IDX dims of the images and labels files of a split with ``rows`` records (source orientation)."""
+    shape = snap.meta.shape
+    if snap.meta.transposed:
+        shape = (*shape[:-2], shape[-1], shape[-2])
+    return (rows, *shape), (rows,)
+
+
+def idx_sha256(snap: TableSnapshot, groups: list[tuple[str, int, int, int]], column: str) -> str:
+    """sha256 of the uncompressed IDX file ``export`` would write for ``column``, computed from the table."""
+    rows = sum(n for *_, n in groups)
+    image_dims, label_dims = idx_dims(snap, rows)
+    dtype = snap.meta.dtype if column == IMAGE else snap.meta.label_dtype
+    be = DTYPES_BY_NAME[np.dtype(dtype).name].big_endian
+    digest = hashlib.sha256(idx_header(dtype, image_dims if column == IMAGE else label_dims))
+    for chunk in chunks(snap, groups, column):
+        digest.update(np.ascontiguousarray(chunk, dtype=be).data)
+    return digest.hexdigest()
+
+
+def lineage_sha256(snap: TableSnapshot, split: str) -> tuple[str, str] | None:
+    """The (images, labels) sha256 the ingest recorded for ``split``; ``None`` unless it has exactly one pair."""
+    sources = snap.meta.splits[split].sources
+    images = [s.sha256 for s in sources if s.role == "images"]
+    labels = [s.sha256 for s in sources if s.role == "labels"]
+    return (images[0], labels[0]) if len(images) == len(labels) == 1 else None
+
+
 def export(table: str, outdir: str | Path, *, splits: list[str] | None = None, version: int | None = None,
            storage_options: Mapping[str, str] | None = None, compress: bool = True) -> list[ExportedSplit]:
     """Write each split of a table as an IDX images/labels pair.
 
     Streams one row group at a time. The uncompressed output is byte-identical to the
-    ingested source files (EMNIST's transposition is undone).
+    ingested source files (EMNIST's transposition is undone): each file is read back and
+    its sha256 compared with the lineage before it is renamed into place.
 
     Args:
         table: Table URI.
@@ -109,24 +187,47 @@ def export(table: str, outdir: str | Path, *, splits: list[str] | None = None, v
 
     Returns:
         One :class:`ExportedSplit` per split.
+
+    Raises:
+        DataCorruptionError: a page checksum failed, or a written file's sha256 differs from the
+            lineage; no file of the export is kept.
     """
     snap = snapshot(table, version=version, storage_options=storage_options)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for split in splits or sorted(snap.meta.splits):
+    chosen = splits or sorted(snap.meta.splits)
+    for split in chosen:
         if split not in snap.meta.splits:
             raise SchemaMismatchError(f"{table}: no split {split!r}; the table has {sorted(snap.meta.splits)}")
-        groups = _ordered_row_groups(snap, split)
-        rows = sum(n for *_, n in groups)
-        image_name, label_name = export_names(snap, split, compress=compress)
-        shape = snap.meta.shape
-        if snap.meta.transposed:
-            shape = (*shape[:-2], shape[-1], shape[-2])
-        images = write_idx_chunks(out / image_name, _chunks(snap, groups, IMAGE), dtype=snap.meta.dtype,
-                                  dims=(rows, *shape), compress=compress)
-        labels = write_idx_chunks(out / label_name, _chunks(snap, groups, LABEL), dtype=snap.meta.label_dtype,
-                                  dims=(rows,), compress=compress)
-        logger.info("exported %s: %d rows to %s", split, rows, out)
-        written.append(ExportedSplit(split, images, labels, rows))
+    staged: list[tuple[Path, Path]] = []  # (temporary, final)
+    written = []
+    try:
+        for split in chosen:
+            groups = ordered_row_groups(snap, split)
+            rows = sum(n for *_, n in groups)
+            names = export_names(snap, split, compress=compress)
+            image_dims, label_dims = idx_dims(snap, rows)
+            expected = lineage_sha256(snap, split)
+            paths = []
+            for column, name, dtype, dims in ((IMAGE, names[0], snap.meta.dtype, image_dims),
+                                              (LABEL, names[1], snap.meta.label_dtype, label_dims)):
+                tmp = out / f".{name}.{uuid.uuid4().hex[:8]}.partial"
+                staged.append((tmp, out / name))
+                write_idx_chunks(tmp, chunks(snap, groups, column), dtype=dtype, dims=dims, compress=compress)
+                if expected is not None:
+                    got = scan_idx(tmp)[1].sha256
+                    want = expected[0] if column == IMAGE else expected[1]
+                    if got != want:
+                        raise DataCorruptionError(
+                            f"{table}@v{snap.version}: exported {name} (split {split!r}) has sha256 {got}, the "
+                            f"ingested source had {want}; nothing was kept. Run `idxlake verify {table}`")
+                paths.append(out / name)
+            logger.info("exported %s: %d rows to %s", split, rows, out)
+            written.append(ExportedSplit(split, paths[0], paths[1], rows, verified=expected is not None))
+        for tmp, final in staged:
+            tmp.replace(final)
+    except BaseException:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        raise
     return written

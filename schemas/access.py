@@ -21,8 +21,16 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from idxlake.schemas.errors import MissingDataFileError, SchemaMismatchError, TableNotFoundError
-from idxlake.schemas.storage import delta_options, fs_path, normalize, one_line, pyarrow_filesystem, storage_error
+from idxlake.schemas.errors import MissingDataFileError, NotATableError, SchemaMismatchError, TableNotFoundError
+from idxlake.schemas.storage import (
+    delta_options,
+    fs_path,
+    normalize,
+    one_line,
+    pyarrow_filesystem,
+    storage_error,
+    store_of,
+)
 from idxlake.schemas.table import SPLIT, TableMeta, meta_from_schema
 
 if TYPE_CHECKING:
@@ -120,9 +128,22 @@ class TableSnapshot:
         self.check_files(files)
         if not files:
             return pads.dataset(self.schema.empty_table())
+        verified = pads.ParquetFileFormat(  # every page's CRC is checked as it is read (DuckDB reads this too)
+            default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=True))
         return pads.FileSystemDataset.from_paths(
-            paths, schema=self.schema, format=pads.ParquetFileFormat(), filesystem=fs,
+            paths, schema=self.schema, format=verified, filesystem=fs,
             partitions=[pads.field(SPLIT) == f.split for f in files])
+
+
+def check_not_a_file(uri: str) -> None:
+    """Refuse a local table location that is a plain file (delta-rs would say "does not exist").
+
+    Raises:
+        NotATableError: ``uri`` names an existing local file.
+    """
+    if store_of(uri).name == "local" and os.path.isfile(fs_path(uri)):
+        raise NotATableError(f"{uri}: is a file, not a Delta table (a table is a directory holding _delta_log/); "
+                             "give a directory path")
 
 
 def open_table(uri: str, *, version: int | None = None,
@@ -138,8 +159,10 @@ def open_table(uri: str, *, version: int | None = None,
         A ``deltalake.DeltaTable``.
 
     Raises:
+        NotATableError: ``uri`` is a local plain file.
         TableNotFoundError: if there is no Delta table at ``uri`` or no such ``version``.
     """
+    check_not_a_file(uri)
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
     from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound

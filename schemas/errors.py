@@ -25,6 +25,10 @@ class TableNotFoundError(IdxlakeError, FileNotFoundError):
     """No Delta table (or no such version) at the given location."""
 
 
+class NotATableError(IdxlakeError, NotADirectoryError):
+    """The table location is a plain file: a Delta table is a directory (or prefix) holding ``_delta_log/``."""
+
+
 class TableExistsError(IdxlakeError, FileExistsError):
     """The table already exists and the write mode forbids touching it."""
 
@@ -71,3 +75,12 @@ class DownloadError(IdxlakeError, RuntimeError):
 
 class ChecksumMismatchError(DownloadError):
     """Downloaded bytes do not match the registry's hashes; nothing was kept."""
+
+
+class DataCorruptionError(IdxlakeError, RuntimeError):
+    """Stored data does not read back as written: a page checksum, a footer or a content hash failed,
+    or a committed version references files that are gone. The message names table, version and file."""
+
+
+class CommitUncertainError(IdxlakeError, RuntimeError):
+    """A commit was attempted but the log could not be read afterwards to learn whether it landed."""

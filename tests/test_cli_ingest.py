@@ -15,7 +15,8 @@ from idxlake.cli import main
 def test_ingest_bundled_mnist_prints_summary(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["ingest", str(tmp_path / "t"), "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "dataset:  mnist (verified official data)" in out
+    assert "dataset:  mnist\n" in out
+    assert "sources: match the published hashes; split train at this version: verified official data" in out
     assert "train     60,000 rows  from train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz" in out
     assert "version:  0 (mode replace)" in out and "MB/s" in out
     assert main(["ingest", str(tmp_path / "t")]) == 0

@@ -121,7 +121,7 @@ def test_replace_changes_only_the_ingested_split(tmp_path: Path, synthetic_table
 def test_append_continues_ids_and_combines_stats(tmp_path: Path, synthetic_table: tuple[str, object]) -> None:
     table, source = synthetic_table
     before = snapshot(table).meta.splits["train"]
-    result = ingest(source.root, table, mode="append")
+    result = ingest(source.root, table, mode="append", allow_duplicate=True)
     assert result.version == 1
     train = _split_table(table, "train")
     assert train["id"].to_pylist() == list(range(600))

@@ -62,7 +62,7 @@ def test_info_json_fields(mnist_table: str, capsys: pytest.CaptureFixture[str]) 
 def test_info_text(mnist_table: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", mnist_table]) == 0
     out = capsys.readouterr().out
-    assert "dataset:    mnist (verified official data)" in out
+    assert "dataset:    mnist (verified official data: test, train)" in out
     assert "rows:       70,000" in out
     assert MNIST_SHA256["train-images-idx3-ubyte.gz"] in out
     label_rows = [line.split() for line in out.splitlines() if line.strip().startswith(("0  0", "9  9"))]
@@ -73,7 +73,7 @@ def test_info_and_history_follow_versions(tmp_path: Path, synthetic_source: Synt
                                           capsys: pytest.CaptureFixture[str]) -> None:
     table = str(tmp_path / "t")
     ingest(synthetic_source.root, table, row_group_rows=64)
-    ingest(synthetic_source.root, table, row_group_rows=64, mode="append")
+    ingest(synthetic_source.root, table, row_group_rows=64, mode="append", allow_duplicate=True)
     old, new = table_info(table, version=0), table_info(table)
     assert (old["version"], old["rows"], new["version"], new["rows"]) == (0, 400, 1, 800)
     assert old["last_commit"]["version"] == 0 and old["timestamp"] <= new["timestamp"]

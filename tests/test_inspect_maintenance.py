@@ -26,7 +26,7 @@ def appended_mnist(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Real MNIST ingested, then appended once more: two files per split, ids continuing."""
     table = str(tmp_path_factory.mktemp("appended") / "t")
     ingest(None, table)
-    ingest(None, table, mode="append")
+    ingest(None, table, mode="append", allow_duplicate=True)
     return table
 
 
@@ -71,7 +71,7 @@ def test_optimize_small_target_and_synthetic_rows(tmp_path: Path, synthetic_sour
     table = str(tmp_path / "t")
     ingest(synthetic_source.root, table, row_group_rows=64)
     for _ in range(3):
-        ingest(synthetic_source.root, table, row_group_rows=64, mode="append")
+        ingest(synthetic_source.root, table, row_group_rows=64, mode="append", allow_duplicate=True)
     before = _content(table)
     result = optimize(table, target_file_bytes=1 << 30)
     assert result.files_before == {"test": 4, "train": 4} and result.files_after == {"test": 1, "train": 1}
@@ -95,7 +95,7 @@ def test_vacuum_safe_defaults(tmp_path: Path, synthetic_source: SyntheticSource,
                               capsys: pytest.CaptureFixture[str]) -> None:
     table = str(tmp_path / "t")
     ingest(synthetic_source.root, table)
-    ingest(synthetic_source.root, table, mode="append")
+    ingest(synthetic_source.root, table, mode="append", allow_duplicate=True)
     optimize(table)
     assert vacuum(table).files == []  # the compacted files are younger than 168 h
     with pytest.raises(MaintenanceError, match=r"below the table's minimum.*--force"):

@@ -16,7 +16,8 @@ def test_inspect_commands_over_s3(s3_endpoint: dict[str, str], synthetic_source:
                                   capsys: pytest.CaptureFixture[str]) -> None:
     uri = "s3://lake/inspect"
     ingest(synthetic_source.root, uri, storage_options=s3_endpoint, row_group_rows=64)
-    ingest(synthetic_source.root, uri, storage_options=s3_endpoint, row_group_rows=64, mode="append")
+    ingest(synthetic_source.root, uri, storage_options=s3_endpoint, row_group_rows=64, mode="append",
+           allow_duplicate=True)
     opts = [f"--storage-option={k}={v}" for k, v in s3_endpoint.items()]
     count = "SELECT split, count(*) AS n FROM inspect GROUP BY split ORDER BY split"
     for engine in ("datafusion", "duckdb"):

@@ -105,8 +105,8 @@ def test_show_time_travel_and_empty(tmp_path: Path, synthetic_source: SyntheticS
                                     capsys: pytest.CaptureFixture[str]) -> None:
     table = str(tmp_path / "t")
     ingest(synthetic_source.root, table)
-    ingest(synthetic_source.root, table, mode="append")
-    assert main(["show", table, "--where", "id >= 300", "--split", "train", "--version", "0"]) == 1
+    ingest(synthetic_source.root, table, mode="append", allow_duplicate=True)
+    assert main(["show", table, "--where", "id >= 300", "--split", "train", "--version", "0"]) == 2
     assert "no rows match" in capsys.readouterr().err
     rows, meta = select_images(table, where="id >= 300", split="train", limit=3, engine="duckdb")
     images, _ = synthetic_source.arrays["train"]

@@ -164,7 +164,7 @@ def test_max_rows_truncates(mnist_table: str) -> None:
 def test_time_travel_returns_older_content(tmp_path: Path) -> None:
     table = str(tmp_path / "mnist")
     ingest(None, table)
-    ingest(None, table, mode="append")
+    ingest(None, table, mode="append", allow_duplicate=True)
     count = "SELECT split, count(*) AS n, max(id) AS top FROM mnist GROUP BY split ORDER BY split"
     for engine in ENGINES:
         old = query(table, count, engine=engine, version=0).table.to_pylist()

@@ -8,12 +8,14 @@ never pays for importing torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
+from idxlake.cli.messages import CleanFormatter, StderrHandler, one_line, strip_ansi
 from idxlake.schemas import IdxlakeError
 
 COMMAND_MODULES: tuple[str, ...] = (
@@ -21,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "idxlake.cli.ingest_cmd",
     "idxlake.cli.inspect_cmd",
     "idxlake.cli.train_cmd",
+    "idxlake.cli.verify_cmd",
 )
 """Modules that each define ``register(subparsers)``; the registry of subcommands."""
 
@@ -49,18 +52,40 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _logging_to_stderr(debug: bool) -> Iterator[None]:
+    """Log records (ANSI stripped) to stderr for the duration of one command; restore the root logger after."""
+    root = logging.getLogger()
+    handler = StderrHandler()
+    handler.setFormatter(CleanFormatter("%(levelname)s %(name)s: %(message)s"))
+    saved = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if debug else logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(saved)
+
+
+def _debug_trace(debug: bool) -> None:
+    if debug:
+        sys.stderr.write(strip_ansi(traceback.format_exc()))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit code (0 ok, 2 bad input or usage, 1 anything else)."""
+    """Run the CLI; returns the exit code (0 ok, 2 bad input or usage, 1 anything else).
+
+    Every error is ONE line on stderr, without ANSI escapes; ``--debug`` adds the traceback.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", force=True)
     try:
-        return int(args.run(args) or 0)
+        with _logging_to_stderr(args.debug):
+            return int(args.run(args) or 0)
     except IdxlakeError as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"idxlake {args.command}: error: {exc}", file=sys.stderr)
+        _debug_trace(args.debug)
+        print(f"idxlake {args.command}: error: {one_line(str(exc))}", file=sys.stderr)
         # Bad input or usage is 2; an environment failure (e.g. a concurrent commit) is 1.
         return EXIT_FAILURE if isinstance(exc, RuntimeError) else EXIT_USAGE
     except KeyboardInterrupt:
@@ -69,10 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return EXIT_OK
     except Exception as exc:
-        if args.debug:
-            traceback.print_exc()
-        print(f"idxlake {args.command}: {type(exc).__name__}: {exc} (rerun with --debug for details)",
-              file=sys.stderr)
+        _debug_trace(args.debug)
+        hint = "" if args.debug else " (rerun with --debug for details)"
+        print(f"idxlake {args.command}: {type(exc).__name__}: {one_line(str(exc))}{hint}", file=sys.stderr)
         return EXIT_FAILURE
 
 

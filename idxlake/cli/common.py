@@ -58,6 +58,12 @@ def add_table_options(parser: argparse.ArgumentParser, *, version: bool = True) 
                             help="read this table version (time travel); default: latest")
 
 
+def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:
+    """Add ``--json``: print one JSON document with stable keys (documented in the README) instead of text."""
+    parser.add_argument("--json", action="store_true",
+                        help=f"print {what} as one JSON document with stable keys (see README)")
+
+
 def storage_options(args: argparse.Namespace) -> dict[str, str] | None:
     """The parsed ``--storage-option`` values of ``args``."""
     return parse_storage_options(getattr(args, "storage_option", None))

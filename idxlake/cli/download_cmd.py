@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
 
-from idxlake.cli.common import is_tty
+from idxlake.cli.common import add_json_option, is_tty
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("directory", metavar="DIR", help="directory to download into (created)")
     parser.add_argument("--mirror", action="append", default=None, metavar="URL",
                         help="base URL to try instead of the published mirrors (repeatable, tried in order)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_json_option(parser, "the files kept")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(run=run)
 
@@ -45,9 +44,11 @@ def run(args: argparse.Namespace) -> int:
         if bar is not None:
             bar.close()
     if args.json:
-        print(json.dumps({"dataset": args.dataset, "directory": args.directory,
-                          "files": [{"name": f.name, "path": str(f.path), "bytes": f.bytes, "verified": f.verified,
-                                     "source": f.source} for f in files]}, indent=2))
+        from idxlake.cli.formatting import json_document
+
+        sys.stdout.write(json_document({"dataset": args.dataset, "directory": args.directory, "files": [
+            {"name": f.name, "path": str(f.path), "bytes": f.bytes, "verified": f.verified, "source": f.source}
+            for f in files]}))
         return 0
     for f in files:
         print(f"{f.name:<32} {f.bytes:>11,} B  verified by {f.verified:<6}  {f.source}")

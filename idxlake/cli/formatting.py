@@ -114,10 +114,25 @@ def lineage_summary(lineage: dict[str, Any] | None) -> str:
     if "sources" in lineage:
         rows = ", ".join(f"{s} {n:,}" for s, n in (lineage.get("rows") or {}).items())
         names = sorted({f["name"] for fs in lineage["sources"].values() for f in fs})
-        verified = "verified" if lineage.get("verified") else "not verified"
+        verified = "sources verified" if lineage.get("verified") else "sources not verified"
         return (f"idxlake ingest --mode {lineage.get('mode')}: {lineage.get('dataset')} ({verified}), rows {rows}; "
                 f"from {', '.join(names)}")
     return json.dumps(lineage, sort_keys=True)[:200]
+
+
+def verification(splits: dict[str, Any]) -> str:
+    """Which splits of a version are verified official data: ``verified official data: train; not verified: test``.
+
+    A split is verified when it holds exactly the published files (hashes compared at ingest); appending to
+    it, or unrecognised sources, make it unverified even when each ingest's own sources were verified.
+    """
+    yes = [s for s, v in splits.items() if v["verified"]]
+    no = [s for s, v in splits.items() if not v["verified"]]
+    if not no and yes:
+        return f"verified official data: {', '.join(yes)}"
+    if not yes:
+        return "not verified against published hashes"
+    return f"verified official data: {', '.join(yes)}; not verified: {', '.join(no)}"
 
 
 def info_text(info: dict[str, Any]) -> str:
@@ -130,9 +145,7 @@ def info_text(info: dict[str, Any]) -> str:
         f"(protocol reader {proto['min_reader_version']}, writer {proto['min_writer_version']}"
         + (f", features {proto['reader_features'] + proto['writer_features']}"
            if proto["reader_features"] or proto["writer_features"] else "") + ")",
-        f"dataset:    {info['dataset']} ("
-        + ("verified official data" if info["splits"] and all(v["verified"] for v in info["splits"].values())
-           else "not verified against published hashes") + ")",
+        f"dataset:    {info['dataset']} ({verification(info['splits'])})",
         f"describes:  {info['description'] or '-'}",
         f"image:      {'x'.join(map(str, image['shape']))} {image['dtype']}, {image['record_bytes']} bytes per "
         f"record{', stored transposed in the source' if image['transposed'] else ''}",
@@ -164,8 +177,8 @@ def info_text(info: dict[str, Any]) -> str:
         lines.append(f"  {lineage_summary(last['lineage'])}")
     ingest = info.get("last_ingest")
     if ingest:
-        if ingest.get("version") != last.get("version"):
-            lines.append(f"last ingest: version {ingest['version']} at {ingest['timestamp']}")
+        lines.append(f"last ingest: version {ingest['version']} at {ingest['timestamp']}, its sources "
+                     + ("matched the published hashes" if ingest["lineage"].get("verified") else "not verified"))
         for split, sources in (ingest["lineage"].get("sources") or {}).items():
             for f in sources:
                 lines.append(f"  {split:<6} {f['role']:<6} {f['name']}  sha256 {f['sha256']}  "

@@ -11,7 +11,7 @@ import shutil
 import sys
 from typing import Any
 
-from idxlake.cli.common import add_table_options, storage_options
+from idxlake.cli.common import add_json_option, add_table_options, storage_options
 
 DEFAULT_SQL_LIMIT = 100
 """Rows printed by ``idxlake sql --format table`` unless ``--limit`` says otherwise."""
@@ -36,26 +36,35 @@ def register(sub: Any) -> None:
                    help="datafusion (default): deltalake's embedded engine over the Delta table; "
                         "duckdb: DuckDB over the table's Arrow dataset")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    p.add_argument("--json", dest="format", action="store_const", const="json", help="the same as --format json")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help=f"print at most N rows (0 = all; default {DEFAULT_SQL_LIMIT} for table, all for csv/json)")
     add_table_options(p)
     p.set_defaults(run=run_sql)
 
-    p = sub.add_parser("info", help="what a table holds: schema, rows per split and label, files, lineage")
-    p.add_argument("table")
+    p = sub.add_parser("info", help="what a table holds: schema, rows per split and label, files, lineage",
+                       description="Describe one table version from its Delta log and Parquet footers: image "
+                                   "shape and dtype, rows per split and label, pixel statistics, which splits "
+                                   "are verified official data, files, and the lineage of the last ingest.")
+    p.add_argument("table", help="table path or URI")
     p.add_argument("--json", action="store_true", help="print the stable JSON document (see schemas/README.md)")
     add_table_options(p)
     p.set_defaults(run=run_info)
 
-    p = sub.add_parser("history", help="table versions with timestamps, operations and lineage")
-    p.add_argument("table")
+    p = sub.add_parser("history", help="table versions with timestamps, operations and lineage",
+                       description="List the table's commits, newest first: version, timestamp, operation "
+                                   "and the idxlake lineage recorded with it.")
+    p.add_argument("table", help="table path or URI")
     p.add_argument("--limit", type=int, default=None, metavar="N", help="newest N versions only")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_table_options(p, version=False)
     p.set_defaults(run=run_history)
 
-    p = sub.add_parser("show", help="look at the images: a labelled PNG grid, or text renderings")
-    p.add_argument("table")
+    p = sub.add_parser("show", help="look at the images: a labelled PNG grid, or text renderings",
+                       description="Draw selected records as a labelled PNG grid (--png) or as text in the "
+                                   "terminal. --split and --where select rows; a selection with no rows is an "
+                                   "error.")
+    p.add_argument("table", help="table path or URI")
     p.add_argument("--split", default=None, help="only this split")
     p.add_argument("--where", default=None, metavar="SQL", help="SQL predicate, e.g. \"label = 3 AND id < 500\"")
     p.add_argument("--limit", type=int, default=16, metavar="N", help="number of images (default 16)")
@@ -69,10 +78,14 @@ def register(sub: Any) -> None:
     add_table_options(p)
     p.set_defaults(run=run_show)
 
-    p = sub.add_parser("optimize", help="compact small files (e.g. after appends); content and id order kept")
-    p.add_argument("table")
+    p = sub.add_parser("optimize", help="compact small files (e.g. after appends); content and id order kept",
+                       description="Rewrite each split whose files are smaller than the target into as few "
+                                   "files as the target allows, keeping the rows, their id order and the row "
+                                   "groups, in one Delta commit. Old files stay for time travel until vacuum.")
+    p.add_argument("table", help="table path or URI")
     p.add_argument("--target-mb", type=int, default=None, metavar="MB",
                    help="uncompressed image MiB per file (default 128)")
+    add_json_option(p, "what was compacted")
     add_table_options(p, version=False)
     p.set_defaults(run=run_optimize)
 
@@ -80,18 +93,23 @@ def register(sub: Any) -> None:
                        description="Delete data files removed from the table more than the retention ago "
                                    "(default 168 h) and so needed by no recent version. Versions older than "
                                    "the retention can no longer be read afterwards.")
-    p.add_argument("table")
+    p.add_argument("table", help="table path or URI")
     p.add_argument("--retain-hours", type=int, default=None, metavar="H",
                    help="retention in hours (default: the table's delta.deletedFileRetentionDuration or 168)")
     p.add_argument("--dry-run", action="store_true", help="only list the files that would be deleted")
-    p.add_argument("--force", action="store_true", help="allow a retention below 168 h")
+    p.add_argument("--force", action="store_true",
+                   help="allow a retention below 168 h (not needed with --dry-run, which deletes nothing)")
     p.add_argument("--full", action="store_true", help="also delete files the log never referenced "
                                                        "(orphans of failed writes)")
+    add_json_option(p, "the files deleted (or that would be)")
     add_table_options(p, version=False)
     p.set_defaults(run=run_vacuum)
 
-    p = sub.add_parser("ddl", help="Spark SQL that registers the table in a metastore / Unity Catalog")
-    p.add_argument("table")
+    p = sub.add_parser("ddl", help="Spark SQL that registers the table in a metastore / Unity Catalog",
+                       description="Print the Spark SQL (CREATE TABLE ... USING DELTA LOCATION ...) that "
+                                   "registers the table in a Hive metastore or Unity Catalog, with its "
+                                   "description as the table comment.")
+    p.add_argument("table", help="table path or URI")
     p.add_argument("--name", default=None, metavar="CATALOG.SCHEMA.TABLE",
                    help="name to register (default: the table's name)")
     add_table_options(p, version=False)
@@ -161,8 +179,10 @@ def run_show(args: argparse.Namespace) -> int:
                                engine=args.engine, name=args.name, version=args.version,
                                storage_options=storage_options(args))
     if rows.num_rows == 0:
-        print("idxlake show: no rows match", file=sys.stderr)
-        return 1
+        where = " AND ".join(x for x in (f"split = {args.split!r}" if args.split else "", args.where or "") if x)
+        raise QueryError(f"{args.table}: no rows match{' ' + where if where else ''}"
+                         f" (version {'latest' if args.version is None else args.version}); "
+                         "widen --where or check the split with `idxlake info`")
     images = decode_images(rows.column("image"), meta)
     pixels = [display_pixels(image) for image in images]
     captions = [caption_lines(r, meta.class_names) for r in rows.select(["split", "id", "label"]).to_pylist()]
@@ -185,6 +205,14 @@ def run_optimize(args: argparse.Namespace) -> int:
 
     target = args.target_mb << 20 if args.target_mb else None
     result = optimize(args.table, target_file_bytes=target, storage_options=storage_options(args))
+    if args.json:
+        from idxlake.cli.formatting import json_document
+
+        _out(json_document({"table": result.table, "version_before": result.version_before,
+                            "version": result.version, "compacted": result.compacted,
+                            "files_before": dict(result.files_before), "files_after": dict(result.files_after),
+                            "rows_rewritten": result.rows_rewritten, "seconds": result.seconds}))
+        return 0
     before, after = sum(result.files_before.values()), sum(result.files_after.values())
     if not result.compacted:
         print(f"{result.table}: nothing to compact ({before} files; version {result.version} unchanged)")
@@ -203,6 +231,12 @@ def run_vacuum(args: argparse.Namespace) -> int:
 
     result = vacuum(args.table, retain_hours=args.retain_hours, dry_run=args.dry_run, force=args.force,
                     full=args.full, storage_options=storage_options(args))
+    if args.json:
+        from idxlake.cli.formatting import json_document
+
+        _out(json_document({"table": result.table, "dry_run": result.dry_run,
+                            "retain_hours": result.retain_hours, "files": list(result.files)}))
+        return 0
     retention = f"{result.retain_hours} h" if result.retain_hours is not None else "the table's, default 168 h"
     verb = "would delete" if result.dry_run else "deleted"
     print(f"{result.table}: {verb} {len(result.files)} files (retention {retention})")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
-from idxlake.cli.common import add_table_options, storage_options
+from idxlake.cli.common import add_json_option, add_table_options, storage_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="train on at most N samples per epoch and test on at most N (quick runs)")
     parser.add_argument("--seed", type=int, default=0, metavar="N", help="model and shuffle seed (default 0)")
+    add_json_option(parser, "the per-epoch figures and the test accuracy (rank 0 only)")
     add_table_options(parser)
     parser.set_defaults(run=run)
 
@@ -34,7 +36,19 @@ def run(args: argparse.Namespace) -> int:
     require("torch", purpose="idxlake train")
     from idxlake.loaders.train import train
 
-    train(args.table, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers, limit=args.limit,
-          seed=args.seed, version=args.version, storage_options=storage_options(args),
-          log=lambda line: print(line, flush=True))
+    def log(line: str) -> None:
+        if not args.json:
+            print(line, flush=True)
+
+    result = train(args.table, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers,
+                   limit=args.limit, seed=args.seed, version=args.version, storage_options=storage_options(args),
+                   log=log)
+    if args.json and result.rank == 0:
+        from idxlake.cli.formatting import json_document
+
+        sys.stdout.write(json_document({
+            "table": args.table, "version": result.version, "world_size": result.world_size,
+            "epochs": [{"epoch": i + 1, "loss": loss, "samples_per_s": rate}
+                       for i, (loss, rate) in enumerate(zip(result.losses, result.samples_per_s, strict=True))],
+            "test_accuracy": result.accuracy}))
     return 0

@@ -87,6 +87,21 @@ class _HashingReader(io.RawIOBase):
             self.consumed += len(chunk)
 
 
+GZIP_DEFLATE = 8
+GZIP_RESERVED_FLAGS = 0xE0
+"""FLG bits 5-7 (RFC 1952): reserved, must be zero; ``gzip -t`` refuses a file with any set."""
+
+
+def _check_gzip_header(head: bytes, name: str) -> None:
+    """Accept only what ``gzip -t`` accepts: method deflate, no reserved flag bits."""
+    if len(head) < 4 or head[2] != GZIP_DEFLATE:
+        raise IdxFormatError(f"{name}: gzip header names compression method {head[2] if len(head) > 2 else None}, "
+                             f"expected {GZIP_DEFLATE} (deflate); the file is damaged, re-download it")
+    if head[3] & GZIP_RESERVED_FLAGS:
+        raise IdxFormatError(f"{name}: gzip header has reserved flag bits set (FLG=0x{head[3]:02x}); "
+                             "`gzip -t` refuses such a file: it is damaged, re-download it")
+
+
 class IdxFile:
     """An open IDX file, decoded in bounded chunks.
 
@@ -114,9 +129,11 @@ class IdxFile:
 
     def _open(self) -> None:
         self._hasher = _HashingReader(self._raw)
-        magic = self._raw.read(2)
+        magic = self._raw.read(4)
         self._raw.seek(0)
-        self.compressed = magic == GZIP_MAGIC
+        self.compressed = magic[:2] == GZIP_MAGIC
+        if self.compressed:
+            _check_gzip_header(magic, self.name)
         buffered = io.BufferedReader(self._hasher, 1 << 20)
         self._stream: io.BufferedIOBase = (_gzip_impl.GzipFile(fileobj=buffered, mode="rb") if self.compressed
                                   else buffered)

@@ -5,14 +5,21 @@ deltalake 1.6), which would scramble the ``id`` order of the files. So idxlake
 writes the Parquet files itself with pyarrow (exact row groups in id order, no
 dictionary or statistics on ``image``, statistics on ``id``/``label``) and then
 commits them with delta-rs' transaction API in ONE commit that also carries the new
-schema metadata and the lineage. Files of a failed attempt are deleted; the table
-stays at its previous version.
+schema metadata, the lineage and a transaction id. Files of a failed attempt are deleted;
+the table stays at its previous version. Every data page carries a CRC checksum
+(``write_page_checksum``), which every idxlake reader verifies.
+
+After the commit call, the outcome is checked against the log
+(:mod:`idxlake.pipeline.ingest.landing`): an error raised after the commit landed (e.g. the
+connection dropped on the reply) is logged as a warning and the write succeeds; a commit
+whose files vanished meanwhile raises :class:`DataCorruptionError` at once.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
@@ -33,8 +40,8 @@ from idxlake.schemas import (
     PARTITION_BY,
     SPLIT,
     CommitConflictError,
+    DataCorruptionError,
     StorageConfigError,
-    TableExistsError,
     TableNotFoundError,
     check_writable,
     delta_options,
@@ -62,16 +69,35 @@ class PendingFiles:
     storage_options: Mapping[str, str] | None = None
     actions: list[Any] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    root_existed: bool = True
 
     def discard(self) -> None:
         """Delete every file written so far (best effort)."""
         for path in self.paths:
             try:
                 self.fs.delete_file(path)
+            except FileNotFoundError:
+                pass  # never created, or already gone
             except OSError as exc:  # pragma: no cover - best effort
                 logger.warning("could not remove uncommitted file %s: %s", path, exc)
+        self._prune_empty_dirs()
         self.paths.clear()
         self.actions.clear()
+
+    def _prune_empty_dirs(self) -> None:
+        """Remove the ``split=...`` folders (and a new table's root) the discarded files leave empty.
+
+        Only local filesystems have real folders; object stores have none to remove.
+        """
+        if not isinstance(self.fs, pafs.LocalFileSystem):
+            return
+        parents = sorted({p.rsplit("/", 1)[0] for p in self.paths if "/" in p}, key=len, reverse=True)
+        for folder in [*parents] + ([] if self.root_existed else [self.root]):
+            try:
+                if not os.listdir(folder):
+                    os.rmdir(folder)
+            except OSError:
+                continue  # not there, not empty, or not ours to remove
 
     def landed(self) -> bool:
         """True if a commit holding these files is in the table (e.g. Ctrl-C right after committing).
@@ -131,7 +157,12 @@ def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBa
         writer.close()
         sink.close()  # ParquetWriter leaves a sink it did not open; closing completes an S3 upload
         writer = None
-        size = pending.fs.get_file_info(path).size
+        info = pending.fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound or info.size is None:
+            raise CommitConflictError(
+                f"{pending.table}: data file {rel} vanished right after it was written (deleted by a concurrent "
+                "`vacuum --full`?); nothing was committed, run the write again")
+        size = info.size
         pending.actions.append(AddAction(rel, size, {SPLIT: split}, int(time.time() * 1000), True,
                                          _stats(rows, ids, labels)))
 
@@ -142,11 +173,11 @@ def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBa
             if writer is None:
                 rel = f"{SPLIT}={split}/part-{len(pending.actions):05d}-{uuid.uuid4()}-c000.{codec.lower()}.parquet"
                 path = f"{pending.root}/{rel}"
-                pending.paths.append(path)
                 pending.fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
                 sink = pending.fs.open_output_stream(path)
+                pending.paths.append(path)  # only files that were created (no warning on a read-only target)
                 writer = pq.ParquetWriter(
-                    sink, file_schema, compression=_PYARROW_CODECS[codec],
+                    sink, file_schema, compression=_PYARROW_CODECS[codec], write_page_checksum=True,
                     use_dictionary=[LABEL], write_statistics=[ID, LABEL], store_schema=True)
                 rows, nbytes, ids, labels = 0, 0, [], []
             writer.write_batch(batch, row_group_size=row_group_rows)
@@ -174,13 +205,15 @@ def open_pending(table: str, storage_options: Mapping[str, str] | None) -> Pendi
     """
     check_writable(table, storage_options)
     fs, root = pyarrow_filesystem(table, storage_options)
-    return PendingFiles(fs, root.rstrip("/"), table, storage_options)
+    root = root.rstrip("/")
+    existed = not isinstance(fs, pafs.LocalFileSystem) or os.path.isdir(root)
+    return PendingFiles(fs, root, table, storage_options, root_existed=existed)
 
 
 def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
            mode: Literal["create", "replace", "append", "overwrite"], splits: Sequence[str],
            storage_options: Mapping[str, str] | None, name: str | None, description: str,
-           lineage: Mapping[str, Any]) -> None:
+           lineage: Mapping[str, Any]) -> int:
     """Commit ``pending`` files as ONE Delta version carrying ``schema`` (with its metadata).
 
     Args:
@@ -196,43 +229,68 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
         description: Table description (on create).
         lineage: JSON-able lineage, stored as the commit's ``userMetadata``.
 
+    Returns:
+        The committed version.
+
     Raises:
-        TableExistsError: ``create`` raced with another writer creating the table.
+        CommitConflictError: another writer created the table or committed first (nothing written).
+        CommitUncertainError: the commit call failed and the log cannot be read to learn its fate.
+        DataCorruptionError: the commit landed but some of its files are gone.
     """
     from deltalake import CommitProperties, Schema
     from deltalake.exceptions import CommitFailedError, DeltaError
     from deltalake.transaction import create_table_with_add_actions
 
-    props = CommitProperties(custom_metadata={"userMetadata": json.dumps(lineage, sort_keys=True)})
-    if mode == "create":
-        try:
-            create_table_with_add_actions(
-                normalize(table), Schema.from_arrow(schema), pending.actions, mode="error",
-                partition_by=list(PARTITION_BY), name=name, description=description,
-                storage_options=delta_options(table, storage_options), commit_properties=props)
-        except (DeltaError, OSError) as exc:  # delta-rs raises OSError for local filesystem failures
-            _raise_without_hard_links(table, exc)
-            if "exist" in str(exc).lower():
-                raise TableExistsError(f"{table}: another writer created the table meanwhile; run again") from exc
-            raise
-        return
-    removals: dict[str, list[tuple[str, str, Any]] | None] = {
-        "replace": [(SPLIT, "in", list(splits))],
-        "append": [(SPLIT, "in", [])],  # removes nothing: an append that may update the metadata
-        "overwrite": None,
-    }
-    filters = removals[mode]
+    from idxlake.pipeline.ingest.landing import TXN_KEY, check_committed_files, find_commit, new_txn
+
+    txn = new_txn()
+    props = CommitProperties(custom_metadata={"userMetadata": json.dumps({**lineage, "txn": txn}, sort_keys=True),
+                                              TXN_KEY: txn})
+    read_version = None if dt is None else dt.version()
     try:
-        dt.create_write_transaction(pending.actions, mode="overwrite", schema=schema,
-                                    partition_by=list(PARTITION_BY), partition_filters=filters,
-                                    commit_properties=props)
-    except CommitFailedError as exc:
-        raise CommitConflictError(
-            f"{table}: another writer committed after version {dt.version()} while this one was running "
-            f"({exc}); nothing was written, run it again") from exc
-    except (DeltaError, OSError) as exc:
-        _raise_without_hard_links(table, exc)
+        if mode == "create":
+            try:
+                create_table_with_add_actions(
+                    normalize(table), Schema.from_arrow(schema), pending.actions, mode="error",
+                    partition_by=list(PARTITION_BY), name=name, description=description,
+                    storage_options=delta_options(table, storage_options), commit_properties=props)
+            except DeltaError as exc:
+                if "exist" in str(exc).lower():
+                    raise CommitConflictError(f"{table}: another writer created the table meanwhile; nothing "
+                                              "was written, run it again") from exc
+                raise
+        else:
+            removals: dict[str, list[tuple[str, str, Any]] | None] = {
+                "replace": [(SPLIT, "in", list(splits))],
+                "append": [(SPLIT, "in", [])],  # removes nothing: an append that may update the metadata
+                "overwrite": None,
+            }
+            try:
+                dt.create_write_transaction(pending.actions, mode="overwrite", schema=schema,
+                                            partition_by=list(PARTITION_BY), partition_filters=removals[mode],
+                                            commit_properties=props)
+            except CommitFailedError as exc:
+                raise CommitConflictError(
+                    f"{table}: another writer committed after version {read_version} while this one was running "
+                    f"({exc}); nothing was written, run it again") from exc
+    except CommitConflictError:
         raise
+    except BaseException as exc:  # the call failed, but the commit may have landed: ask the log
+        version = find_commit(table, txn, after=read_version, storage_options=storage_options)
+        if version is None:
+            if isinstance(exc, Exception):
+                _raise_without_hard_links(table, exc)
+            raise
+        logger.warning("%s: the commit landed as version %d although the call reported an error (%s: %s)",
+                       table, version, type(exc).__name__, exc)
+        if not isinstance(exc, Exception):  # Ctrl-C and the like still stop the program, after saying so
+            raise
+    else:
+        version = find_commit(table, txn, after=read_version, storage_options=storage_options)
+        if version is None:  # pragma: no cover - delta-rs returned without committing
+            raise DataCorruptionError(f"{table}: delta-rs reported success but no commit carries transaction {txn}")
+    check_committed_files(table, version, pending.fs, pending.paths, pending.root)
+    return version
 
 
 def _raise_without_hard_links(table: str, exc: Exception) -> None:

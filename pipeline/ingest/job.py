@@ -11,7 +11,6 @@ deletes the files written so far and leaves the table at its previous version.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -22,8 +21,9 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from idxlake.pipeline.idx.read import IdxFile, scan_idx
+from idxlake.pipeline.idx.read import IdxFile
 from idxlake.pipeline.ingest.delta_commit import Codec, commit, file_schema, image_array, open_pending, write_split
+from idxlake.pipeline.ingest.duplicates import already_holds, refuse_duplicate, refuse_duplicate_early, validate_fully
 from idxlake.pipeline.ingest.prefetch import prefetch
 from idxlake.pipeline.ingest.scan import ScannedSplit, SplitAccumulator, identify, named_spec, pixel_scale
 from idxlake.pipeline.ingest.sources import SplitSource, bundled_mnist, discover, source_options
@@ -64,12 +64,15 @@ class IngestResult:
         version: Table version after the ingest (unchanged for a no-op).
         mode: The write mode used.
         dataset: Registry name or ``"generic"``.
-        verified: True when every source matched the dataset's published hashes.
+        verified: True when every source of THIS ingest matched the dataset's published hashes
+            (recorded in the commit's lineage).
         rows: Rows written per split.
         noop: True when the table already held exactly these sources.
         seconds: Wall time.
         bytes_read: Uncompressed IDX image bytes processed.
         sources: File names per split.
+        split_verified: Per written split, True when the split as the table now holds it is exactly the
+            published one (False e.g. after appending to it); what ``idxlake info`` reports.
     """
 
     table: str
@@ -82,6 +85,7 @@ class IngestResult:
     seconds: float = 0.0
     bytes_read: int = 0
     sources: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    split_verified: Mapping[str, bool] = field(default_factory=dict)
 
 
 def _existing(table: str, storage_options: Mapping[str, str] | None,
@@ -163,38 +167,6 @@ def _stream(src: SplitSource, meta: TableMeta, schema: pa.Schema, out: dict[str,
                                       acc.stats, acc.label_min if start else 0.0, acc.label_max if start else 0.0)
 
 
-def _already_holds(old: TableMeta, sources: Mapping[str, SplitSource]) -> bool:
-    """True when ``old`` holds exactly this content (sha256 and size of every file) for every split.
-
-    Cheap checks first: identical stored bytes (md5 of the file, no decompression), then the
-    uncompressed size from the header; only files that could be equal are fully hashed.
-    """
-    for split, src in sources.items():
-        recorded = old.splits.get(split)
-        if recorded is None or len(recorded.sources) != 2:
-            return False
-        pairs = (("images", src.images, recorded.sources[0]), ("labels", src.labels, recorded.sources[1]))
-        for role, path, rec in pairs:
-            if rec.role != role:
-                return False
-            if _file_md5(path) == rec.md5:
-                continue
-            with IdxFile(path) as f:
-                if f.header.nbytes + f.header.payload_nbytes != rec.nbytes:
-                    return False
-            if scan_idx(path)[1].sha256 != rec.sha256:
-                return False
-    return True
-
-
-def _file_md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def ingest(
     source: str | Path | Sequence[str | Path] | None,
     table: str,
@@ -207,6 +179,7 @@ def ingest(
     codec: Codec = DEFAULT_CODEC,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    allow_duplicate: bool = False,
 ) -> IngestResult:
     """Ingest IDX files into a Delta table in one atomic commit.
 
@@ -226,6 +199,8 @@ def ingest(
         codec: Parquet compression codec.
         progress: Called with the number of image bytes just processed.
         on_total: Called once with the total bytes ``progress`` will report.
+        allow_duplicate: Let ``mode="append"`` add an images file the split already holds (same
+            sha256). Refused by default: rerunning an append that did land would duplicate its rows.
 
     Returns:
         An :class:`IngestResult`.
@@ -234,6 +209,8 @@ def ingest(
         IdxFormatError, SourceError: bad input (the table is left unchanged).
         TableExistsError: ``mode="error"`` and the table exists.
         SchemaMismatchError: the source does not fit the existing table.
+        SourceError: also for an append of sources the split already holds (see ``allow_duplicate``).
+        CommitConflictError: another writer created the table or committed first; nothing was written.
     """
     t0 = time.perf_counter()
     if dataset is not None and dataset != GENERIC:
@@ -250,15 +227,22 @@ def ingest(
     named = named_spec(dataset, next(iter(sources.values())).prefix)
     meta = replace(meta, transposed=bool(named and named.transposed))
     if old is not None and mode in ("replace", "append"):
-        _check_compatible(old, replace(meta, dataset=named.name if named else GENERIC), table)
+        try:
+            _check_compatible(old, replace(meta, dataset=named.name if named else GENERIC), table)
+        except SchemaMismatchError:
+            validate_fully(sources)  # a damaged source is reported as such, not as a table mismatch
+            raise
+        if mode == "append" and not allow_duplicate:
+            refuse_duplicate_early(old, sources, table, old_version)
         meta = replace(meta, transposed=old.transposed)
-        if mode == "replace" and _already_holds(old, sources):
+        if mode == "replace" and already_holds(old, sources):
             logger.info("%s: already holds these sources at version %s; nothing to do", table, old_version)
             return IngestResult(table=table, version=old_version or 0, mode=mode, dataset=old.dataset,
                                 verified=all(old.splits[k].verified for k in sources),
                                 rows={k: old.splits[k].rows for k in sources}, noop=True,
                                 seconds=time.perf_counter() - t0,
-                                sources={k: [f.name for f in old.splits[k].sources] for k in sources})
+                                sources={k: [f.name for f in old.splits[k].sources] for k in sources},
+                                split_verified={k: old.splits[k].verified for k in sources})
     offsets = {k: old.splits[k].rows if old and mode == "append" and k in old.splits else 0 for k in sources}
     chunk_records = max(1, min(row_group_rows, MAX_ROW_GROUP_BYTES // max(meta.record_nbytes, 1)))
     schema = arrow_schema(meta)
@@ -275,14 +259,17 @@ def ingest(
         rows = {k: s.images.count for k, s in scanned.items()}
         lineage = {"idxlake_version": __version__, "mode": mode, "dataset": meta.dataset, "verified": verified,
                    "rows": rows, "sources": {k: [f.__dict__ for f in s.source_files()] for k, s in scanned.items()}}
-        commit(table, dt, pending, schema=arrow_schema(meta), mode="create" if dt is None or mode == "error" else mode,
-               splits=list(scanned), storage_options=storage_options, name=Path(table.rstrip("/")).name or None,
-               description=meta.describe(), lineage=lineage)
-    version = open_table(table, storage_options=storage_options).version()
+        if old is not None and mode == "append" and not allow_duplicate:
+            refuse_duplicate(old, scanned, table, old_version)
+        version = commit(table, dt, pending, schema=arrow_schema(meta),
+                         mode="create" if dt is None or mode == "error" else mode, splits=list(scanned),
+                         storage_options=storage_options, name=Path(table.rstrip("/")).name or None,
+                         description=meta.describe(), lineage=lineage)
     logger.info("%s: wrote %s rows as version %d", table, rows, version)
     return IngestResult(table=table, version=version, mode=mode, dataset=meta.dataset, verified=verified, rows=rows,
                         seconds=time.perf_counter() - t0, bytes_read=total,
-                        sources={k: [s.source.images.name, s.source.labels.name] for k, s in scanned.items()})
+                        sources={k: [s.source.images.name, s.source.labels.name] for k, s in scanned.items()},
+                        split_verified={k: meta.splits[k].verified for k in scanned})
 
 
 def _final_meta(meta: TableMeta, spec: Any, verified: bool, scanned: Mapping[str, ScannedSplit],

@@ -13,25 +13,45 @@ unchanged.
 ``vacuum`` wraps ``DeltaTable.vacuum``: files removed from the table more than the
 retention ago (default: the table's ``delta.deletedFileRetentionDuration`` or 168 hours)
 are deleted; shorter retentions are refused unless forced. Versions older than the
-retention can no longer be read afterwards.
+retention can no longer be read afterwards. With ``full``, files the log never referenced
+(orphans of failed writes) and stale temporary log files of killed commits
+(``_delta_log/<version>.json#<n>``, left by delta-rs' object store) are deleted too, but
+never one younger than :data:`MIN_UNTRACKED_AGE_HOURS`, whatever the retention and
+``force`` say: a running ingest or optimize writes its files before it commits them.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
-from idxlake.schemas import SPLIT, DataFile, MaintenanceError, TableSnapshot, arrow_schema, open_table, snapshot_of
+from idxlake.schemas import (
+    SPLIT,
+    CommitConflictError,
+    DataFile,
+    MaintenanceError,
+    TableSnapshot,
+    arrow_schema,
+    open_table,
+    pyarrow_filesystem,
+    snapshot_of,
+)
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETENTION_HOURS = 168
 """Delta's default minimum retention for vacuum (7 days)."""
+MIN_UNTRACKED_AGE_HOURS = 24
+"""vacuum never deletes a file the log does not reference that is younger than this (``force`` cannot lower it)."""
+_TEMP_LOG = re.compile(r"^(?:\d{20}\.(?:json|checkpoint\.parquet)|_last_checkpoint|_commit_[^/]*)#\d+$"
+                       r"|^_commit_[^/]*\.tmp$")
+"""Names of temporary files a killed delta-rs commit leaves in ``_delta_log`` (staged uploads ``NAME#N``)."""
 
 _CODECS = {"LZ4": "LZ4_RAW", "LZ4_RAW": "LZ4_RAW", "ZSTD": "ZSTD", "SNAPPY": "SNAPPY", "UNCOMPRESSED": "UNCOMPRESSED"}
 
@@ -108,12 +128,34 @@ def _rebatch(batches: Iterable[pa.RecordBatch], rows: int, schema: pa.Schema) ->
         yield held.combine_chunks().to_batches()[0]
 
 
+def _vanished(snap: TableSnapshot, name: str) -> Exception:
+    """A live file of the compacted version is gone: lost a race (the table moved on) or a damaged table."""
+    from idxlake.schemas import DataCorruptionError
+
+    latest = open_table(snap.uri, storage_options=snap.storage_options).version()
+    if latest != snap.version:
+        return CommitConflictError(
+            f"{snap.uri}: data file {name} of version {snap.version} vanished while optimize read it (the table "
+            f"moved on to version {latest} and a vacuum deleted it); nothing was committed, run optimize again")
+    return DataCorruptionError(f"{snap.uri}@v{snap.version}: live data file {name} is missing; nothing was "
+                               f"committed. Run `idxlake verify {snap.uri}`")
+
+
 def _read_in_order(snap: TableSnapshot, files: list[DataFile], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     import pyarrow.parquet as pq
 
+    from idxlake.schemas import DataCorruptionError
+
     for data_file in files:
-        parquet = pq.ParquetFile(snap.file_path(data_file), filesystem=snap.filesystem())
-        yield from parquet.iter_batches(columns=schema.names, batch_size=8192)
+        try:
+            parquet = pq.ParquetFile(snap.file_path(data_file), filesystem=snap.filesystem(),
+                                     page_checksum_verification=True)
+            yield from parquet.iter_batches(columns=schema.names, batch_size=8192)
+        except FileNotFoundError as exc:
+            raise _vanished(snap, data_file.path) from exc
+        except (OSError, pa.ArrowException) as exc:
+            raise DataCorruptionError(f"{snap.uri}@v{snap.version}: data file {data_file.path}: cannot be read "
+                                      f"({exc}); run `idxlake verify {snap.uri}`") from exc
 
 
 def optimize(table: str, *, target_file_bytes: int | None = None,
@@ -153,7 +195,10 @@ def optimize(table: str, *, target_file_bytes: int | None = None,
     with open_pending(table, storage_options) as pending:
         for split in todo:
             files = sorted(snap.files_of([split]), key=lambda f: (f.min_id is None, f.min_id or 0, f.uri))
-            row_group_rows, codec = _layout(snap, files)
+            try:
+                row_group_rows, codec = _layout(snap, files)
+            except FileNotFoundError as exc:
+                raise _vanished(snap, str(exc.filename or exc)) from exc
             batches = _rebatch(_read_in_order(snap, files, fschema), row_group_rows, fschema)
             write_split(pending, split, batches, file_schema=fschema, row_group_rows=row_group_rows,
                         codec=codec, target_file_bytes=target)  # type: ignore[arg-type]
@@ -165,9 +210,9 @@ def optimize(table: str, *, target_file_bytes: int | None = None,
         # Replacing the compacted splits with a metadata change (revision + 1): a concurrent ingest
         # or optimize then fails with a commit conflict instead of interleaving files.
         meta = replace(snap.meta, revision=snap.meta.revision + 1)
-        commit(table, dt, pending, schema=arrow_schema(meta), mode="replace", splits=todo,
-               storage_options=storage_options, name=None, description=meta.describe(), lineage=lineage)
-    after_dt = open_table(table, storage_options=storage_options)
+        version = commit(table, dt, pending, schema=arrow_schema(meta), mode="replace", splits=todo,
+                         storage_options=storage_options, name=None, description=meta.describe(), lineage=lineage)
+    after_dt = open_table(table, version=version, storage_options=storage_options)
     after = snapshot_of(after_dt, uri=table, storage_options=storage_options)
     files_after = {s: len(after.files_of([s])) for s in sorted({f.split for f in after.files})}
     logger.info("%s: compacted %s at version %d", table, todo, after.version)
@@ -185,8 +230,9 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
             ``delta.deletedFileRetentionDuration``, else 168).
         dry_run: Only list the files.
         force: Allow a retention below the table's minimum (breaks time travel and readers
-            still using older versions).
-        full: Also delete files the log never referenced (orphans of failed writes).
+            still using older versions). Not needed for a ``dry_run``, which deletes nothing.
+        full: Also delete files the log never referenced (orphans of failed writes) and stale
+            temporary log files, when older than :data:`MIN_UNTRACKED_AGE_HOURS`.
         storage_options: Object-store options.
 
     Returns:
@@ -201,8 +247,15 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
         raise MaintenanceError(f"--retain-hours must be >= 0, got {retain_hours}")
     dt = open_table(table, storage_options=storage_options)
     try:
-        files = dt.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=not force,
-                          full=full)
+        # Removed files by the retention (lite mode touches only files the log removed); a dry run
+        # deletes nothing, so it may list below the minimum retention without --force ...
+        enforce = not (force or dry_run)
+        files = set(dt.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=enforce))
+        if full:  # ... untracked ones only when older than the floor: a writer may be about to commit them
+            floor = max(retain_hours if retain_hours is not None else DEFAULT_RETENTION_HOURS,
+                        MIN_UNTRACKED_AGE_HOURS)
+            files |= set(dt.vacuum(retention_hours=floor, dry_run=dry_run, enforce_retention_duration=False,
+                                   full=True))
     except DeltaError as exc:
         if "retention" in str(exc).lower():
             raise MaintenanceError(
@@ -210,5 +263,34 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
                 f"({DEFAULT_RETENTION_HOURS} h unless delta.deletedFileRetentionDuration says otherwise); "
                 "readers of older versions would lose their files. Pass --force to do it anyway") from exc
         raise
+    if full:
+        files |= set(stale_log_files(table, storage_options=storage_options, delete=not dry_run))
     logger.info("%s: vacuum %s %d files", table, "would delete" if dry_run else "deleted", len(files))
     return VacuumResult(table, sorted(files), dry_run, retain_hours)
+
+
+def stale_log_files(table: str, *, storage_options: Mapping[str, str] | None = None, delete: bool = False,
+                    min_age_hours: float = MIN_UNTRACKED_AGE_HOURS) -> list[str]:
+    """Temporary files of killed commits in ``_delta_log`` older than ``min_age_hours`` (deleted when asked).
+
+    Returns:
+        Their paths relative to the table root (``_delta_log/NAME``).
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = pyarrow_filesystem(table, storage_options)
+    log = f"{root.rstrip('/')}/_delta_log"
+    cutoff = time.time() - min_age_hours * 3600
+    out = []
+    for info in fs.get_file_info(pafs.FileSelector(log, allow_not_found=True)):
+        if info.type != pafs.FileType.File or not _TEMP_LOG.match(info.base_name):
+            continue
+        if info.mtime is not None and info.mtime.timestamp() > cutoff:
+            continue  # possibly a commit in flight
+        if delete:
+            try:
+                fs.delete_file(info.path)
+            except FileNotFoundError:
+                continue
+        out.append(f"_delta_log/{info.base_name}")
+    return sorted(out)

@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 
 from idxlake.pipeline.inspect.sql import Engine
-from idxlake.schemas import SchemaMismatchError, TableMeta
+from idxlake.schemas import SchemaMismatchError, TableMeta, TableSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -235,13 +235,40 @@ def select_images(table: str, *, split: str | None = None, where: str | None = N
     from idxlake.pipeline.inspect.sqltext import check_identifier, table_identifier
     from idxlake.schemas import snapshot
 
-    meta = snapshot(table, version=version, storage_options=storage_options).meta
+    snap = snapshot(table, version=version, storage_options=storage_options)
+    meta = snap.meta
     name = check_identifier(name) if name else table_identifier(table)
     conditions = [f"({where})"] if where and where.strip() else []
     if split is not None:
         conditions.append("split = '" + split.replace("'", "''") + "'")
-    sql = (f"SELECT split, id, label, image FROM {name}"
+    sql = (f"SELECT split, id, label FROM {name}"  # images are read by verified_images
            + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
            + f" ORDER BY split, id LIMIT {int(limit)}")
     result = query(table, sql, engine=engine, name=name, version=version, storage_options=storage_options)
-    return result.table, meta
+    return verified_images(snap, result.table), meta
+
+
+def verified_images(snap: TableSnapshot, rows: pa.Table) -> pa.Table:
+    """``rows`` (split, id, label) with their ``image`` column, read through the snapshot's dataset:
+    every page read is CRC-checked (DataFusion's reader does not check page checksums)."""
+    import pyarrow.dataset as pads
+
+    if rows.num_rows == 0:
+        return rows.append_column(pa.field("image", pa.binary()), pa.array([], pa.binary()))
+    from idxlake.schemas import DataCorruptionError, fs_path
+
+    splits, ids = rows.column("split").to_pylist(), rows.column("id").to_pylist()
+    wanted = pads.field("id").isin(sorted(set(ids)))
+    by_key: dict[tuple[str, int], bytes] = {}
+    dataset = snap.dataset(sorted(set(splits)))
+    for fragment in dataset.get_fragments(filter=wanted):
+        try:
+            found = fragment.to_table(columns=["split", "id", "image"], filter=wanted, schema=dataset.schema)
+        except (OSError, pa.ArrowException) as exc:
+            rel = fragment.path.removeprefix(fs_path(snap.uri).rstrip("/") + "/")
+            raise DataCorruptionError(f"{snap.uri}@v{snap.version}: data file {rel} cannot be read: {exc}; "
+                                      f"run `idxlake verify {snap.uri}`") from exc
+        keys = zip(found.column("split").to_pylist(), found.column("id").to_pylist(), strict=True)
+        by_key.update(zip(keys, found.column("image").to_pylist(), strict=True))
+    images = pa.array([by_key[key] for key in zip(splits, ids, strict=True)], pa.binary())
+    return rows.append_column(pa.field("image", pa.binary()), images)
