@@ -51,3 +51,14 @@ def test_version_and_cli(tmp_path: Path, synthetic_table: tuple[str, SyntheticSo
     assert pq.read_table(tmp_path / "tr").num_rows == 64
     assert main(["export", table, str(tmp_path / "no"), "--format", "parquet", "--split", "valid"]) == 2
     assert "no split(s) ['valid']" in capsys.readouterr().err
+
+
+def test_json_document(tmp_path: Path, synthetic_table: tuple[str, SyntheticSource],
+                       capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    table, _ = synthetic_table
+    assert main(["export", table, str(tmp_path / "j"), "--format", "parquet", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format"] == "parquet" and doc["version"] == 0 and doc["rows"] == {"test": 100, "train": 300}
+    assert doc["row_groups"] == 7 and all(Path(f).is_file() for f in doc["files"])
