@@ -112,7 +112,8 @@ def store_of(uri: str) -> Store:
     """
     scheme = _scheme(normalize(uri))
     if scheme not in SCHEMES:
-        supported = ", ".join(f"{s}://" for s in SCHEMES if s) + ", local paths, /Volumes/..., /dbfs/..."
+        supported = ", ".join(f"{s}:/" if s == "dbfs" else f"{s}://" for s in SCHEMES if s)
+        supported += ", local paths, /Volumes/..., /dbfs/..."
         raise StorageConfigError(f"{uri}: unsupported storage scheme {scheme!r}; supported: {supported}")
     return STORES[SCHEMES[scheme]]
 
@@ -151,6 +152,9 @@ def resolved_options(uri: str, options: Mapping[str, str] | None) -> Options:
 def delta_options(uri: str, options: Mapping[str, str] | None) -> Options | None:
     """The ``storage_options`` to give deltalake for ``uri``: every given option, plus fast-fail defaults."""
     opts = check_options(uri, options)
+    resolved = resolved_options(uri, options)
+    if "endpoint" in resolved or true(resolved.get("use_emulator")) or "service_account" in resolved:
+        store_of(uri).build(uri, resolved)  # the same credential checks: no chain behind an endpoint
     if store_of(uri).name != "local":
         given = {k.lower() for k in opts}
         opts.update({k: v for k, v in FAST_FAIL_OPTIONS.items() if k not in given})

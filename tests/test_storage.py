@@ -33,6 +33,14 @@ def test_every_registered_scheme_has_a_store_and_unknown_ones_list_them() -> Non
         store_of("hdfs://namenode/t")
 
 
+def test_cli_unknown_scheme_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "hdfs://namenode/t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("idxlake info: error: hdfs://namenode/t: unsupported storage scheme 'hdfs'; supported: "
+                          "file://, dbfs:/, s3://, s3a://, az://, abfs://, abfss://, gs://, local paths")
+    assert len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize(("uri", "path"), [
     ("/data/t", "/data/t"), ("file:///data/t", "/data/t"), ("s3://b/t/x.parquet", "b/t/x.parquet"),
     ("s3a://b/t", "b/t"), ("az://lake/t", "lake/t"), ("abfs://lake@acct.dfs.core.windows.net/t", "lake/t"),
@@ -73,6 +81,10 @@ def test_options_any_case_and_none_dropped() -> None:
 def test_an_endpoint_never_falls_back_to_a_cloud_credential_chain(tmp_path: Path) -> None:
     with pytest.raises(StorageConfigError, match=r"AWS's credential chain.*AWS_SKIP_SIGNATURE"):
         pyarrow_filesystem("s3://b/t", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    with pytest.raises(StorageConfigError, match=r"AWS's credential chain"):  # delta-rs gets the same check
+        delta_options("s3://b/t", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    with pytest.raises(StorageConfigError, match=r"Azure's default credential chain"):
+        info("az://lake/t", storage_options={"account_name": "a", "endpoint": "http://127.0.0.1:9/a"})
     anonymous, _ = pyarrow_filesystem("s3://b/t", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9",
                                                    "AWS_SKIP_SIGNATURE": "true"})
     assert isinstance(anonymous, pafs.S3FileSystem)
@@ -100,6 +112,9 @@ def test_worker_context_per_store() -> None:
                      "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}),
     ("az://lake/t", {"account_name": "devstoreaccount1", "access_key": stores.AZURITE_KEY,
                      "endpoint": "http://127.0.0.1:{port}/devstoreaccount1", "allow_http": "true"}),
+    ("gs://lake/t", {"google_service_account_key": '{{"gcs_base_url": "http://127.0.0.1:{port}", '
+                                                   '"disable_oauth": true, "client_email": "", "private_key": "", '
+                                                   '"private_key_id": ""}}'}),
 ])
 def test_unreachable_storage_fails_fast(uri: str, options: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
     port = stores.free_port()  # nothing listens there

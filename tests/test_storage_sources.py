@@ -66,5 +66,9 @@ def test_source_on_the_table_store_uses_its_options(s3_endpoint: dict[str, str],
     args = [a for k, v in s3_endpoint.items() for a in ("--storage-option", f"{k}={v}")]
     assert main(["ingest", source, table, "--no-progress", *args]) == 0
     assert re.search(r"train +300 rows", capsys.readouterr().out)
+    local = str(tmp_path / "local")
+    sources = [a for k, v in s3_endpoint.items() for a in ("--source-option", f"{k}={v}")]
+    assert main(["ingest", source, local, "--no-progress", "--json", *sources]) == 0
+    assert '"rows": 300' in capsys.readouterr().out
     with pytest.raises(StorageConfigError, match="not understood for local"):
         ingest(source, str(tmp_path / "t"), storage_options=s3_endpoint)  # the options are the table's
