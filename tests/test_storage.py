@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import random
 import time
 from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
 import stores
+from hypothesis import given
+from hypothesis import strategies as st
 
 from idxlake import info
 from idxlake.cli import main
 from idxlake.schemas import (
     SCHEMES,
+    STORES,
     StorageConfigError,
     StorageUnreachableError,
     check_writable,
@@ -128,3 +132,17 @@ def test_unreachable_storage_fails_fast(uri: str, options: dict[str, str], capsy
     err = capsys.readouterr().err
     assert err.startswith(f"idxlake info: error: {uri}: storage did not answer") and "\x1b[" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@given(st.lists(st.sampled_from(sorted({*STORES["azure"].known()} - {"use_emulator", "azure_storage_use_emulator",
+                                                                     "endpoint", "azure_storage_endpoint",
+                                                                     "azure_endpoint"})),
+                min_size=1, max_size=6, unique=True),
+       st.randoms(use_true_random=False))
+def test_known_keys_in_any_case_reach_delta_rs_unchanged(keys: list[str], rnd: random.Random) -> None:
+    options = {"".join(c.upper() if rnd.random() < 0.5 else c for c in k): "v" for k in keys}
+    given = delta_options("az://lake/t", options)
+    assert given is not None and {k: given[k] for k in options} == options
+    unknown = {**options, "AZURE_NOT_A_KEY": "v"}
+    with pytest.raises(StorageConfigError, match="AZURE_NOT_A_KEY"):
+        delta_options("az://lake/t", unknown)
