@@ -54,7 +54,7 @@ class Store:
         mapped: Option meaning -> aliases honoured by both delta-rs and pyarrow.
         delta_only: Keys that only tune delta-rs' commits or HTTP client.
         context: Multiprocessing start method for DataLoader workers reading this store.
-        build: ``(parsed uri, options by meaning) -> pyarrow filesystem``.
+        build: ``(uri, options by meaning) -> pyarrow filesystem``.
     """
 
     name: str
