@@ -10,6 +10,8 @@ Each measurement is a fresh process (what a user at a shell waits for), median o
 * ``idxlake sql TABLE "SELECT split, label, count(*) ... GROUP BY ..."`` through ``python -m idxlake``,
   with ``--engine datafusion`` (default) and ``--engine duckdb``; the 20 result rows go to a pipe.
 * the same query in-process (``idxlake.pipeline.inspect.sql.query``, after a warm-up), to split startup from query time.
+* in-process, for the engine change: the same query through deltalake's own ``QueryBuilder`` (the
+  earlier path, which is not read-only), and a two-version ``VERSION AS OF 0 ... EXCEPT`` query.
 
 The script also checks that the CLI run never imports torch.
 """
@@ -39,6 +41,18 @@ def wall(cmd: list[str], reps: int) -> float:
         subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT)
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def median_ms(fn: object, reps: int) -> float:
+    """Median milliseconds of calling ``fn()`` ``reps`` times after one warm-up call."""
+    assert callable(fn)
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
 
 
 def main() -> None:
@@ -71,6 +85,19 @@ def main() -> None:
             assert result.table.num_rows == 20
             print(f"idxlake sql --engine {engine:<10}     {t * 1000:7.1f} ms  end to end "
                   f"({t / base:.1f}x baseline); in-process query {statistics.median(inner) * 1000:.1f} ms")
+        from deltalake import DeltaTable, QueryBuilder
+
+        def builder() -> None:
+            dt = DeltaTable(table)
+            QueryBuilder().register("mnist", dt).execute(QUERY).read_all()
+
+        old = median_ms(builder, args.reps)
+        new = median_ms(lambda: query(table, QUERY), args.reps)
+        travel = median_ms(lambda: query(table, QUERY.replace(" GROUP", " VERSION AS OF 0 GROUP", 1).replace(
+            " ORDER BY split, label", "") + " EXCEPT " + QUERY), args.reps)
+        print(f"in-process, deltalake QueryBuilder (old path)  {old:6.1f} ms  (baseline)")
+        print(f"in-process, read-only datafusion session      {new:6.1f} ms  ({new / old:.2f}x)")
+        print(f"in-process, VERSION AS OF 0 ... EXCEPT latest {travel:6.1f} ms  ({travel / old:.2f}x)")
         print("torch imported by `idxlake sql`: no")
 
 

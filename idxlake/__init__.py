@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from idxlake.pipeline.ingest.download import download
     from idxlake.pipeline.ingest.job import IngestResult, ingest
     from idxlake.pipeline.inspect.ddl import spark_ddl
+    from idxlake.pipeline.inspect.diff import table_diff as diff
     from idxlake.pipeline.inspect.info import table_history as history
     from idxlake.pipeline.inspect.info import table_info as info
     from idxlake.pipeline.inspect.maintenance import OptimizeResult, VacuumResult, optimize, vacuum
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
     from idxlake.schemas.access import TableSnapshot, snapshot
     from idxlake.schemas.datasets import DATASETS, DatasetSpec, get_dataset
     from idxlake.schemas.table import TableMeta
+    from idxlake.schemas.versions import version_range
 
 _LAZY: dict[str, tuple[str, str]] = {
     "DATASETS": ("idxlake.schemas.datasets", "DATASETS"),
@@ -72,6 +74,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "TrainResult": ("idxlake.loaders.train", "TrainResult"),
     "VacuumResult": ("idxlake.pipeline.inspect.maintenance", "VacuumResult"),
     "World": ("idxlake.loaders.world", "World"),
+    "diff": ("idxlake.pipeline.inspect.diff", "table_diff"),
     "download": ("idxlake.pipeline.ingest.download", "download"),
     "export": ("idxlake.pipeline.export", "export"),
     "export_parquet": ("idxlake.pipeline.export_parquet", "export_parquet"),
@@ -87,6 +90,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "train": ("idxlake.loaders.train", "train"),
     "vacuum": ("idxlake.pipeline.inspect.maintenance", "vacuum"),
     "verify": ("idxlake.pipeline.inspect.verify", "verify_table"),
+    "version_range": ("idxlake.schemas.versions", "version_range"),
     "write_idx": ("idxlake.pipeline.idx.write", "write_idx"),
 }
 """Public name -> (module, attribute): the registry the facade loads from on first access."""
@@ -121,6 +125,7 @@ __all__ = [
     "VacuumResult",
     "World",
     "__version__",
+    "diff",
     "download",
     "export",
     "export_parquet",
@@ -136,6 +141,7 @@ __all__ = [
     "train",
     "vacuum",
     "verify",
+    "version_range",
     "write_idx",
 ]
 

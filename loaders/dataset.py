@@ -26,6 +26,7 @@ from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applie
 from idxlake.loaders.stream import READ_THREADS, DecodeCache, Progress, WindowBuffers, consume
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot, snapshot
+from idxlake.schemas.versions import Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ class DeltaIterableDataset(IterableDataset):
         cache_bytes: Memory budget for keeping decoded row groups for later epochs (0: off). The
             cache lives in the reading process: use it with ``num_workers=0`` or persistent workers.
         prefetch: Decode the next window in background threads.
+        as_of: Instead of ``version``: pin the version that was latest at this timestamp
+            (a datetime, naive = UTC, or text such as ``"2026-11-24 02:41:00"``).
 
     Raises:
         LoaderConfigError: bad option, unknown column, empty split or selection.
@@ -76,7 +79,7 @@ class DeltaIterableDataset(IterableDataset):
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, drop_last: bool = False,
                  rank: int | None = None, world_size: int | None = None, image_dtype: ImageDtype = "uint8",
                  transform: Callable[[Batch], Batch] | None = None, cache_bytes: int = 0,
-                 prefetch: bool = True) -> None:
+                 prefetch: bool = True, as_of: Timestamp | None = None) -> None:
         super().__init__()
         check_int("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
         check_int("shuffle_buffer", shuffle_buffer, low=0, high=INT64_MAX // 2, limit="rows")
@@ -90,8 +93,11 @@ class DeltaIterableDataset(IterableDataset):
             raise LoaderConfigError(f"image_dtype must be 'uint8', 'float32' or 'native', got {image_dtype!r}")
         if rank is not None or world_size is not None:
             World(*World.distributed(rank, world_size))  # validates the pair
+        if as_of is not None and (version is not None or isinstance(table, TableSnapshot)):
+            raise LoaderConfigError(f"as_of={as_of!r} pins a version by time: give it instead of version= "
+                                    "and with a table URI (not a TableSnapshot)")
         snap = table if isinstance(table, TableSnapshot) else snapshot(
-            table, version=version, storage_options=storage_options)
+            table, version=version, as_of=as_of, storage_options=storage_options)
         if version is not None and snap.version != version:
             raise LoaderConfigError(f"{snap.uri}: snapshot is version {snap.version}, version={version} was asked")
         self.plan: Plan = build_plan(snap, split=split, filter=filter, columns=columns)

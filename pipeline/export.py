@@ -34,6 +34,7 @@ from idxlake.schemas import (
     fs_path,
     snapshot,
 )
+from idxlake.schemas.versions import Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +171,8 @@ def lineage_sha256(snap: TableSnapshot, split: str) -> tuple[str, str] | None:
 
 
 def export(table: str, outdir: str | Path, *, splits: list[str] | None = None, version: int | None = None,
-           storage_options: Mapping[str, str] | None = None, compress: bool = True) -> list[ExportedSplit]:
+           storage_options: Mapping[str, str] | None = None, compress: bool = True,
+           as_of: Timestamp | None = None) -> list[ExportedSplit]:
     """Write each split of a table as an IDX images/labels pair.
 
     Streams one row group at a time. The uncompressed output is byte-identical to the
@@ -184,6 +186,7 @@ def export(table: str, outdir: str | Path, *, splits: list[str] | None = None, v
         version: Table version (default: latest).
         storage_options: Object-store options.
         compress: Write ``.gz`` files (default) or raw IDX.
+        as_of: Instead of ``version``: the version that was latest at this timestamp.
 
     Returns:
         One :class:`ExportedSplit` per split.
@@ -192,7 +195,7 @@ def export(table: str, outdir: str | Path, *, splits: list[str] | None = None, v
         DataCorruptionError: a page checksum failed, or a written file's sha256 differs from the
             lineage; no file of the export is kept.
     """
-    snap = snapshot(table, version=version, storage_options=storage_options)
+    snap = snapshot(table, version=version, as_of=as_of, storage_options=storage_options)
     out = Path(outdir)
     out.mkdir(parents=True, exist_ok=True)
     chosen = splits or sorted(snap.meta.splits)

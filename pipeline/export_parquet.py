@@ -18,7 +18,16 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from idxlake.schemas import ID, LABEL, SPLIT, SchemaMismatchError, TableExistsError, pyarrow_filesystem, snapshot
+from idxlake.schemas import (
+    ID,
+    LABEL,
+    SPLIT,
+    SchemaMismatchError,
+    TableExistsError,
+    pyarrow_filesystem,
+    snapshot,
+)
+from idxlake.schemas.versions import Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +54,7 @@ class ParquetExport:
 
 
 def export_parquet(table: str, out: str, *, splits: list[str] | None = None, version: int | None = None,
-                   storage_options: Mapping[str, str] | None = None,
+                   as_of: Timestamp | None = None, storage_options: Mapping[str, str] | None = None,
                    out_storage_options: Mapping[str, str] | None = None) -> ParquetExport:
     """Write the live rows of one version as plain Parquet files under ``out``.
 
@@ -54,6 +63,7 @@ def export_parquet(table: str, out: str, *, splits: list[str] | None = None, ver
         out: Output directory (local path or any supported URI); must not hold files yet.
         splits: Splits to export (default: all).
         version: Version to export; latest when ``None``.
+        as_of: Export the version current at this time instead (see :func:`idxlake.schemas.snapshot`).
         storage_options: Options for the table's store.
         out_storage_options: Options for ``out``'s store.
 
@@ -64,7 +74,7 @@ def export_parquet(table: str, out: str, *, splits: list[str] | None = None, ver
         TableExistsError: ``out`` already holds files.
         TableNotFoundError: no table or version.
     """
-    snap = snapshot(table, version=version, storage_options=storage_options)
+    snap = snapshot(table, version=version, as_of=as_of, storage_options=storage_options)
     chosen = snap.files_of(splits)
     missing = sorted(set(splits or ()) - {f.split for f in snap.files})
     if missing:

@@ -66,6 +66,7 @@ from idxlake.schemas.table import (
     arrow_schema,
     meta_from_schema,
 )
+from idxlake.schemas.versions import VersionRange, parse_timestamp, version_range
 
 __all__ = [
     "COLUMNS",
@@ -112,6 +113,7 @@ __all__ = [
     "TableMeta",
     "TableNotFoundError",
     "TableSnapshot",
+    "VersionRange",
     "arrow_schema",
     "check_options",
     "check_writable",
@@ -124,10 +126,12 @@ __all__ = [
     "meta_from_schema",
     "normalize",
     "open_table",
+    "parse_timestamp",
     "pyarrow_filesystem",
     "snapshot",
     "snapshot_of",
     "storage_error",
     "store_of",
+    "version_range",
     "worker_context",
 ]

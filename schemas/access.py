@@ -32,6 +32,7 @@ from idxlake.schemas.storage import (
     store_of,
 )
 from idxlake.schemas.table import SPLIT, TableMeta, meta_from_schema
+from idxlake.schemas.versions import Timestamp, as_version, version_range
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -105,9 +106,14 @@ class TableSnapshot:
         infos = fs.get_file_info([self.file_path(f) for f in files])
         for info, data_file in zip(infos, files, strict=True):
             if info.type == pafs.FileType.NotFound:
+                try:
+                    note = version_range(self.uri, storage_options=self.storage_options).vacuum_note(self.version)
+                except Exception:  # the log is unreadable too: report the missing file all the same
+                    note = None
                 raise MissingDataFileError(
                     f"{self.uri}: data file {data_file.uri} of version {self.version} is missing "
-                    "(vacuumed or deleted?); read a newer version or restore the file")
+                    + (f"(version {self.version} was {note})" if note else "(vacuumed or deleted?)")
+                    + "; read a newer version or restore the file")
 
     def files_of(self, splits: Sequence[str] | None = None) -> tuple[DataFile, ...]:
         """Live files, restricted to ``splits`` when given."""
@@ -146,13 +152,15 @@ def check_not_a_file(uri: str) -> None:
                              "give a directory path")
 
 
-def open_table(uri: str, *, version: int | None = None,
+def open_table(uri: str, *, version: int | None = None, as_of: Timestamp | None = None,
                storage_options: Mapping[str, str] | None = None) -> DeltaTable:
     """Open a Delta table, turning delta-rs errors into idxlake ones.
 
     Args:
         uri: Table path or URI.
         version: Version to load; latest when ``None``.
+        as_of: Load the latest version committed at or before this timestamp instead
+            (see :mod:`idxlake.schemas.versions`); not together with ``version``.
         storage_options: delta-rs storage options.
 
     Returns:
@@ -160,7 +168,8 @@ def open_table(uri: str, *, version: int | None = None,
 
     Raises:
         NotATableError: ``uri`` is a local plain file.
-        TableNotFoundError: if there is no Delta table at ``uri`` or no such ``version``.
+        TableNotFoundError: if there is no Delta table at ``uri``, or no such ``version`` or
+            ``as_of`` (the message names the table's range of versions and commit times).
     """
     check_not_a_file(uri)
     from deltalake import DeltaTable
@@ -168,26 +177,49 @@ def open_table(uri: str, *, version: int | None = None,
     from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 
     options = delta_options(uri, storage_options)
+    location = normalize(uri)
+    number = as_version(version)
+    if number is not None and as_of is None and number >= 0:
+        try:  # the common case: one log read
+            return DeltaTable(location, version=number, storage_options=options)
+        except DeltaTableNotFound as exc:
+            raise TableNotFoundError(f"{uri}: no Delta table here; create it with `idxlake ingest SOURCE {uri}`") \
+                from exc
+        except (DeltaError, OSError) as exc:
+            unreachable = storage_error(uri, exc)
+            if unreachable is not None:
+                raise unreachable from exc
+            # otherwise explained below, with the table's range
     try:
-        return DeltaTable(normalize(uri), version=version, storage_options=options)
+        latest = DeltaTable(location, storage_options=options)
     except DeltaTableNotFound as exc:
         raise TableNotFoundError(f"{uri}: no Delta table here; create it with `idxlake ingest SOURCE {uri}`") from exc
     except (DeltaError, OSError) as exc:
         unreachable = storage_error(uri, exc)
         if unreachable is not None:
             raise unreachable from exc
-        if version is not None:
-            raise TableNotFoundError(f"{uri}: cannot load version {version}: {one_line(exc)}") from exc
         raise TableNotFoundError(f"{uri}: cannot open Delta table: {one_line(exc)}") from exc
+    if version is None and as_of is None:
+        return latest
+    versions = version_range(uri, table=latest)
+    wanted = versions.resolve(version=version, as_of=as_of)
+    if wanted == latest.version():
+        return latest
+    try:
+        return DeltaTable(location, version=wanted, storage_options=options)
+    except DeltaError as exc:
+        raise TableNotFoundError(f"{uri}: {versions.describe()}; cannot load version {wanted}: {one_line(exc)}") \
+            from exc
 
 
-def snapshot(uri: str, *, version: int | None = None,
+def snapshot(uri: str, *, version: int | None = None, as_of: Timestamp | None = None,
              storage_options: Mapping[str, str] | None = None) -> TableSnapshot:
     """Pin a version of an idxlake table: schema, metadata and live files, from the Delta log only.
 
     Args:
         uri: Table path or URI.
         version: Version to pin; latest when ``None``.
+        as_of: Pin the latest version committed at or before this timestamp instead.
         storage_options: delta-rs storage options.
 
     Raises:
@@ -195,7 +227,7 @@ def snapshot(uri: str, *, version: int | None = None,
         SchemaMismatchError: the table does not follow the idxlake contract or uses Delta
             reader features (deletion vectors, column mapping) this reader cannot honour.
     """
-    dt = open_table(uri, version=version, storage_options=storage_options)
+    dt = open_table(uri, version=version, as_of=as_of, storage_options=storage_options)
     return snapshot_of(dt, uri=uri, storage_options=storage_options)
 
 

@@ -70,9 +70,8 @@ def test_rewrite_binary_lengths() -> None:
     sql = ("SELECT length(image) AS n, 2 * octet_length(t.\"image\"), bit_length(image) b, length(split), "
            "'length(image)'")
     out = rewrite_binary_lengths(sql, {"image"}, engine="datafusion")
-    assert out == ("SELECT (octet_length(encode(image, 'hex')) / 2) AS n, "
-                   "2 * (octet_length(encode(t.\"image\", 'hex')) / 2), "
-                   "(octet_length(encode(image, 'hex')) * 4) b, length(split), 'length(image)'")
+    assert out == ("SELECT (byte_length(image)) AS n, 2 * (byte_length(t.\"image\")), "
+                   "(byte_length(image) * 8) b, length(split), 'length(image)'")
     assert rewrite_binary_lengths("SELECT length(image) FROM t", {"image"}, engine="duckdb") == (
         'SELECT (octet_length(image)) AS "length(image)" FROM t')
 
@@ -177,7 +176,7 @@ def test_time_travel_returns_older_content(tmp_path: Path) -> None:
 def test_missing_table_and_version(tmp_path: Path, mnist_table: str) -> None:
     with pytest.raises(TableNotFoundError, match="no Delta table here"):
         query(str(tmp_path / "none"), "SELECT 1")
-    with pytest.raises(TableNotFoundError, match="cannot load version 99"):
+    with pytest.raises(TableNotFoundError, match=r"table has version 0 only \(\S+Z\); version 99 does not exist"):
         query(mnist_table, "SELECT 1", version=99)
 
 

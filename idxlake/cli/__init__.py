@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "idxlake.cli.download_cmd",
     "idxlake.cli.ingest_cmd",
     "idxlake.cli.inspect_cmd",
+    "idxlake.cli.diff_cmd",
     "idxlake.cli.train_cmd",
     "idxlake.cli.verify_cmd",
 )

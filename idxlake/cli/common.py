@@ -48,14 +48,28 @@ def non_empty(text: str) -> str:
     return text
 
 
-def add_table_options(parser: argparse.ArgumentParser, *, version: bool = True) -> None:
-    """Add ``--storage-option K=V`` (repeatable) and optionally ``--version N``."""
+def add_table_options(parser: argparse.ArgumentParser, *, version: bool = True, as_of: bool = False) -> None:
+    """Add ``--storage-option K=V`` (repeatable), optionally ``--version N`` and ``--as-of TIMESTAMP``."""
     parser.add_argument("--storage-option", action="append", metavar="K=V", default=None, type=key_value,
                         help="object-store option passed to delta-rs/pyarrow (repeatable), "
                              "e.g. AWS_ENDPOINT_URL=http://127.0.0.1:9000")
     if version:
         parser.add_argument("--version", type=int, default=None, metavar="N",
                             help="read this table version (time travel); default: latest")
+    if as_of:
+        parser.add_argument("--as-of", default=None, metavar="TIMESTAMP",
+                            help="read the version that was latest at TIMESTAMP (UTC unless it says otherwise), "
+                                 "e.g. '2026-11-24 02:41:00' or 2026-11-24T02:41:00Z; not with --version")
+
+
+def time_travel(args: argparse.Namespace) -> tuple[int | None, str | None]:
+    """``(version, as_of)`` from ``--version`` / ``--as-of`` (refusing both at once)."""
+    version, as_of = getattr(args, "version", None), getattr(args, "as_of", None)
+    if version is not None and as_of is not None:
+        from idxlake.schemas import QueryError
+
+        raise QueryError(f"give --version or --as-of, not both (got --version {version} --as-of {as_of!r})")
+    return version, as_of
 
 
 def add_json_option(parser: argparse.ArgumentParser, what: str) -> None:

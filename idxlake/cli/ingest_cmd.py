@@ -15,6 +15,7 @@ from idxlake.cli.common import (
     parse_storage_options,
     positive_int,
     storage_options,
+    time_travel,
 )
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ def register(sub: Any) -> None:
     e.add_argument("--split", action="append", default=None, help="split to export (repeatable; default all)")
     e.add_argument("--raw", action="store_true", help="write uncompressed IDX instead of .gz")
     add_json_option(e, "the files written")
-    add_table_options(e)
+    add_table_options(e, as_of=True)
     e.set_defaults(run=run_export)
 
 
@@ -130,7 +131,8 @@ def run_export(args: argparse.Namespace) -> int:
 
     if args.format == "parquet":
         return _export_parquet(args)
-    done = export(args.table, args.outdir, splits=args.split, version=args.version,
+    version, as_of = time_travel(args)
+    done = export(args.table, args.outdir, splits=args.split, version=version, as_of=as_of,
                   storage_options=storage_options(args), compress=not args.raw)
     if args.json:
         from idxlake.cli.formatting import json_document
@@ -150,7 +152,8 @@ def _export_parquet(args: argparse.Namespace) -> int:
     """``export --format parquet``: the live rows of one version as plain Parquet."""
     from idxlake.pipeline.export_parquet import export_parquet
 
-    snap = export_parquet(args.table, args.outdir, splits=args.split, version=args.version,
+    version, as_of = time_travel(args)
+    snap = export_parquet(args.table, args.outdir, splits=args.split, version=version, as_of=as_of,
                           storage_options=storage_options(args))
     if args.json:
         from idxlake.cli.formatting import json_document

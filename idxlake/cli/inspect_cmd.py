@@ -11,10 +11,33 @@ import shutil
 import sys
 from typing import Any
 
-from idxlake.cli.common import add_json_option, add_table_options, storage_options
+from idxlake.cli.common import add_json_option, add_table_options, storage_options, time_travel
 
 DEFAULT_SQL_LIMIT = 100
 """Rows printed by ``idxlake sql --format table`` unless ``--limit`` says otherwise."""
+
+DEFAULT_TIMEOUT_S = 60
+"""``--timeout`` default (keep equal to idxlake.pipeline.inspect.engines.DEFAULT_TIMEOUT_S; tested)."""
+
+DEFAULT_MEMORY_MB = 1024
+"""``--memory-mb`` default (keep equal to idxlake.pipeline.inspect.engines.DEFAULT_MEMORY_MB; tested)."""
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"must be > 0 and <= 86400 seconds, got {text}")
+    return value
+
+
+def _add_limits(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=_seconds, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"cancel the query after SECONDS (default {DEFAULT_TIMEOUT_S})")
+    p.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, metavar="MB",
+                   help=f"memory limit of the engine, and of the result, in MiB (default {DEFAULT_MEMORY_MB})")
 
 
 def _out(text: str) -> None:
@@ -26,20 +49,22 @@ def register(sub: Any) -> None:
     """Add the inspect and maintenance subcommands."""
     p = sub.add_parser("sql", help="run a read-only SQL query over a table (DataFusion or DuckDB)",
                        description="Run one read-only SQL statement (SELECT, WITH, VALUES, EXPLAIN, DESCRIBE, "
-                                   "SHOW) over the table, registered as NAME. Binary columns print as <N bytes>; "
-                                   "octet_length(image) gives byte sizes on both engines.")
+                                   "SHOW) over the table, registered as NAME. Older versions: FROM NAME VERSION AS "
+                                   "OF N, FROM NAME TIMESTAMP AS OF 'TS', NAME@vN. Binary columns print as "
+                                   "<N bytes>; octet_length(image) gives byte sizes on both engines.")
     p.add_argument("table", help="table path or URI")
     p.add_argument("query", help='SQL, e.g. "SELECT split, label, count(*) FROM mnist GROUP BY 1, 2 ORDER BY 1, 2"')
     p.add_argument("--name", default=None, help="table name in the query (default: last path component of TABLE "
                                                 "as an identifier, e.g. my-table -> my_table)")
     p.add_argument("--engine", choices=["datafusion", "duckdb"], default="datafusion",
-                   help="datafusion (default): deltalake's embedded engine over the Delta table; "
+                   help="datafusion (default): DataFusion over the Delta table; "
                         "duckdb: DuckDB over the table's Arrow dataset")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     p.add_argument("--json", dest="format", action="store_const", const="json", help="the same as --format json")
     p.add_argument("--limit", type=int, default=None, metavar="N",
                    help=f"print at most N rows (0 = all; default {DEFAULT_SQL_LIMIT} for table, all for csv/json)")
-    add_table_options(p)
+    _add_limits(p)
+    add_table_options(p, as_of=True)
     p.set_defaults(run=run_sql)
 
     p = sub.add_parser("info", help="what a table holds: schema, rows per split and label, files, lineage",
@@ -48,7 +73,7 @@ def register(sub: Any) -> None:
                                    "are verified official data, files, and the lineage of the last ingest.")
     p.add_argument("table", help="table path or URI")
     p.add_argument("--json", action="store_true", help="print the stable JSON document (see schemas/README.md)")
-    add_table_options(p)
+    add_table_options(p, as_of=True)
     p.set_defaults(run=run_info)
 
     p = sub.add_parser("history", help="table versions with timestamps, operations and lineage",
@@ -75,7 +100,8 @@ def register(sub: Any) -> None:
     p.add_argument("--engine", choices=["datafusion", "duckdb"], default="datafusion",
                    help="engine evaluating --where")
     p.add_argument("--name", default=None, help="table name usable in --where subqueries")
-    add_table_options(p)
+    _add_limits(p)
+    add_table_options(p, as_of=True)
     p.set_defaults(run=run_show)
 
     p = sub.add_parser("optimize", help="compact small files (e.g. after appends); content and id order kept",
@@ -126,8 +152,10 @@ def run_sql(args: argparse.Namespace) -> int:
         from idxlake.schemas import QueryError
 
         raise QueryError(f"--limit must be >= 0, got {limit}")
-    result = query(args.table, args.query, engine=args.engine, name=args.name, version=args.version,
-                   storage_options=storage_options(args), max_rows=limit or None)
+    version, as_of = time_travel(args)
+    result = query(args.table, args.query, engine=args.engine, name=args.name, version=version, as_of=as_of,
+                   storage_options=storage_options(args), max_rows=limit or None, timeout=args.timeout,
+                   memory_mb=args.memory_mb)
     table = display_table(result.table)
     if args.format == "csv":
         _out(csv_text(table))
@@ -146,7 +174,8 @@ def run_info(args: argparse.Namespace) -> int:
     from idxlake.cli.formatting import info_text, json_document
     from idxlake.pipeline.inspect.info import table_info
 
-    info = table_info(args.table, version=args.version, storage_options=storage_options(args))
+    version, as_of = time_travel(args)
+    info = table_info(args.table, version=version, as_of=as_of, storage_options=storage_options(args))
     _out(json_document(info) if args.json else info_text(info))
     return 0
 
@@ -175,13 +204,16 @@ def run_show(args: argparse.Namespace) -> int:
 
     if args.limit < 1 or args.scale < 1 or args.width < 1 or (args.columns is not None and args.columns < 1):
         raise QueryError("--limit, --scale, --width and --columns must be positive")
+    version, as_of = time_travel(args)
     rows, meta = select_images(args.table, split=args.split, where=args.where, limit=args.limit,
-                               engine=args.engine, name=args.name, version=args.version,
-                               storage_options=storage_options(args))
+                               engine=args.engine, name=args.name, version=version, as_of=as_of,
+                               storage_options=storage_options(args), timeout=args.timeout,
+                               memory_mb=args.memory_mb)
     if rows.num_rows == 0:
+        pinned = f"as of {as_of}" if as_of else f"version {'latest' if version is None else version}"
         where = " AND ".join(x for x in (f"split = {args.split!r}" if args.split else "", args.where or "") if x)
         raise QueryError(f"{args.table}: no rows match{' ' + where if where else ''}"
-                         f" (version {'latest' if args.version is None else args.version}); "
+                         f" ({pinned}); "
                          "widen --where or check the split with `idxlake info`")
     images = decode_images(rows.column("image"), meta)
     pixels = [display_pixels(image) for image in images]

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from idxlake.schemas import LABEL, PARTITION_BY, SPLIT, TableSnapshot, open_table, snapshot_of
+from idxlake.schemas.versions import Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -112,14 +113,15 @@ def _finite(x: float) -> float | None:
     return x if math.isfinite(x) else None
 
 
-def table_info(table: str, *, version: int | None = None,
-               storage_options: Mapping[str, str] | None = None) -> dict[str, Any]:
+def table_info(table: str, *, version: int | None = None, storage_options: Mapping[str, str] | None = None,
+               as_of: Timestamp | None = None) -> dict[str, Any]:
     """The ``info`` document of a table version (see ``schemas/README.md`` for every key).
 
     Args:
         table: Table path or URI.
         version: Version to describe; latest when ``None``.
         storage_options: Object-store options.
+        as_of: Instead of ``version``: the version that was latest at this timestamp.
 
     Returns:
         A JSON-ready dict.
@@ -129,7 +131,8 @@ def table_info(table: str, *, version: int | None = None,
         SchemaMismatchError: not an idxlake table.
     """
     latest = open_table(table, storage_options=storage_options)
-    dt = latest if version is None else open_table(table, version=version, storage_options=storage_options)
+    dt = latest if version is None and as_of is None else open_table(
+        table, version=version, as_of=as_of, storage_options=storage_options)
     snap = snapshot_of(dt, uri=table, storage_options=storage_options)
     meta = snap.meta
     protocol = dt.protocol()

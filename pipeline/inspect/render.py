@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from idxlake.pipeline.inspect.engines import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S
 from idxlake.pipeline.inspect.sql import Engine
 from idxlake.schemas import SchemaMismatchError, TableMeta, TableSnapshot
+from idxlake.schemas.versions import Timestamp
 
 logger = logging.getLogger(__name__)
 
@@ -214,19 +216,26 @@ def text_grid(pixels: Sequence[np.ndarray], captions: Sequence[Sequence[str]], *
 
 def select_images(table: str, *, split: str | None = None, where: str | None = None, limit: int = 16,
                   engine: Engine = "datafusion", name: str | None = None, version: int | None = None,
-                  storage_options: Mapping[str, str] | None = None) -> tuple[pa.Table, TableMeta]:
+                  storage_options: Mapping[str, str] | None = None, as_of: Timestamp | None = None,
+                  timeout: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
+                  ) -> tuple[pa.Table, TableMeta]:
     """The first ``limit`` rows (by split, id) matching a SQL predicate, with the table's metadata.
+
+    The predicate runs through :func:`idxlake.pipeline.inspect.sql.query`, the same read-only,
+    bounded engine path as ``idxlake sql`` (time travel clauses included).
 
     Args:
         table: Table path or URI.
         split: Keep only this split.
-        where: A SQL predicate over ``split``, ``id``, ``label`` (and ``image``), run by ``engine``;
-            it is checked like any ``idxlake sql`` statement.
+        where: A SQL predicate over ``split``, ``id``, ``label`` (and ``image``), run by ``engine``.
         limit: Maximum rows.
         engine: ``"datafusion"`` or ``"duckdb"``.
         name: Name the table is registered under in the predicate (default from the path).
         version: Table version (time travel).
         storage_options: Object-store options.
+        as_of: Instead of ``version``: the version that was latest at this timestamp.
+        timeout: Seconds before the query is cancelled.
+        memory_mb: Memory limit of the query in MiB.
 
     Returns:
         ``(rows, meta)``: a table with columns split, id, label, image.
@@ -235,8 +244,6 @@ def select_images(table: str, *, split: str | None = None, where: str | None = N
     from idxlake.pipeline.inspect.sqltext import check_identifier, table_identifier
     from idxlake.schemas import snapshot
 
-    snap = snapshot(table, version=version, storage_options=storage_options)
-    meta = snap.meta
     name = check_identifier(name) if name else table_identifier(table)
     conditions = [f"({where})"] if where and where.strip() else []
     if split is not None:
@@ -244,8 +251,10 @@ def select_images(table: str, *, split: str | None = None, where: str | None = N
     sql = (f"SELECT split, id, label FROM {name}"  # images are read by verified_images
            + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
            + f" ORDER BY split, id LIMIT {int(limit)}")
-    result = query(table, sql, engine=engine, name=name, version=version, storage_options=storage_options)
-    return verified_images(snap, result.table), meta
+    result = query(table, sql, engine=engine, name=name, version=version, as_of=as_of,
+                   storage_options=storage_options, timeout=timeout, memory_mb=memory_mb)
+    snap = snapshot(table, version=result.versions[name], storage_options=storage_options)
+    return verified_images(snap, result.table), snap.meta
 
 
 def verified_images(snap: TableSnapshot, rows: pa.Table) -> pa.Table:

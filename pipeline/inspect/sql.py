@@ -1,18 +1,14 @@
 """Read-only SQL over an idxlake table, through DataFusion (default) or DuckDB.
 
-``query(table, sql)`` registers the table under a name, checks that the statement only
-reads (:func:`idxlake.pipeline.inspect.sqltext.check_read_only`), rewrites ``length(image)``-style calls
-that the engines reject on binary columns, runs it and returns a pyarrow Table.
+``query(table, sql)`` runs one statement in three steps:
 
-Engines (:data:`ENGINES`):
-
-* ``datafusion``: deltalake's embedded ``QueryBuilder`` over the Delta table itself (any
-  Delta table, time travel through the log). Its planner rejects INSERT/UPDATE/DELETE
-  on the registered table; DDL, ``COPY`` and ``SET`` only reach its session, and are
-  refused by the guard before that.
-* ``duckdb``: an in-memory DuckDB whose only data is the table's Arrow dataset (the live
-  Parquet files of the pinned version), with file-system access disabled, and only
-  SELECT/EXPLAIN statements accepted by DuckDB's own parser.
+1. the friendly text pass (:mod:`idxlake.pipeline.inspect.sqltext`): a one-line refusal of
+   statements that obviously write, and rewrites of what the engines cannot parse: time
+   travel (``VERSION AS OF``, ``TIMESTAMP AS OF``, ``t@v3``; :mod:`idxlake.pipeline.inspect.timetravel`)
+   and ``length(image)`` on binary columns;
+2. every table version the statement reads is opened and registered as its own table;
+3. the engine plans and runs it read-only and bounded (:mod:`idxlake.pipeline.inspect.engines`:
+   this is the security boundary, not step 1).
 """
 
 from __future__ import annotations
@@ -21,22 +17,50 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from idxlake.pipeline.inspect.engines import (
+    DEFAULT_MEMORY_MB,
+    DEFAULT_TIMEOUT_S,
+    Limits,
+    Session,
+    binary_columns,
+    collect,
+    is_binary,
+    open_datafusion,
+    open_duckdb,
+)
 from idxlake.pipeline.inspect.sqltext import check_identifier, check_read_only, rewrite_binary_lengths, table_identifier
-from idxlake.schemas import IdxlakeError, QueryError
+from idxlake.pipeline.inspect.timetravel import TravelClause, rewrite_time_travel
+from idxlake.schemas import IdxlakeError, QueryError, open_table, snapshot_of
+from idxlake.schemas.versions import Timestamp, VersionRange, version_range
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
 
 logger = logging.getLogger(__name__)
 
 Engine = Literal["datafusion", "duckdb"]
 DEFAULT_ENGINE: Engine = "datafusion"
-BATCH_ROWS = 8192
 
-Runner = Callable[[str], pa.RecordBatchReader]
-Opener = Callable[..., tuple[set[str], Runner]]
+Opener = Callable[..., Session]
+
+
+def _duckdb(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: str,
+            storage_options: Mapping[str, str] | None) -> Session:
+    return open_duckdb(tables, limits, uri=uri, storage_options=storage_options)
+
+
+def _datafusion(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: str,
+                storage_options: Mapping[str, str] | None) -> Session:
+    return open_datafusion(tables, limits, uri=uri, storage_options=storage_options)
+
+
+ENGINES: dict[str, Opener] = {"datafusion": _datafusion, "duckdb": _duckdb}
+"""Engine name -> opener ``(tables, limits, *, uri, storage_options) -> Session``."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +73,7 @@ class QueryResult:
         engine: Engine that ran the statement.
         name: Name the table was registered under.
         sql: The statement as run (after rewrites).
+        versions: Registered name -> table version, for every table the statement could read.
     """
 
     table: pa.Table
@@ -56,60 +81,7 @@ class QueryResult:
     engine: str
     name: str
     sql: str
-
-
-def _binary_columns(schema: pa.Schema) -> set[str]:
-    return {f.name.lower() for f in schema if _is_binary(f.type)}
-
-
-def _is_binary(t: pa.DataType) -> bool:
-    return (pa.types.is_binary(t) or pa.types.is_large_binary(t) or pa.types.is_binary_view(t)
-            or pa.types.is_fixed_size_binary(t))
-
-
-def _open_datafusion(uri: str, name: str, *, version: int | None,
-                     storage_options: Mapping[str, str] | None) -> tuple[set[str], Runner]:
-    from deltalake import QueryBuilder
-
-    from idxlake.schemas import open_table
-
-    dt = open_table(uri, version=version, storage_options=storage_options)
-    binary = _binary_columns(pa.schema(dt.schema().to_arrow()))
-
-    def run(sql: str) -> pa.RecordBatchReader:
-        builder = QueryBuilder({"datafusion.catalog.information_schema": "true"})  # SHOW TABLES/COLUMNS
-        return pa.RecordBatchReader.from_stream(builder.register(name, dt).execute(sql))
-
-    return binary, run
-
-
-def _open_duckdb(uri: str, name: str, *, version: int | None,
-                 storage_options: Mapping[str, str] | None) -> tuple[set[str], Runner]:
-    from idxlake.schemas import snapshot
-    from idxlake.schemas.extras import require
-
-    duckdb = require("duckdb", purpose="the DuckDB engine (--engine duckdb)")
-
-    snap = snapshot(uri, version=version, storage_options=storage_options)
-    con = duckdb.connect(":memory:", config={
-        "enable_external_access": False, "autoinstall_known_extensions": False,
-        "autoload_known_extensions": False})
-    con.register(name, snap.dataset())
-    allowed = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-
-    def run(sql: str) -> pa.RecordBatchReader:
-        statements = duckdb.extract_statements(sql)
-        kinds = [s.type.name for s in statements if s.type not in allowed]
-        if len(statements) != 1 or kinds:
-            raise QueryError(f"duckdb parses this as {', '.join(kinds) or f'{len(statements)} statements'}: "
-                             "the table is read-only through `idxlake sql`; only one SELECT/EXPLAIN runs")
-        return con.sql(sql).to_arrow_reader(BATCH_ROWS)
-
-    return _binary_columns(snap.schema), run
-
-
-ENGINES: dict[str, Opener] = {"datafusion": _open_datafusion, "duckdb": _open_duckdb}
-"""Engine name -> opener ``(uri, name, *, version, storage_options) -> (binary columns, run(sql))``."""
+    versions: Mapping[str, int]
 
 
 def _one_line(exc: BaseException) -> str:
@@ -117,63 +89,84 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _hint(message: str, name: str) -> str:
-    if re.search(r"received Binary|\bBLOB\b|non.utf-?8", message, re.IGNORECASE):
+    if re.search(r"received Binary|\bBLOB\b|non.utf-?8|BinaryView", message, re.IGNORECASE):
         return (" (hint: binary columns: octet_length(image) gives the byte size, md5(image) a hash, "
                 "encode(image, 'hex') [DataFusion] or hex(image) [DuckDB] the bytes as text)")
     if re.search(r"table .*not found|table with name .* does not exist", message, re.IGNORECASE):
-        return f" (hint: the table is registered as {name!r}; --name changes it)"
+        return (f" (hint: the table is registered as {name!r}; --name changes it; older versions: "
+                f"FROM {name} VERSION AS OF N)")
     return ""
 
 
 def query(table: str, sql: str, *, engine: Engine = DEFAULT_ENGINE, name: str | None = None,
-          version: int | None = None, storage_options: Mapping[str, str] | None = None,
-          max_rows: int | None = None) -> QueryResult:
+          version: int | None = None, as_of: Timestamp | None = None,
+          storage_options: Mapping[str, str] | None = None, max_rows: int | None = None,
+          timeout: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB) -> QueryResult:
     """Run one read-only SQL statement over a table.
 
     Args:
         table: Table path or URI.
-        sql: One SELECT/WITH/VALUES/EXPLAIN/DESCRIBE/SHOW statement.
+        sql: One SELECT/WITH/VALUES/EXPLAIN/DESCRIBE/SHOW statement. ``FROM name VERSION AS OF n``,
+            ``FROM name TIMESTAMP AS OF '...'`` and ``name@v3`` read older versions.
         engine: ``"datafusion"`` or ``"duckdb"``.
         name: Name to register the table under; default: the last path component of
             ``table`` made a valid identifier (``my-table`` -> ``my_table``).
-        version: Table version to query (time travel); latest when ``None``.
+        version: Version that ``name`` itself reads (latest when ``None``).
+        as_of: Instead of ``version``: the latest version committed at or before this timestamp.
         storage_options: Object-store options.
         max_rows: Stop reading after this many rows (``None``: all).
+        timeout: Seconds before the statement is cancelled.
+        memory_mb: Memory limit of the engine, and of the result, in MiB.
 
     Returns:
         A :class:`QueryResult`.
 
     Raises:
-        QueryError: the statement is refused or the engine rejects it (its message, one line).
-        TableNotFoundError: no table or version at ``table``.
+        QueryError: the statement is refused, the engine rejects it, or it ran over a limit (one line).
+        TableNotFoundError: no table, or a version or timestamp out of the table's range.
     """
     if engine not in ENGINES:
         raise QueryError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}")
+    limits = Limits(timeout_s=timeout, memory_mb=memory_mb)
     name = check_identifier(name) if name else table_identifier(table)
     statement = check_read_only(sql)
-    binary, run = ENGINES[engine](table, name, version=version, storage_options=storage_options)
-    rewritten = rewrite_binary_lengths(statement, binary, engine=engine)
+    main = open_table(table, version=version, as_of=as_of, storage_options=storage_options)
+    versions: list[VersionRange] = []
+
+    def resolve(clause: TravelClause) -> int:
+        if not versions:
+            versions.append(version_range(table, storage_options=storage_options))
+        if clause.kind == "version":
+            assert isinstance(clause.value, int)
+            return versions[0].check_version(clause.value)
+        return versions[0].at(str(clause.value))
+
+    rewritten, travelled = rewrite_time_travel(statement, name, resolve)
+    tables: dict[str, DeltaTable] = {name: main}
+    for registered, v in travelled.items():
+        tables[registered] = main if v == main.version() else open_table(
+            table, version=v, storage_options=storage_options)
+    binary: set[str] = set()
+    for dt in tables.values():
+        binary |= binary_columns(pa.schema(dt.schema().to_arrow()))
+    rewritten = rewrite_binary_lengths(rewritten, binary, engine=engine)
     if rewritten != statement:
-        logger.debug("rewrote binary length calls: %s", rewritten)
-    batches: list[pa.RecordBatch] = []
-    rows, truncated = 0, False
+        logger.debug("rewrote the statement: %s", rewritten)
     try:
-        reader = run(rewritten)
-        for batch in reader:
-            if max_rows is not None and rows + batch.num_rows > max_rows:
-                batches.append(batch.slice(0, max_rows - rows))
-                truncated = True
-                break
-            batches.append(batch)
-            rows += batch.num_rows
-        result = pa.Table.from_batches(batches, schema=reader.schema)
+        session = ENGINES[engine](tables, limits, uri=table, storage_options=storage_options)
+        result, truncated = collect(session, rewritten, limits, max_rows=max_rows)
     except IdxlakeError:
         raise
-    except Exception as exc:  # engines raise plain Exception, DeltaError or duckdb.Error subclasses
+    except Exception as exc:  # engines raise plain Exception, ValueError or duckdb.Error subclasses
         message = _one_line(exc)
+        if re.search(r"not found|no such file", message, re.IGNORECASE):
+            for dt in tables.values():  # a vacuumed version: say so, and when
+                snap = snapshot_of(dt, uri=table, storage_options=storage_options)
+                snap.check_files(snap.files)
         raise QueryError(f"{engine}: {message}{_hint(message, name)}") from exc
     logger.debug("%s: %d rows (%s)", engine, result.num_rows, "truncated" if truncated else "complete")
-    return QueryResult(table=result, truncated=truncated, engine=engine, name=name, sql=rewritten)
+    return QueryResult(table=result, truncated=truncated, engine=engine, name=name, sql=rewritten,
+                       versions={n: dt.version() for n, dt in tables.items()})
 
 
 def summarize_binary(array: pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
@@ -197,7 +190,7 @@ def display_table(table: pa.Table) -> pa.Table:
     columns, fields = [], []
     for field, column in zip(table.schema, table.columns, strict=True):
         t = field.type
-        if _is_binary(t):
+        if is_binary(t):
             column = summarize_binary(column)
         elif pa.types.is_string_view(t):
             column = column.cast(pa.string())

@@ -1,10 +1,12 @@
-"""SQL text handling for ``idxlake sql``: a small lexer, the read-only guard and binary-length rewrites.
+"""SQL text handling for ``idxlake sql``: a small lexer, friendly refusals and binary-length rewrites.
 
-Nothing here runs SQL. The lexer is deliberately conservative: it knows single-quoted
-strings (``''`` escapes, no backslash escapes, as DataFusion and DuckDB read them),
-double-quoted and backtick identifiers, ``--`` and (non-nested) ``/* */`` comments. When
-it disagrees with an engine it sees *more* keywords than the engine does, so the guard
-errs on the side of refusing. The engines add their own checks (see :mod:`idxlake.pipeline.inspect.sql`).
+Nothing here runs SQL, and nothing here is a security boundary: read-only is enforced by
+the engines' own settings (:mod:`idxlake.pipeline.inspect.engines`). This pass only turns
+the common mistakes into a helpful one-line refusal before an engine is even opened, and
+rewrites what the engines cannot parse (``length(image)``, time travel in
+:mod:`idxlake.pipeline.inspect.timetravel`). The lexer knows single-quoted strings (``''``
+escapes, no backslash escapes, as DataFusion and DuckDB read them), double-quoted and
+backtick identifiers, ``--`` comments and nested ``/* */`` comments (both engines nest them).
 """
 
 from __future__ import annotations
@@ -85,6 +87,21 @@ def _skip_quoted(sql: str, i: int, quote: str) -> int:
         return k + 1
 
 
+def _skip_comment(sql: str, i: int) -> int:
+    """Offset after the (nested) ``/* ... */`` comment starting at ``i``."""
+    level, j, n = 0, i, len(sql)
+    while j < n:
+        if sql.startswith("/*", j):
+            level, j = level + 1, j + 2
+        elif sql.startswith("*/", j):
+            level, j = level - 1, j + 2
+            if level == 0:
+                return j
+        else:
+            j += 1
+    return n
+
+
 def tokenize(sql: str) -> list[Token]:
     """Split SQL text into tokens, dropping whitespace and comments.
 
@@ -104,8 +121,7 @@ def tokenize(sql: str) -> list[Token]:
             k = sql.find("\n", i)
             i = n if k < 0 else k + 1
         elif sql.startswith("/*", i):
-            k = sql.find("*/", i + 2)
-            i = n if k < 0 else k + 2
+            i = _skip_comment(sql, i)
         elif c == "'":
             j = _skip_quoted(sql, i, "'")
             tokens.append(Token("string", sql[i:j], i, j, depth))
@@ -204,8 +220,8 @@ def rewrite_binary_lengths(sql: str, binary_columns: set[str], *, engine: Litera
     DataFusion's ``length``/``octet_length``/``bit_length`` accept only strings (and
     ``length`` of a cast fails on non-UTF-8 bytes); DuckDB has ``octet_length`` for blobs but
     no ``length``. Calls whose single argument is a binary column (optionally qualified)
-    are rewritten to an expression each engine supports: DataFusion
-    ``(octet_length(encode(col, 'hex')) / 2)``, DuckDB ``octet_length(col)``
+    are rewritten to an expression each engine supports: DataFusion ``(byte_length(col))``
+    (a UDF registered by :mod:`idxlake.pipeline.inspect.engines`), DuckDB ``octet_length(col)``
     (``bit_length`` multiplies by 8). A call that is a whole SELECT-list item without an
     alias gets its own text as alias, so the result column is named as written.
 
@@ -241,7 +257,7 @@ def rewrite_binary_lengths(sql: str, binary_columns: set[str], *, engine: Litera
         expr = sql[arg[0].start:arg[-1].end]
         bits = tok.upper == "BIT_LENGTH"
         if engine == "datafusion":
-            new = f"(octet_length(encode({expr}, 'hex')) {'* 4' if bits else '/ 2'})"
+            new = f"(byte_length({expr}){' * 8' if bits else ''})"
         else:
             new = f"(octet_length({expr}){' * 8' if bits else ''})"
         if _bare_select_item(tokens, i, j):  # keep the column name the user wrote
