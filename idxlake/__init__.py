@@ -42,7 +42,9 @@ from idxlake.schemas.version import __version__
 
 if TYPE_CHECKING:
     from idxlake.loaders.dataset import DeltaIterableDataset
+    from idxlake.loaders.mapstyle import DeltaImageDataset
     from idxlake.loaders.train import TrainResult, train
+    from idxlake.loaders.vision import EMNIST, KMNIST, MNIST, FashionMNIST
     from idxlake.loaders.world import World
     from idxlake.pipeline.export import export
     from idxlake.pipeline.export_parquet import export_parquet
@@ -65,8 +67,13 @@ if TYPE_CHECKING:
 _LAZY: dict[str, tuple[str, str]] = {
     "DATASETS": ("idxlake.schemas.datasets", "DATASETS"),
     "DatasetSpec": ("idxlake.schemas.datasets", "DatasetSpec"),
+    "DeltaImageDataset": ("idxlake.loaders.mapstyle", "DeltaImageDataset"),
     "DeltaIterableDataset": ("idxlake.loaders.dataset", "DeltaIterableDataset"),
+    "EMNIST": ("idxlake.loaders.vision", "EMNIST"),
+    "FashionMNIST": ("idxlake.loaders.vision", "FashionMNIST"),
     "IngestResult": ("idxlake.pipeline.ingest.job", "IngestResult"),
+    "KMNIST": ("idxlake.loaders.vision", "KMNIST"),
+    "MNIST": ("idxlake.loaders.vision", "MNIST"),
     "OptimizeResult": ("idxlake.pipeline.inspect.maintenance", "OptimizeResult"),
     "QueryResult": ("idxlake.pipeline.inspect.sql", "QueryResult"),
     "TableMeta": ("idxlake.schemas.table", "TableMeta"),
@@ -95,7 +102,8 @@ _LAZY: dict[str, tuple[str, str]] = {
 }
 """Public name -> (module, attribute): the registry the facade loads from on first access."""
 
-_NEEDS_TORCH = frozenset({"DeltaIterableDataset", "TrainResult", "train"})
+_NEEDS_TORCH = frozenset({"DeltaImageDataset", "DeltaIterableDataset", "EMNIST", "FashionMNIST", "KMNIST", "MNIST",
+                          "TrainResult", "train"})
 
 __all__ = [
     "CommitConflictError",
@@ -103,11 +111,16 @@ __all__ = [
     "DATASETS",
     "DataCorruptionError",
     "DatasetSpec",
+    "DeltaImageDataset",
     "DeltaIterableDataset",
+    "EMNIST",
+    "FashionMNIST",
     "IdxFormatError",
     "IdxlakeError",
     "IngestResult",
+    "KMNIST",
     "LoaderConfigError",
+    "MNIST",
     "MaintenanceError",
     "MissingDataFileError",
     "MissingExtraError",

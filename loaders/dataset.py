@@ -16,13 +16,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow.dataset as pads
-from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
 from idxlake.loaders.filters import INT64_MAX, INT64_MIN, MAX_BATCH_SIZE, MAX_WORLD_SIZE, check_int
 from idxlake.loaders.order import EpochOrder, epoch_order, padding, rank_batches, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
+from idxlake.loaders.samples import SampleTransform, finish_batch
 from idxlake.loaders.stream import READ_THREADS, DecodeCache, Progress, WindowBuffers, consume
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot, snapshot
@@ -58,7 +59,10 @@ class DeltaIterableDataset(IterableDataset):
         world_size: Number of ranks; default from ``torch.distributed`` when initialised, else 1.
         image_dtype: ``"uint8"`` (raw), ``"float32"`` (scaled to [0, 1], then normalised with the
             table's mean/std), or ``"native"`` (the table's dtype as is).
-        transform: Callable applied to each batch dict (in the worker).
+        transform: Callable applied to each batch dict (in the worker). A torchvision random
+            transform given a batch draws ONE set of parameters for all of its images.
+        sample_transform: Callable on each image ``[C, H, W]`` (in the worker, before the
+            ``float32`` normalisation): independent randomness per sample.
         cache_bytes: Memory budget for keeping decoded row groups for later epochs (0: off). The
             cache lives in the reading process: use it with ``num_workers=0`` or persistent workers.
         prefetch: Decode the next window in background threads.
@@ -79,7 +83,8 @@ class DeltaIterableDataset(IterableDataset):
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, drop_last: bool = False,
                  rank: int | None = None, world_size: int | None = None, image_dtype: ImageDtype = "uint8",
                  transform: Callable[[Batch], Batch] | None = None, cache_bytes: int = 0,
-                 prefetch: bool = True, as_of: Timestamp | None = None) -> None:
+                 prefetch: bool = True, as_of: Timestamp | None = None,
+                 sample_transform: SampleTransform | None = None) -> None:
         super().__init__()
         check_int("batch_size", batch_size, low=1, high=MAX_BATCH_SIZE, limit="MAX_BATCH_SIZE")
         check_int("shuffle_buffer", shuffle_buffer, low=0, high=INT64_MAX // 2, limit="rows")
@@ -107,6 +112,7 @@ class DeltaIterableDataset(IterableDataset):
         self.batch_size, self.shuffle, self.seed = batch_size, bool(shuffle), int(seed)
         self.shuffle_buffer, self.drop_last, self.image_dtype = shuffle_buffer, bool(drop_last), image_dtype
         self.transform, self.cache_bytes, self.prefetch = transform, cache_bytes, prefetch
+        self.sample_transform = sample_transform
         self._rank, self._world_size = rank, world_size
         self._parent_dist: tuple[int, int] | None = None
         self._normalize = Normalizer(snap.meta) if image_dtype == "float32" else None
@@ -262,9 +268,14 @@ class DeltaIterableDataset(IterableDataset):
 
     # ----------------------------------------------------------------- iteration
     def _finish(self, batch: Batch) -> Batch:
-        if self._normalize is not None and IMAGE in batch:
-            batch[IMAGE] = self._normalize(batch[IMAGE])
-        return self.transform(batch) if self.transform is not None else batch
+        return finish_batch(batch, sample_transform=self.sample_transform, normalize=self._normalize,
+                            transform=self.transform)
+
+    def dataloader(self, *, num_workers: int = 0, pin_memory: bool = False, **kwargs: Any) -> DataLoader:
+        """A ``DataLoader`` configured for this dataset (see :func:`idxlake.loaders.factory.dataloader`)."""
+        from idxlake.loaders.factory import dataloader
+
+        return dataloader(self, num_workers=num_workers, pin_memory=pin_memory, **kwargs)
 
     def __iter__(self) -> Iterator[Batch]:
         """Start a pass over the current epoch: set up now (the pending resume is taken and
@@ -309,6 +320,6 @@ class DeltaIterableDataset(IterableDataset):
             builder, readers = self._thread_pools()
             yield from consume(order, batches, self.plan, self._reader, cache=self._cache, buffers=buffers,
                                progress=progress, builder=builder, readers=readers,
-                               finish=self._finish if self._normalize or self.transform else None)
+                               finish=self._finish)
         finally:
             self._buffers = buffers

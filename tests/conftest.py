@@ -96,6 +96,23 @@ def _no_cloud_credential_chains() -> Iterator[None]:
         yield
 
 
+RAMP = ((np.arange(28)[:, None] * 7 + np.arange(28)[None, :] * 3) % 255 + 1).astype(np.uint8)
+"""Every image of the ``ramp_table`` fixture: no zero pixel, so the offset of a zero-padded crop is unique."""
+
+
+@pytest.fixture
+def ramp_table(tmp_path: Path) -> str:
+    """A table for crop tests: 256 train + 64 test rows, all the same ramp image; labels ``i % 10``."""
+    src = tmp_path / "ramp"
+    src.mkdir()
+    for stem, n in (("train", 256), ("t10k", 64)):
+        write_idx(src / f"{stem}-images-idx3-ubyte.gz", np.broadcast_to(RAMP, (n, 28, 28)).copy())
+        write_idx(src / f"{stem}-labels-idx1-ubyte.gz", (np.arange(n) % 10).astype(np.uint8))
+    table = str(tmp_path / "ramp_table")
+    ingest(src, table, row_group_rows=64)
+    return table
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[stores.Server]:
     """A real S3 protocol server (moto, its own process) on 127.0.0.1 with bucket ``lake``."""

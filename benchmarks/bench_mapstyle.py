@@ -1,0 +1,212 @@
+"""Map-style throughput and memory: ``idxlake.MNIST`` vs the seed's hand-rolled ``Dataset``, same transforms.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench_mapstyle.py [--reps 5] [--workers 0 2] [--json out.json]
+
+Both datasets go through ``DataLoader(shuffle=True, batch_size=64)`` with the SAME transform
+object, ``Compose([ToTensor(), Normalize((0.1307,), (0.3081,))])`` written as torchvision's
+(torchvision itself does not import beside the CPU torch wheel this project pins):
+
+* ``hand-rolled``: the seed's ``MNISTFromGzip``: gzip + ``np.frombuffer`` of the bundled files
+  (``bench_loader._mnist_arrays``), then a float32 copy of all images scaled to [0, 1] kept in
+  memory; ``__getitem__`` returns ``transform(images[i]), int(labels[i])``;
+* ``hand-rolled uint8``: the same Dataset keeping the uint8 arrays (``bench_loader.py``'s
+  hand-rolled baseline): ``ToTensor`` gets a uint8 ``HxW`` array and scales it per sample;
+* ``idxlake.MNIST``: ``idxlake.MNIST(table, train=True, transform=...)`` over the real MNIST table:
+  one uint8 buffer decoded from the Delta table, ``__getitem__`` makes a PIL image (mode L), as
+  torchvision's MNIST does; ``idxlake.MNIST numpy``: the same with ``image_type="numpy"`` (a uint8
+  ``HxW`` array per sample, which ``ToTensor`` scales).
+
+Samples/s is the median over ``--reps`` shuffled epochs of the train split (60000 rows), the two
+datasets interleaved epoch by epoch in one process so machine noise hits both alike, for each
+``--workers`` count (forked workers; the workers are not persistent, as in the seed's loop). Peak RSS
+is measured in a fresh subprocess per configuration (construction + one epoch): the main process's
+``VmHWM`` and the largest worker's ``ru_maxrss`` (which counts pages shared with the parent); with
+workers, also the largest worker's private memory (USS) after a full epoch: what a worker costs
+beyond what it shares.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_loader import _mnist_arrays, _peak_rss_mb  # the existing hand-rolled baseline's reader
+
+KINDS = ("hand-rolled", "hand-rolled uint8", "idxlake.MNIST", "idxlake.MNIST numpy")
+
+
+class ToTensor:
+    """torchvision's ``ToTensor``: PIL or ``HxW[xC]`` array -> float ``[C, H, W]``; uint8 scaled to [0, 1]."""
+
+    def __call__(self, pic: Any) -> Any:
+        import numpy as np
+        import torch
+
+        array = np.array(pic, dtype=np.uint8, copy=True) if not isinstance(pic, np.ndarray) else pic
+        if array.ndim == 2:
+            array = array[:, :, None]
+        tensor = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        return tensor.to(torch.float32).div(255) if tensor.dtype == torch.uint8 else tensor
+
+
+class Normalize:
+    """torchvision's ``Normalize`` (not in place)."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        import torch
+
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __call__(self, tensor: Any) -> Any:
+        return (tensor - self.mean) / self.std
+
+
+class Compose:
+    def __init__(self, transforms: Sequence[Callable[[Any], Any]]) -> None:
+        self.transforms = transforms
+
+    def __call__(self, x: Any) -> Any:
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+
+TRANSFORM = Compose([ToTensor(), Normalize((0.1307,), (0.3081,))])
+
+
+def make_dataset(kind: str, table: str) -> Any:
+    """The dataset of ``kind`` over the bundled train split."""
+    import numpy as np
+    from torch.utils.data import Dataset
+
+    if kind.startswith("hand-rolled"):
+        from idxlake.pipeline.ingest.sources import bundled_mnist
+
+        class MNISTFromGzip(Dataset):
+            def __init__(self, root: Path, transform: Callable[[Any], Any]) -> None:
+                images, labels = _mnist_arrays(root)
+                # the seed's float32 copy of everything, or (uint8) bench_loader's baseline keeping the bytes
+                self.images = images if kind.endswith("uint8") else images.astype(np.float32) / 255
+                self.labels = labels.astype(np.int64)
+                self.transform = transform
+
+            def __len__(self) -> int:
+                return len(self.images)
+
+            def __getitem__(self, i: int) -> tuple[Any, int]:
+                return self.transform(self.images[i]), int(self.labels[i])
+
+        return MNISTFromGzip(bundled_mnist(), TRANSFORM)
+    import idxlake
+
+    return idxlake.MNIST(table, train=True, transform=TRANSFORM, image_type="numpy" if "numpy" in kind else "pil")
+
+
+def one_epoch(ds: Any, workers: int) -> int:
+    from torch.utils.data import DataLoader
+
+    return sum(len(y) for _, y in DataLoader(ds, batch_size=64, shuffle=True, num_workers=workers))
+
+
+def _uss_mb(pid: int) -> float:
+    text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    return sum(int(line.split()[1]) for line in text.splitlines()
+               if line.startswith(("Private_Clean", "Private_Dirty"))) / 1024
+
+
+def peak_rss(kind: str, table: str, workers: int) -> dict[str, float]:
+    """Child mode: build ``kind``, run one epoch; peak RSS of this process and of its workers."""
+    from torch.utils.data import DataLoader
+
+    ds = make_dataset(kind, table)
+    uss = 0.0
+    if workers:
+        loader = DataLoader(ds, batch_size=64, shuffle=True, num_workers=workers, persistent_workers=True)
+        it = iter(loader)
+        for _ in it:
+            pass
+        uss = max(_uss_mb(w.pid) for w in it._workers)  # still alive (persistent): after a full epoch
+        del it, loader
+    else:
+        one_epoch(ds, 0)
+    import gc
+
+    gc.collect()
+    me, kids = _peak_rss_mb()
+    return {"rss_mb": me, "worker_rss_mb": kids if workers else 0.0, "worker_uss_mb": uss}
+
+
+def throughput(table: str, workers: int, reps: int) -> dict[str, float]:
+    """Median samples/s per kind, the kinds interleaved epoch by epoch (first epoch: warm-up)."""
+    datasets = {kind: make_dataset(kind, table) for kind in KINDS}
+    rates: dict[str, list[float]] = {kind: [] for kind in KINDS}
+    for rep in range(reps + 1):
+        for kind, ds in datasets.items():
+            start = time.perf_counter()
+            n = one_epoch(ds, workers)
+            if rep:
+                rates[kind].append(n / (time.perf_counter() - start))
+    return {kind: statistics.median(r) for kind, r in rates.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--reps", type=int, default=5, help="measured epochs per point (median)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 2])
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--rss", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.rss:
+        job = json.loads(args.rss)
+        print(json.dumps(peak_rss(job["kind"], job["table"], job["workers"])))
+        return 0
+    import idxlake
+
+    results: dict[str, Any] = {"cpus": os.cpu_count(), "load": os.getloadavg()[0], "rates": {}, "rss": {}}
+    with tempfile.TemporaryDirectory(prefix="bench_mapstyle_") as tmp:
+        table = str(Path(tmp) / "mnist")
+        idxlake.ingest(None, table)
+        for workers in args.workers:
+            for kind in KINDS:
+                job = json.dumps({"kind": kind, "table": table, "workers": workers})
+                proc = subprocess.run([sys.executable, __file__, "--rss", job], capture_output=True, text=True,
+                                      check=False)
+                if proc.returncode:
+                    print(f"{kind}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+                    return 1
+                results["rss"][f"{kind}, {workers} workers"] = json.loads(proc.stdout.strip().splitlines()[-1])
+            results["rates"][str(workers)] = throughput(table, workers, args.reps)
+            print(f"  {workers} workers: " + ", ".join(f"{k} {v:,.0f}/s" for k, v in
+                                                      results["rates"][str(workers)].items()), flush=True)
+    print(f"\n{results['cpus']} CPUs, load average {results['load']:.1f} at the start (a shared machine)")
+    print("\n| workers | dataset | samples/s | vs hand-rolled (float32) | peak RSS MB | worker peak RSS MB "
+          "| worker USS MB |")
+    print("|---|---|---|---|---|---|---|")
+    for workers in args.workers:
+        rates = results["rates"][str(workers)]
+        for kind in KINDS:
+            rss = results["rss"][f"{kind}, {workers} workers"]
+            kids = f"{rss['worker_rss_mb']:.0f}" if workers else "-"
+            uss = f"{rss['worker_uss_mb']:.0f}" if workers else "-"
+            print(f"| {workers} | {kind} | {rates[kind]:,.0f} | {rates[kind] / rates['hand-rolled']:.2f}x "
+                  f"| {rss['rss_mb']:.0f} | {kids} | {uss} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

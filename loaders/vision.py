@@ -1,0 +1,119 @@
+"""Drop-in names for torchvision users: ``MNIST``, ``FashionMNIST``, ``KMNIST``, ``EMNIST`` over a table.
+
+``torchvision.datasets.MNIST(root, train=True, transform=...)`` becomes
+``idxlake.MNIST(table, train=True, transform=...)``: the same ``(PIL image, int)`` samples,
+``.data``, ``.targets``, ``.classes``, read from a table written by ``idxlake ingest``. Each
+name checks that the table holds its dataset (the dataset name in the table metadata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+from idxlake.loaders.mapstyle import DEFAULT_MAX_BYTES, DeltaImageDataset, ImageType
+from idxlake.schemas import DATASETS, LoaderConfigError, TableSnapshot, snapshot
+
+EMNIST_SPLITS: tuple[str, ...] = ("byclass", "bymerge", "balanced", "letters", "digits", "mnist")
+"""torchvision's EMNIST ``split`` names; the table's dataset is ``emnist-<split>``."""
+
+
+def _title(name: str) -> str:
+    spec = DATASETS.get(name)
+    return f"{name!r} ({spec.title})" if spec is not None else repr(name)
+
+
+def _pinned(table: str | TableSnapshot, version: int | None,
+            storage_options: Mapping[str, str] | None) -> TableSnapshot:
+    return table if isinstance(table, TableSnapshot) else snapshot(
+        table, version=version, storage_options=storage_options)
+
+
+def check_dataset(snap: TableSnapshot, expected: str, constructor: str) -> None:
+    """Raise unless the table at ``snap`` holds the registered dataset ``expected``.
+
+    Raises:
+        LoaderConfigError: naming what the table holds and what was expected.
+    """
+    held = snap.meta.dataset
+    if held == expected:
+        return
+    known = {"mnist": "idxlake.MNIST", "fashion-mnist": "idxlake.FashionMNIST", "kmnist": "idxlake.KMNIST"}
+    hint = known.get(held) or (f"idxlake.EMNIST(split={held.removeprefix('emnist-')!r})"
+                               if held.startswith("emnist-") else "idxlake.DeltaImageDataset")
+    raise LoaderConfigError(
+        f"{snap.uri}@v{snap.version}: {constructor} needs a table of {_title(expected)}, but this table holds "
+        f"{_title(held)}; read it with {hint}(...), or ingest {expected} into another table "
+        f"(idxlake ingest SOURCE TABLE --dataset {expected})")
+
+
+class _Named(DeltaImageDataset):
+    """A :class:`DeltaImageDataset` over the ``train`` or ``test`` split of one registered dataset."""
+
+    DATASET: ClassVar[str] = ""
+
+    def __init__(self, table: str | TableSnapshot, *, train: bool = True,
+                 transform: Callable[[Any], Any] | None = None,
+                 target_transform: Callable[[Any], Any] | None = None, version: int | None = None,
+                 storage_options: Mapping[str, str] | None = None, image_type: ImageType = "pil",
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._init_named(table, self.DATASET, train=train, transform=transform, target_transform=target_transform,
+                         version=version, storage_options=storage_options, image_type=image_type,
+                         max_bytes=max_bytes)
+
+    def _init_named(self, table: str | TableSnapshot, dataset: str, *, train: bool,
+                    transform: Callable[[Any], Any] | None, target_transform: Callable[[Any], Any] | None,
+                    version: int | None, storage_options: Mapping[str, str] | None, image_type: ImageType,
+                    max_bytes: int) -> None:
+        snap = _pinned(table, version, storage_options)
+        check_dataset(snap, dataset, f"idxlake.{type(self).__name__}")
+        self.train = bool(train)
+        super().__init__(snap, split="train" if train else "test", transform=transform,
+                         target_transform=target_transform, version=version, image_type=image_type,
+                         max_bytes=max_bytes)
+
+
+class MNIST(_Named):
+    """``torchvision.datasets.MNIST`` over an idxlake table of MNIST (``train=True``: 60000 rows,
+    ``False``: 10000). See :class:`DeltaImageDataset` for the arguments."""
+
+    DATASET = "mnist"
+
+
+class FashionMNIST(_Named):
+    """``torchvision.datasets.FashionMNIST`` over an idxlake table of Fashion-MNIST."""
+
+    DATASET = "fashion-mnist"
+
+
+class KMNIST(_Named):
+    """``torchvision.datasets.KMNIST`` over an idxlake table of Kuzushiji-MNIST."""
+
+    DATASET = "kmnist"
+
+
+class EMNIST(_Named):
+    """``torchvision.datasets.EMNIST(split=...)`` over an idxlake table of that EMNIST variant.
+
+    Images are upright, as torchvision's (ingest stores EMNIST's transposed records upright).
+
+    Args:
+        table: Table path or URI, or a pinned :class:`~idxlake.schemas.TableSnapshot`.
+        split: One of :data:`EMNIST_SPLITS`; the table must hold ``emnist-<split>``.
+        train: The ``train`` split, else ``test``.
+
+    Raises:
+        LoaderConfigError: an unknown ``split``, or a table of another dataset.
+    """
+
+    def __init__(self, table: str | TableSnapshot, *, split: str, train: bool = True,
+                 transform: Callable[[Any], Any] | None = None,
+                 target_transform: Callable[[Any], Any] | None = None, version: int | None = None,
+                 storage_options: Mapping[str, str] | None = None, image_type: ImageType = "pil",
+                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        if split not in EMNIST_SPLITS:
+            raise LoaderConfigError(f"EMNIST split must be one of {list(EMNIST_SPLITS)}, got {split!r}")
+        self.split = split
+        self._init_named(table, f"emnist-{split}", train=train, transform=transform,
+                         target_transform=target_transform, version=version, storage_options=storage_options,
+                         image_type=image_type, max_bytes=max_bytes)
