@@ -47,8 +47,10 @@ if TYPE_CHECKING:
     from idxlake.loaders.vision import EMNIST, KMNIST, MNIST, FashionMNIST
     from idxlake.loaders.world import World
     from idxlake.pipeline.export import export
+    from idxlake.pipeline.export_parquet import export_parquet
     from idxlake.pipeline.idx.read import read_idx
     from idxlake.pipeline.idx.write import write_idx
+    from idxlake.pipeline.ingest.download import download
     from idxlake.pipeline.ingest.job import IngestResult, ingest
     from idxlake.pipeline.inspect.ddl import spark_ddl
     from idxlake.pipeline.inspect.diff import table_diff as diff
@@ -80,7 +82,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "VacuumResult": ("idxlake.pipeline.inspect.maintenance", "VacuumResult"),
     "World": ("idxlake.loaders.world", "World"),
     "diff": ("idxlake.pipeline.inspect.diff", "table_diff"),
+    "download": ("idxlake.pipeline.ingest.download", "download"),
     "export": ("idxlake.pipeline.export", "export"),
+    "export_parquet": ("idxlake.pipeline.export_parquet", "export_parquet"),
     "get_dataset": ("idxlake.schemas.datasets", "get_dataset"),
     "history": ("idxlake.pipeline.inspect.info", "table_history"),
     "info": ("idxlake.pipeline.inspect.info", "table_info"),
@@ -135,7 +139,9 @@ __all__ = [
     "World",
     "__version__",
     "diff",
+    "download",
     "export",
+    "export_parquet",
     "get_dataset",
     "history",
     "info",

@@ -4,7 +4,8 @@
   sampler given to the DataLoader is refused with what to set on the dataset instead);
   the map-style dataset gets ``batch_size=64, shuffle=True`` unless told otherwise;
 * ``persistent_workers`` when there are workers (the dataset's per-process state survives epochs);
-* a multiprocessing start method that works for the table's storage (:data:`WORKER_CONTEXTS`):
+* a multiprocessing start method that works for the table's storage (the storage layer's
+  :func:`idxlake.schemas.worker_context`, the one registry of it):
   forked workers are fine for local files, S3 and GCS (each process creates its own pyarrow
   filesystem), but pyarrow's Azure client aborts in a forked child, so Azure uses ``forkserver``;
 * :func:`~idxlake.loaders.samples.seed_worker` as ``worker_init_fn``, so per-sample random
@@ -17,21 +18,13 @@ import functools
 import multiprocessing
 import sys
 from typing import Any
-from urllib.parse import urlparse
 
 from torch.utils.data import DataLoader, Dataset
 
 from idxlake.loaders.samples import seed_worker
 from idxlake.loaders.world import World
 from idxlake.schemas import LoaderConfigError, TableSnapshot
-
-WORKER_CONTEXTS: dict[str, str] = {
-    "": "fork", "file": "fork", "s3": "fork", "s3a": "fork",
-    "az": "forkserver", "abfs": "forkserver", "abfss": "forkserver", "adl": "forkserver",
-    "gs": "fork", "gcs": "fork",
-}
-"""URI scheme of a table -> the DataLoader worker start method its storage client tolerates (the
-pyarrow filesystem is created per process, after the fork). Unknown schemes get ``spawn``."""
+from idxlake.schemas import worker_context as storage_worker_context
 
 MAPSTYLE_DEFAULTS: dict[str, Any] = {"batch_size": 64, "shuffle": True}
 """DataLoader arguments the map-style dataset gets unless the caller passes them."""
@@ -53,8 +46,7 @@ def worker_context(uri: str) -> str | None:
         ``"fork"``, ``"forkserver"`` or ``"spawn"``, or ``None`` (the platform's default) where
         fork is preferred but the platform does not default to it (macOS, Windows).
     """
-    scheme = urlparse(uri).scheme.lower() if "://" in uri else ""
-    method = WORKER_CONTEXTS.get(scheme, "spawn")
+    method = storage_worker_context(uri)
     available = multiprocessing.get_all_start_methods()
     if method == "fork" and (sys.platform != "linux" or "fork" not in available):
         return None

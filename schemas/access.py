@@ -15,13 +15,22 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from idxlake.schemas.errors import MissingDataFileError, NotATableError, SchemaMismatchError, TableNotFoundError
+from idxlake.schemas.storage import (
+    delta_options,
+    fs_path,
+    normalize,
+    one_line,
+    pyarrow_filesystem,
+    storage_error,
+    store_of,
+)
 from idxlake.schemas.table import SPLIT, TableMeta, meta_from_schema
 from idxlake.schemas.versions import Timestamp, as_version, version_range
 
@@ -29,70 +38,6 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
 
 logger = logging.getLogger(__name__)
-
-
-def _opt(options: Mapping[str, str], *names: str) -> str | None:
-    lowered = {k.lower(): v for k, v in options.items()}
-    for name in names:
-        if name.lower() in lowered:
-            return lowered[name.lower()]
-    return None
-
-
-def pyarrow_filesystem(uri: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
-    """Map a table or file URI (and delta-rs style storage options) to a pyarrow filesystem.
-
-    Args:
-        uri: Local path, ``file://`` URI or ``s3://bucket/key`` URI.
-        storage_options: delta-rs storage options (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
-            ``AWS_SECRET_ACCESS_KEY``, ``AWS_REGION``, ``AWS_ALLOW_HTTP``...), any case.
-
-    Returns:
-        ``(filesystem, path)`` where ``path`` is ``uri`` in that filesystem's terms.
-    """
-    parsed = urlparse(uri)
-    if parsed.scheme in ("s3", "s3a"):
-        return _s3_filesystem(storage_options), fs_path(uri)
-    if parsed.scheme in ("", "file"):
-        return pafs.LocalFileSystem(), fs_path(uri)
-    fs, path = pafs.FileSystem.from_uri(uri)
-    return fs, path
-
-
-def fs_path(uri: str) -> str:
-    """``uri`` in the terms of its pyarrow filesystem (``bucket/key`` for S3, a path locally)."""
-    parsed = urlparse(uri)
-    if parsed.scheme in ("s3", "s3a"):
-        return f"{parsed.netloc}{unquote(parsed.path)}"
-    if parsed.scheme == "file":
-        return unquote(parsed.path)
-    if parsed.scheme == "":
-        return uri
-    return pafs.FileSystem.from_uri(uri)[1]
-
-
-def _s3_filesystem(storage_options: Mapping[str, str] | None) -> pafs.S3FileSystem:
-    """A pyarrow S3 filesystem configured from delta-rs style options."""
-    opts = dict(storage_options or {})
-    endpoint = _opt(opts, "AWS_ENDPOINT_URL", "AWS_ENDPOINT", "endpoint", "endpoint_url")
-    allow_http = (_opt(opts, "AWS_ALLOW_HTTP", "allow_http") or "").lower() == "true"
-    kwargs: dict[str, object] = {}
-    if endpoint:
-        ep = urlparse(endpoint)
-        kwargs["endpoint_override"] = ep.netloc or ep.path
-        kwargs["scheme"] = ep.scheme or ("http" if allow_http else "https")
-    key = _opt(opts, "AWS_ACCESS_KEY_ID", "access_key_id")
-    secret = _opt(opts, "AWS_SECRET_ACCESS_KEY", "secret_access_key")
-    if key and secret:
-        kwargs["access_key"] = key
-        kwargs["secret_key"] = secret
-        token = _opt(opts, "AWS_SESSION_TOKEN", "session_token")
-        if token:
-            kwargs["session_token"] = token
-    region = _opt(opts, "AWS_REGION", "AWS_DEFAULT_REGION", "region")
-    if region:
-        kwargs["region"] = region
-    return pafs.S3FileSystem(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -202,7 +147,7 @@ def check_not_a_file(uri: str) -> None:
     Raises:
         NotATableError: ``uri`` names an existing local file.
     """
-    if urlparse(uri).scheme in ("", "file") and os.path.isfile(fs_path(uri)):
+    if store_of(uri).name == "local" and os.path.isfile(fs_path(uri)):
         raise NotATableError(f"{uri}: is a file, not a Delta table (a table is a directory holding _delta_log/); "
                              "give a directory path")
 
@@ -231,22 +176,29 @@ def open_table(uri: str, *, version: int | None = None, as_of: Timestamp | None 
     from deltalake.exceptions import DeltaError
     from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
 
-    options = dict(storage_options) if storage_options else None
+    options = delta_options(uri, storage_options)
+    location = normalize(uri)
     number = as_version(version)
     if number is not None and as_of is None and number >= 0:
         try:  # the common case: one log read
-            return DeltaTable(uri, version=number, storage_options=options)
+            return DeltaTable(location, version=number, storage_options=options)
         except DeltaTableNotFound as exc:
             raise TableNotFoundError(f"{uri}: no Delta table here; create it with `idxlake ingest SOURCE {uri}`") \
                 from exc
-        except DeltaError:
-            pass  # explained below, with the table's range
+        except (DeltaError, OSError) as exc:
+            unreachable = storage_error(uri, exc)
+            if unreachable is not None:
+                raise unreachable from exc
+            # otherwise explained below, with the table's range
     try:
-        latest = DeltaTable(uri, storage_options=options)
+        latest = DeltaTable(location, storage_options=options)
     except DeltaTableNotFound as exc:
         raise TableNotFoundError(f"{uri}: no Delta table here; create it with `idxlake ingest SOURCE {uri}`") from exc
-    except DeltaError as exc:
-        raise TableNotFoundError(f"{uri}: cannot open Delta table: {exc}") from exc
+    except (DeltaError, OSError) as exc:
+        unreachable = storage_error(uri, exc)
+        if unreachable is not None:
+            raise unreachable from exc
+        raise TableNotFoundError(f"{uri}: cannot open Delta table: {one_line(exc)}") from exc
     if version is None and as_of is None:
         return latest
     versions = version_range(uri, table=latest)
@@ -254,9 +206,10 @@ def open_table(uri: str, *, version: int | None = None, as_of: Timestamp | None 
     if wanted == latest.version():
         return latest
     try:
-        return DeltaTable(uri, version=wanted, storage_options=options)
+        return DeltaTable(location, version=wanted, storage_options=options)
     except DeltaError as exc:
-        raise TableNotFoundError(f"{uri}: {versions.describe()}; cannot load version {wanted}: {exc}") from exc
+        raise TableNotFoundError(f"{uri}: {versions.describe()}; cannot load version {wanted}: {one_line(exc)}") \
+            from exc
 
 
 def snapshot(uri: str, *, version: int | None = None, as_of: Timestamp | None = None,

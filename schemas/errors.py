@@ -61,6 +61,22 @@ class CommitConflictError(IdxlakeError, RuntimeError):
     """Another writer committed to the table while this write was running; nothing was written."""
 
 
+class StorageConfigError(IdxlakeError, ValueError):
+    """A table or source location cannot be used as given: unknown scheme, unknown or unusable option."""
+
+
+class StorageUnreachableError(IdxlakeError, RuntimeError):
+    """The storage behind a location did not answer (endpoint down, wrong port, no network)."""
+
+
+class DownloadError(IdxlakeError, RuntimeError):
+    """A download failed on every mirror (no network, HTTP errors, cut connections)."""
+
+
+class ChecksumMismatchError(DownloadError):
+    """Downloaded bytes do not match the registry's hashes; nothing was kept."""
+
+
 class DataCorruptionError(IdxlakeError, RuntimeError):
     """Stored data does not read back as written: a page checksum, a footer or a content hash failed,
     or a committed version references files that are gone. The message names table, version and file."""

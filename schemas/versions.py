@@ -159,8 +159,10 @@ def version_range(uri: str, *, table: DeltaTable | None = None,
         from deltalake import DeltaTable
         from deltalake.exceptions import DeltaError
 
+        from idxlake.schemas.storage import delta_options, normalize
+
         try:
-            table = DeltaTable(uri, storage_options=dict(storage_options) if storage_options else None)
+            table = DeltaTable(normalize(uri), storage_options=delta_options(uri, storage_options))
         except DeltaError as exc:
             raise TableNotFoundError(f"{uri}: no Delta table here ({exc})") from exc
     return range_of(uri, table.history())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import stores
 
 from idxlake import ingest, write_idx
 from idxlake.pipeline.ingest.sources import bundled_mnist
@@ -84,6 +85,17 @@ def mnist_table(tmp_path_factory: pytest.TempPathFactory) -> str:
     return table
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_cloud_credential_chains() -> Iterator[None]:
+    """Keep every cloud credential chain (instance metadata, profiles, Azure identity) off the network."""
+    with pytest.MonkeyPatch.context() as mp:
+        for name in stores.CLOUD_ENV_UNSET:
+            mp.delenv(name, raising=False)
+        for name, value in stores.CLOUD_ENV_OFF.items():
+            mp.setenv(name, value)
+        yield
+
+
 RAMP = ((np.arange(28)[:, None] * 7 + np.arange(28)[None, :] * 3) % 255 + 1).astype(np.uint8)
 """Every image of the ``ramp_table`` fixture: no zero pixel, so the offset of a zero-padded crop is unique."""
 
@@ -102,40 +114,33 @@ def ramp_table(tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[dict[str, str]]:
-    """A real S3 protocol server (moto, its own process) on 127.0.0.1 with bucket ``lake``.
+def s3_server() -> Iterator[stores.Server]:
+    """A real S3 protocol server (moto, its own process) on 127.0.0.1 with bucket ``lake``."""
+    server = stores.start_moto()
+    yield server
+    server.stop()
 
-    Yields the delta-rs style storage options that reach it.
-    """
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
 
-    import boto3
+@pytest.fixture(scope="session")
+def s3_endpoint(s3_server: stores.Server) -> dict[str, str]:
+    """The delta-rs style storage options that reach :func:`s3_server`."""
+    return dict(s3_server.options)
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
-            break
-        except OSError:
-            if time.monotonic() > deadline or server.poll() is not None:
-                server.kill()
-                raise RuntimeError("moto S3 server did not start") from None
-            time.sleep(0.1)
-    options = {
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true",
-    }
-    boto3.client("s3", endpoint_url=options["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                 aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="lake")
-    yield options
-    server.terminate()
-    server.wait(timeout=10)
+
+@pytest.fixture(scope="session")
+def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stores.Server]:
+    """Azurite (Azure Blob emulator, npm) on 127.0.0.1 with container ``lake``; sets AZURITE_BLOB_STORAGE_URL."""
+    server = stores.start_azurite(tmp_path_factory.mktemp("azurite"))
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in server.env.items():
+            mp.setenv(name, value)
+        yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stores.Server]:
+    """fake-gcs-server (GCS JSON API emulator) on 127.0.0.1 with bucket ``lake``."""
+    server = stores.start_fake_gcs(tmp_path_factory.mktemp("gcs"))
+    yield server
+    server.stop()

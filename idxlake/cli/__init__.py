@@ -19,6 +19,7 @@ from idxlake.cli.messages import CleanFormatter, StderrHandler, one_line, strip_
 from idxlake.schemas import IdxlakeError
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "idxlake.cli.download_cmd",
     "idxlake.cli.ingest_cmd",
     "idxlake.cli.inspect_cmd",
     "idxlake.cli.diff_cmd",

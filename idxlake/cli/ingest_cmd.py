@@ -10,7 +10,9 @@ from idxlake.cli.common import (
     add_json_option,
     add_table_options,
     is_tty,
+    key_value,
     non_empty,
+    parse_storage_options,
     positive_int,
     storage_options,
     time_travel,
@@ -41,16 +43,24 @@ def register(sub: Any) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--allow-duplicate", action="store_true",
                    help="with --mode append: add files the split already holds (refused by default)")
+    p.add_argument("--source-option", action="append", metavar="K=V", default=None, type=key_value,
+                   help="storage option for a SOURCE on an object store (repeatable; default: the table's "
+                        "--storage-option values when both are on the same store)")
     add_json_option(p, "the ingest summary")
     add_table_options(p, version=False)
     p.set_defaults(run=run_ingest)
 
-    e = sub.add_parser("export", help="write a table back to IDX .gz files (byte-identical content)",
+    e = sub.add_parser("export", help="write a table back to IDX .gz files (byte-identical content), "
+                                      "or as a plain-Parquet snapshot of one version",
                        description="Write each split of a table version back to IDX files (the canonical file "
                                    "names for registered datasets), streaming one row group at a time. The "
-                                   "uncompressed content is byte-identical to the ingested sources.")
+                                   "uncompressed content is byte-identical to the ingested sources. With "
+                                   "--format parquet: the live rows of one version as plain Parquet (same columns, "
+                                   "field metadata and row groups), for readers without Delta support.")
     e.add_argument("table", help="table path or URI")
     e.add_argument("outdir", help="directory to write the IDX files into (created if missing)")
+    e.add_argument("--format", choices=["idx", "parquet"], default="idx",
+                   help="idx (default): IDX files; parquet: a plain-Parquet snapshot of one version")
     e.add_argument("--split", action="append", default=None, help="split to export (repeatable; default all)")
     e.add_argument("--raw", action="store_true", help="write uncompressed IDX instead of .gz")
     add_json_option(e, "the files written")
@@ -77,7 +87,8 @@ def run_ingest(args: argparse.Namespace) -> int:
         kwargs["on_total"] = lambda total: setattr(bar, "total", total)
     try:
         result = ingest(source, table, dataset=args.dataset, mode=args.mode,
-                        storage_options=storage_options(args), allow_duplicate=args.allow_duplicate, **kwargs)
+                        storage_options=storage_options(args), allow_duplicate=args.allow_duplicate,
+                        source_storage_options=parse_storage_options(args.source_option), **kwargs)
     finally:
         if bar is not None:
             bar.close()
@@ -115,9 +126,11 @@ def ingest_document(result: IngestResult) -> dict[str, Any]:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    """Export a table to IDX files."""
+    """Export a table to IDX files or a plain-Parquet snapshot."""
     from idxlake.pipeline.export import export
 
+    if args.format == "parquet":
+        return _export_parquet(args)
     version, as_of = time_travel(args)
     done = export(args.table, args.outdir, splits=args.split, version=version, as_of=as_of,
                   storage_options=storage_options(args), compress=not args.raw)
@@ -132,4 +145,23 @@ def run_export(args: argparse.Namespace) -> int:
         check = ("sha256 equals the ingested sources" if d.verified
                  else "not compared: the split has no single ingested source pair")
         print(f"{d.split}: {d.rows:,} rows -> {d.images} , {d.labels} ({check})")
+    return 0
+
+
+def _export_parquet(args: argparse.Namespace) -> int:
+    """``export --format parquet``: the live rows of one version as plain Parquet."""
+    from idxlake.pipeline.export_parquet import export_parquet
+
+    version, as_of = time_travel(args)
+    snap = export_parquet(args.table, args.outdir, splits=args.split, version=version, as_of=as_of,
+                          storage_options=storage_options(args))
+    if args.json:
+        from idxlake.cli.formatting import json_document
+
+        sys.stdout.write(json_document({"table": args.table, "outdir": str(args.outdir), "version": snap.version,
+                                        "format": "parquet", "files": list(snap.files), "rows": dict(snap.rows),
+                                        "row_groups": snap.row_groups}))
+        return 0
+    rows = ", ".join(f"{split} {n:,}" for split, n in snap.rows.items())
+    print(f"version {snap.version}: {rows} rows in {len(snap.files)} files, {snap.row_groups} row groups -> {snap.out}")
     return 0

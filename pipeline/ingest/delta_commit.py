@@ -41,7 +41,12 @@ from idxlake.schemas import (
     SPLIT,
     CommitConflictError,
     DataCorruptionError,
+    StorageConfigError,
     TableNotFoundError,
+    check_writable,
+    delta_options,
+    fuse_hint,
+    normalize,
     open_table,
     pyarrow_filesystem,
 )
@@ -198,6 +203,7 @@ def open_pending(table: str, storage_options: Mapping[str, str] | None) -> Pendi
 
     Leaving the block with an error deletes the files, unless the commit had already landed.
     """
+    check_writable(table, storage_options)
     fs, root = pyarrow_filesystem(table, storage_options)
     root = root.rstrip("/")
     existed = not isinstance(fs, pafs.LocalFileSystem) or os.path.isdir(root)
@@ -245,9 +251,9 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
         if mode == "create":
             try:
                 create_table_with_add_actions(
-                    table, Schema.from_arrow(schema), pending.actions, mode="error",
+                    normalize(table), Schema.from_arrow(schema), pending.actions, mode="error",
                     partition_by=list(PARTITION_BY), name=name, description=description,
-                    storage_options=dict(storage_options) if storage_options else None, commit_properties=props)
+                    storage_options=delta_options(table, storage_options), commit_properties=props)
             except DeltaError as exc:
                 if "exist" in str(exc).lower():
                     raise CommitConflictError(f"{table}: another writer created the table meanwhile; nothing "
@@ -272,6 +278,8 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
     except BaseException as exc:  # the call failed, but the commit may have landed: ask the log
         version = find_commit(table, txn, after=read_version, storage_options=storage_options)
         if version is None:
+            if isinstance(exc, Exception):
+                _raise_without_hard_links(table, exc)
             raise
         logger.warning("%s: the commit landed as version %d although the call reported an error (%s: %s)",
                        table, version, type(exc).__name__, exc)
@@ -283,6 +291,13 @@ def commit(table: str, dt: Any, pending: PendingFiles, *, schema: pa.Schema,
             raise DataCorruptionError(f"{table}: delta-rs reported success but no commit carries transaction {txn}")
     check_committed_files(table, version, pending.fs, pending.paths, pending.root)
     return version
+
+
+def _raise_without_hard_links(table: str, exc: Exception) -> None:
+    """A commit that failed for lack of hard links (FUSE mounts) becomes one line with the way out."""
+    text = str(exc)
+    if "rename" in text.lower() and ("not permitted" in text.lower() or "not supported" in text.lower()):
+        raise StorageConfigError(fuse_hint(table)) from exc
 
 
 def file_schema(schema: pa.Schema) -> pa.Schema:

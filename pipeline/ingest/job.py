@@ -26,7 +26,7 @@ from idxlake.pipeline.ingest.delta_commit import Codec, commit, file_schema, ima
 from idxlake.pipeline.ingest.duplicates import already_holds, refuse_duplicate, refuse_duplicate_early, validate_fully
 from idxlake.pipeline.ingest.prefetch import prefetch
 from idxlake.pipeline.ingest.scan import ScannedSplit, SplitAccumulator, identify, named_spec, pixel_scale
-from idxlake.pipeline.ingest.sources import SplitSource, bundled_mnist, discover
+from idxlake.pipeline.ingest.sources import SplitSource, bundled_mnist, discover, source_options
 from idxlake.schemas import (
     GENERIC,
     LABEL,
@@ -174,6 +174,7 @@ def ingest(
     dataset: str | None = None,
     mode: IngestMode = "replace",
     storage_options: Mapping[str, str] | None = None,
+    source_storage_options: Mapping[str, str] | None = None,
     row_group_rows: int = ROW_GROUP_ROWS,
     codec: Codec = DEFAULT_CODEC,
     progress: Callable[[int], None] | None = None,
@@ -183,7 +184,8 @@ def ingest(
     """Ingest IDX files into a Delta table in one atomic commit.
 
     Args:
-        source: Directory or explicit files; ``None`` for the bundled MNIST.
+        source: Directory or explicit files (local, or URIs on the table's store, read with
+            ``storage_options``); ``None`` for the bundled MNIST.
         table: Table path or URI (``s3://...`` with ``storage_options``).
         dataset: Registered dataset name or ``"generic"``; inferred from hashes and names if ``None``.
         mode: ``"replace"`` (default) replaces exactly the ingested splits and is a no-op when
@@ -191,6 +193,8 @@ def ingest(
             the existing ones); ``"overwrite"`` replaces the whole table; ``"error"`` refuses
             an existing table.
         storage_options: delta-rs storage options for object stores.
+        source_storage_options: Options for a source on an object store; default: ``storage_options``
+            when the source is on the table's store, else none (the environment only).
         row_group_rows: Rows per Parquet row group (the loader's streaming unit).
         codec: Parquet compression codec.
         progress: Called with the number of image bytes just processed.
@@ -214,7 +218,8 @@ def ingest(
             get_dataset(dataset)
         except KeyError as exc:
             raise SourceError(str(exc.args[0])) from None
-    sources = discover(bundled_mnist() if source is None else source, dataset=dataset)
+    sources = discover(bundled_mnist() if source is None else source, dataset=dataset,
+                       storage_options=source_options(source, table, storage_options, source_storage_options))
     dt, old, old_version = _existing(table, storage_options, mode)
     if mode == "error" and old is not None:
         raise TableExistsError(f"{table}: table exists (version {old_version}) and --mode error was given")

@@ -8,18 +8,28 @@ Recognised names (case-insensitive, ``.gz`` optional)::
 
 ``t10k`` and ``test`` both mean the ``test`` split. macOS resource forks
 (``._*``), hidden files and anything else are ignored.
+
+A source on an object store (``s3://``, ``az://``, ``abfss://``, ``gs://``) is listed and read
+through the storage layer's pyarrow filesystem (:func:`idxlake.schemas.pyarrow_filesystem`):
+its IDX files are streamed (1 MiB at a time) into a private temporary directory, which lives as
+long as the returned :class:`SplitSource` objects. Databricks paths (``/Volumes``, ``/dbfs``,
+``dbfs:/``) are local files.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
-from idxlake.schemas import DATASETS, SourceError
+import pyarrow.fs as pafs
+
+from idxlake.schemas import DATASETS, SourceError, check_options, fs_path, normalize, pyarrow_filesystem, store_of
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +48,14 @@ class SplitSource:
         images: Path of the images file.
         labels: Path of the labels file.
         prefix: File-name prefix (e.g. ``"emnist-letters-"``), empty for MNIST naming.
+        staged: The temporary directory holding a remote source's files (removed with the last reference).
     """
 
     split: str
     images: Path
     labels: Path
     prefix: str = ""
+    staged: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False, compare=False)
 
 
 def bundled_mnist() -> Path:
@@ -65,13 +77,65 @@ def parse_name(name: str) -> tuple[str, str, str] | None:
     return m["prefix"].lower(), _SPLITS[m["split"].lower()], m["kind"].lower()
 
 
-def discover(source: str | Path | Sequence[str | Path], *, dataset: str | None = None) -> dict[str, SplitSource]:
+def is_remote(source: str | Path | Sequence[str | Path]) -> bool:
+    """True when ``source`` (or its first file) is on an object store rather than a local path."""
+    first = source if isinstance(source, (str, Path)) else next(iter(source), "")
+    return isinstance(first, str) and store_of(first).name != "local"
+
+
+def source_options(source: str | Path | Sequence[str | Path] | None, table: str,
+                   table_options: Mapping[str, str] | None,
+                   given: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """The storage options for reading ``source``: ``given``, else the table's when on the same store.
+
+    Raises:
+        StorageConfigError: ``table_options`` do not fit the table's store (checked before any source is read).
+    """
+    check_options(table, table_options)
+    if given is not None or source is None or not is_remote(source):
+        return given
+    first = str(source if isinstance(source, (str, Path)) else next(iter(source)))
+    return table_options if store_of(first) == store_of(table) else None
+
+
+def stage(source: str | Sequence[str], storage_options: Mapping[str, str] | None,
+          into: Path) -> Path | list[Path]:
+    """Stream a remote source's IDX files into ``into``; returns the local directory or files.
+
+    Raises:
+        SourceError: nothing at ``source``.
+    """
+    uris = [source] if isinstance(source, str) else list(source)
+    fs, _ = pyarrow_filesystem(uris[0], storage_options)
+    wanted: list[str] = []
+    for uri in uris:
+        if store_of(uri) != store_of(uris[0]):
+            raise SourceError(f"{uri}: source files must all be on one store (the first is {uris[0]})")
+        path = fs_path(uri)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise SourceError(f"{uri}: no such file or directory")
+        if info.type == pafs.FileType.Directory:
+            wanted += [i.path for i in fs.get_file_info(pafs.FileSelector(path))
+                       if i.type == pafs.FileType.File and parse_name(i.base_name) is not None]
+        else:
+            wanted.append(path)
+    for path in wanted:
+        with fs.open_input_stream(path) as src, open(into / path.rsplit("/", 1)[-1], "wb") as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+    logger.info("staged %d source file(s) from %s", len(wanted), ", ".join(uris))
+    return into if isinstance(source, str) else [into / p.rsplit("/", 1)[-1] for p in wanted]
+
+
+def discover(source: str | Path | Sequence[str | Path], *, dataset: str | None = None,
+             storage_options: Mapping[str, str] | None = None) -> dict[str, SplitSource]:
     """Find and pair the IDX files of each split.
 
     Args:
-        source: A directory, or explicit files.
+        source: A directory, or explicit files: local paths or URIs on one object store.
         dataset: Registered dataset name; restricts a directory holding several EMNIST
             variants to that variant's prefix.
+        storage_options: Options for a remote source's store (delta-rs style keys).
 
     Returns:
         Split name -> :class:`SplitSource`, sorted by split name.
@@ -80,6 +144,17 @@ def discover(source: str | Path | Sequence[str | Path], *, dataset: str | None =
         SourceError: when nothing is found, a split lacks its images or labels, or the
             files mix several datasets.
     """
+    if is_remote(source):
+        staged = tempfile.TemporaryDirectory(prefix="idxlake-source-")
+        where = str(source) if isinstance(source, (str, Path)) else ", ".join(map(str, source))
+        try:
+            local = discover(stage(source, storage_options, Path(staged.name)), dataset=dataset)  # type: ignore[arg-type]
+        except SourceError as exc:
+            staged.cleanup()
+            raise SourceError(str(exc).replace(staged.name, where)) from None
+        return {k: replace(v, staged=staged) for k, v in local.items()}
+    if isinstance(source, str):
+        source = normalize(source)
     paths: list[Path]
     if isinstance(source, (str, Path)):
         root = Path(source)

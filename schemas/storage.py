@@ -1,0 +1,245 @@
+"""One storage layer: a location (URI) plus delta-rs style options -> delta-rs options and a pyarrow filesystem.
+
+Every reader and writer of idxlake goes through this module: the Delta log and commits
+through delta-rs (:func:`delta_options`), the Parquet data files and IDX sources through
+pyarrow (:func:`pyarrow_filesystem`). Both see the same options, in deltalake's own key
+names (any case, see :mod:`idxlake.schemas.storage_keys`); environment variables are read
+where deltalake reads them (``AWS_*``, ``AZURE_*``, ``GOOGLE_*`` and ``AZURITE_BLOB_STORAGE_URL``).
+
+Guarantees:
+
+* A given option is never dropped silently: an unknown key, a key of another store, or a
+  key pyarrow could not honour is a :class:`StorageConfigError`.
+* With an endpoint or emulator option, no path falls back to a cloud credential chain:
+  credentials must be given (or anonymous access asked for) explicitly.
+* Unreachable storage fails fast: delta-rs and pyarrow get bounded retries and timeouts
+  unless the options set their own.
+
+Databricks paths: ``dbfs:/x`` is ``/dbfs/x``; ``/dbfs/...`` and ``/Volumes/...`` are FUSE
+mounts without hard links (see :func:`check_writable`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import unquote, urlparse
+
+import pyarrow.fs as pafs
+
+from idxlake.schemas import storage_keys as keys
+from idxlake.schemas.errors import StorageConfigError, StorageUnreachableError
+from idxlake.schemas.storage_fs import azure_filesystem, gcs_filesystem, local_filesystem, s3_filesystem, true
+
+logger = logging.getLogger(__name__)
+
+WorkerContext = Literal["fork", "forkserver", "spawn"]
+FAST_FAIL_OPTIONS: dict[str, str] = {"connect_timeout": "5s", "max_retries": "3", "retry_timeout": "15s"}
+"""delta-rs client defaults for object stores, unless the options set them: fail in seconds, not minutes."""
+FUSE_PREFIXES = ("/dbfs/", "/Volumes/")
+Options = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Store:
+    """One kind of storage: its URI schemes, option keys and how pyarrow reaches it.
+
+    Attributes:
+        name: ``local``, ``s3``, ``azure`` or ``gcs``.
+        env_prefix: Environment variables delta-rs reads for this store (``""``: none).
+        mapped: Option meaning -> aliases honoured by both delta-rs and pyarrow.
+        delta_only: Keys that only tune delta-rs' commits or HTTP client.
+        context: Multiprocessing start method for DataLoader workers reading this store.
+        build: ``(uri, options by meaning) -> pyarrow filesystem``.
+    """
+
+    name: str
+    env_prefix: str
+    mapped: Mapping[str, tuple[str, ...]]
+    delta_only: tuple[str, ...]
+    context: WorkerContext
+    build: Callable[[str, Mapping[str, str]], pafs.FileSystem]
+
+    def aliases(self) -> dict[str, str]:
+        """``alias -> meaning`` of every mapped key (lower case)."""
+        return keys.alias_table(self.mapped) if self.name != "local" else {}
+
+    def known(self) -> list[str]:
+        """Every key accepted for this store, sorted."""
+        extra = keys.CLIENT_DELTA_ONLY if self.name != "local" else ()
+        return sorted({*self.aliases(), *self.delta_only, *extra})
+
+
+STORES: dict[str, Store] = {
+    "local": Store("local", "", {}, keys.LOCAL_DELTA_ONLY, "fork", local_filesystem),
+    "s3": Store("s3", "AWS_", keys.S3_MAPPED, keys.S3_DELTA_ONLY, "fork", s3_filesystem),
+    "azure": Store("azure", "AZURE_", keys.AZURE_MAPPED, keys.AZURE_DELTA_ONLY, "forkserver", azure_filesystem),
+    "gcs": Store("gcs", "GOOGLE_", keys.GCS_MAPPED, keys.GCS_DELTA_ONLY, "fork", gcs_filesystem),
+}
+"""Store name -> :class:`Store`."""
+
+SCHEMES: dict[str, str] = {
+    "": "local", "file": "local", "dbfs": "local",
+    "s3": "s3", "s3a": "s3",
+    "az": "azure", "abfs": "azure", "abfss": "azure",
+    "gs": "gcs",
+}
+"""URI scheme -> store name: the one registry of supported locations (``""`` is a local path)."""
+
+
+def normalize(uri: str) -> str:
+    """The location as delta-rs and pyarrow should see it: ``dbfs:/x`` becomes ``/dbfs/x``."""
+    uri = str(uri)
+    if uri.lower().startswith("dbfs:"):
+        return "/dbfs/" + uri[5:].lstrip("/")
+    return uri
+
+
+def _scheme(uri: str) -> str:
+    scheme = urlparse(uri).scheme.lower()
+    return "" if len(scheme) == 1 else scheme  # C:\ on Windows is a local path
+
+
+def store_of(uri: str) -> Store:
+    """The :class:`Store` of a location.
+
+    Raises:
+        StorageConfigError: for a scheme idxlake does not support, listing the supported ones.
+    """
+    scheme = _scheme(normalize(uri))
+    if scheme not in SCHEMES:
+        supported = ", ".join(f"{s}:/" if s == "dbfs" else f"{s}://" for s in SCHEMES if s)
+        supported += ", local paths, /Volumes/..., /dbfs/..."
+        raise StorageConfigError(f"{uri}: unsupported storage scheme {scheme!r}; supported: {supported}")
+    return STORES[SCHEMES[scheme]]
+
+
+def check_options(uri: str, options: Mapping[str, str] | None) -> Options:
+    """Validate options for ``uri``'s store; returns them as given (keys untouched).
+
+    Raises:
+        StorageConfigError: an option unknown to the store or that pyarrow could not honour.
+    """
+    store = store_of(uri)
+    known = set(store.known())
+    bad = sorted(k for k in (options or {}) if k.lower() not in known)
+    if bad:
+        raise StorageConfigError(
+            f"{uri}: storage option(s) {bad} are not understood for {store.name} storage (or cannot be honoured "
+            f"by both delta-rs and pyarrow); known keys, any case: {', '.join(store.known()) or 'none'}")
+    return dict(options or {})
+
+
+def resolved_options(uri: str, options: Mapping[str, str] | None) -> Options:
+    """Options by meaning (``endpoint``, ``account_key``...): the environment first, then ``options``."""
+    store = store_of(uri)
+    aliases = store.aliases()
+    out: Options = {}
+    if store.env_prefix:
+        for name, value in sorted(os.environ.items()):
+            if name.startswith(store.env_prefix) and name.lower() in aliases:
+                out[aliases[name.lower()]] = value
+    for key, value in check_options(uri, options).items():
+        if key.lower() in aliases:
+            out[aliases[key.lower()]] = value
+    return out
+
+
+def delta_options(uri: str, options: Mapping[str, str] | None) -> Options | None:
+    """The ``storage_options`` to give deltalake for ``uri``: every given option, plus fast-fail defaults."""
+    opts = check_options(uri, options)
+    resolved = resolved_options(uri, options)
+    if "endpoint" in resolved or true(resolved.get("use_emulator")) or "service_account" in resolved:
+        store_of(uri).build(uri, resolved)  # the same credential checks: no chain behind an endpoint
+    if store_of(uri).name != "local":
+        given = {k.lower() for k in opts}
+        opts.update({k: v for k, v in FAST_FAIL_OPTIONS.items() if k not in given})
+    return opts or None
+
+
+def fs_path(uri: str) -> str:
+    """``uri`` in the terms of its pyarrow filesystem (``bucket/key``, ``container/path`` or a local path)."""
+    uri = normalize(uri)
+    parsed = urlparse(uri)
+    scheme = _scheme(uri)
+    if scheme == "":
+        return uri
+    if scheme == "file":
+        return unquote(parsed.path)
+    container = parsed.netloc.split("@", 1)[0]
+    store_of(uri)
+    return f"{container}{unquote(parsed.path)}".rstrip("/")
+
+
+def pyarrow_filesystem(uri: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem reaching ``uri`` with ``storage_options`` (delta-rs style), and the path in it.
+
+    Raises:
+        StorageConfigError: unsupported scheme or option, or options that would reach a cloud
+            credential chain although an endpoint or emulator was given.
+    """
+    uri = normalize(uri)
+    store = store_of(uri)
+    return store.build(uri, resolved_options(uri, storage_options)), fs_path(uri)
+
+
+def worker_context(uri: str) -> WorkerContext:
+    """The multiprocessing start method for DataLoader workers reading ``uri``.
+
+    ``fork`` where the pyarrow filesystem survives it when created after the fork (local, S3,
+    GCS); ``forkserver`` for Azure, whose pyarrow client aborts in forked children (SIGABRT).
+    """
+    return store_of(uri).context
+
+
+def is_fuse_mount(uri: str) -> bool:
+    """True for Databricks FUSE paths (``/dbfs/...``, ``/Volumes/...``, ``dbfs:/...``): no hard links."""
+    path = normalize(uri)
+    return any(path.startswith(p) or path == p.rstrip("/") for p in FUSE_PREFIXES)
+
+
+def check_writable(uri: str, options: Mapping[str, str] | None) -> None:
+    """Refuse a commit that delta-rs cannot make atomic: a FUSE mount without ``allow_unsafe_rename``.
+
+    With ``allow_unsafe_rename=true`` the commit runs in single-writer mode and a warning says so.
+
+    Raises:
+        StorageConfigError: a Databricks FUSE path without the single-writer option.
+    """
+    unsafe = {k.lower(): v for k, v in (options or {}).items()}
+    single_writer = true(unsafe.get("allow_unsafe_rename") or unsafe.get("mount_allow_unsafe_rename"))
+    if single_writer:
+        logger.warning("%s: single-writer mode (allow_unsafe_rename): a concurrent writer's commit can be "
+                       "silently overwritten; make sure nothing else writes this table", uri)
+    elif is_fuse_mount(uri):
+        raise StorageConfigError(fuse_hint(uri))
+
+
+def fuse_hint(uri: str) -> str:
+    """The one-line refusal for a commit on a mount without hard links."""
+    return (f"{uri}: this mount has no hard links (a Databricks /Volumes or /dbfs FUSE path?), so Delta commits "
+            "cannot be atomic; write to the volume's cloud URI (abfss://, s3://, gs://) instead, or, if this is "
+            "the only writer, pass --storage-option allow_unsafe_rename=true")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_UNREACHABLE = re.compile(r"error (sending request|performing)|connect|timed out|dns error|retry policy exhausted",
+                          re.IGNORECASE)
+
+
+def one_line(exc: BaseException) -> str:
+    """``exc`` as one line, without the ANSI colours and arrows of delta-rs' error chains."""
+    return " ".join(_ANSI.sub("", str(exc)).replace("↳", " ").split()) or type(exc).__name__
+
+
+def storage_error(uri: str, exc: BaseException) -> StorageUnreachableError | None:
+    """A :class:`StorageUnreachableError` when ``exc`` says the storage did not answer, else ``None``."""
+    text = one_line(exc)
+    if not _UNREACHABLE.search(text) or "rename" in text.lower():
+        return None
+    return StorageUnreachableError(f"{uri}: storage did not answer ({text[:300]}); check the endpoint, "
+                                   "the network and the storage options")

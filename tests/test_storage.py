@@ -1,0 +1,148 @@
+"""The storage layer: schemes, options, no credential-chain fallback, fast failure on unreachable storage."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+
+import pyarrow.fs as pafs
+import pytest
+import stores
+from hypothesis import given
+from hypothesis import strategies as st
+
+from idxlake import info
+from idxlake.cli import main
+from idxlake.schemas import (
+    SCHEMES,
+    STORES,
+    StorageConfigError,
+    StorageUnreachableError,
+    check_writable,
+    delta_options,
+    fs_path,
+    is_fuse_mount,
+    normalize,
+    pyarrow_filesystem,
+    store_of,
+    worker_context,
+)
+
+
+def test_every_registered_scheme_has_a_store_and_unknown_ones_list_them() -> None:
+    assert {store_of(f"{s}://b/t" if s else "/tmp/t").name for s in SCHEMES} == {"local", "s3", "azure", "gcs"}
+    with pytest.raises(StorageConfigError, match=r"unsupported storage scheme 'hdfs'.*s3://.*abfss://.*gs://"):
+        store_of("hdfs://namenode/t")
+
+
+def test_cli_unknown_scheme_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "hdfs://namenode/t"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("idxlake info: error: hdfs://namenode/t: unsupported storage scheme 'hdfs'; supported: "
+                          "file://, dbfs:/, s3://, s3a://, az://, abfs://, abfss://, gs://, local paths")
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(("uri", "path"), [
+    ("/data/t", "/data/t"), ("file:///data/t", "/data/t"), ("s3://b/t/x.parquet", "b/t/x.parquet"),
+    ("s3a://b/t", "b/t"), ("az://lake/t", "lake/t"), ("abfs://lake@acct.dfs.core.windows.net/t", "lake/t"),
+    ("abfss://lake@acct.dfs.core.windows.net/t/a%20b", "lake/t/a b"), ("gs://lake/t", "lake/t"),
+    ("dbfs:/mnt/t", "/dbfs/mnt/t"), ("/Volumes/cat/sch/vol/t", "/Volumes/cat/sch/vol/t"),
+])
+def test_paths_in_pyarrow_terms(uri: str, path: str) -> None:
+    assert fs_path(uri) == path
+
+
+def test_databricks_paths() -> None:
+    assert normalize("dbfs:/Volumes/x") == "/dbfs/Volumes/x" and normalize("DBFS:/mnt/a") == "/dbfs/mnt/a"
+    assert is_fuse_mount("dbfs:/t") and is_fuse_mount("/Volumes/c/s/v/t") and is_fuse_mount("/dbfs/t")
+    assert not is_fuse_mount("/tmp/Volumes/t") and not is_fuse_mount("s3://b/Volumes")
+    with pytest.raises(StorageConfigError, match=r"no hard links.*cloud URI.*allow_unsafe_rename=true"):
+        check_writable("/Volumes/c/s/v/t", None)
+    check_writable("/Volumes/c/s/v/t", {"ALLOW_UNSAFE_RENAME": "true"})  # the single-writer mode
+    check_writable("/tmp/t", None)
+
+
+def test_options_any_case_and_none_dropped() -> None:
+    opts = {"aws_endpoint_url": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "k", "Aws_Secret_Access_Key": "s",
+            "AWS_S3_LOCKING_PROVIDER": "dynamodb"}
+    given = delta_options("s3://b/t", opts)
+    assert given is not None and {k: given[k] for k in opts} == opts  # passed to delta-rs as given
+    assert given["connect_timeout"] == "5s" and given["max_retries"] == "3"  # fast-fail defaults
+    assert delta_options("s3://b/t", {**opts, "MAX_RETRIES": "7"})["MAX_RETRIES"] == "7"  # type: ignore[index]
+    fs, path = pyarrow_filesystem("s3://b/t", opts)
+    assert isinstance(fs, pafs.S3FileSystem) and path == "b/t"
+    with pytest.raises(StorageConfigError, match=r"\['AWS_REGION'\] are not understood for azure.*account_name"):
+        delta_options("az://lake/t", {"use_emulator": "true", "AWS_REGION": "x"})
+    with pytest.raises(StorageConfigError, match="aws_server_side_encryption"):
+        pyarrow_filesystem("s3://b/t", {**opts, "aws_server_side_encryption": "aws:kms"})
+    with pytest.raises(StorageConfigError, match="bogus"):
+        delta_options("/tmp/t", {"bogus": "1"})
+
+
+def test_an_endpoint_never_falls_back_to_a_cloud_credential_chain(tmp_path: Path) -> None:
+    with pytest.raises(StorageConfigError, match=r"AWS's credential chain.*AWS_SKIP_SIGNATURE"):
+        pyarrow_filesystem("s3://b/t", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    with pytest.raises(StorageConfigError, match=r"AWS's credential chain"):  # delta-rs gets the same check
+        delta_options("s3://b/t", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
+    with pytest.raises(StorageConfigError, match=r"Azure's default credential chain"):
+        info("az://lake/t", storage_options={"account_name": "a", "endpoint": "http://127.0.0.1:9/a"})
+    anonymous, _ = pyarrow_filesystem("s3://b/t", {"AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+                                                   "AWS_SKIP_SIGNATURE": "true"})
+    assert isinstance(anonymous, pafs.S3FileSystem)
+    with pytest.raises(StorageConfigError, match="Azure's default credential chain"):
+        pyarrow_filesystem("az://lake/t", {"account_name": "a", "endpoint": "http://127.0.0.1:9/a"})
+    emulator, _ = pyarrow_filesystem("az://lake/t", {"use_emulator": "true"})  # the published Azurite key
+    assert isinstance(emulator, pafs.AzureFileSystem)
+    account = tmp_path / "sa.json"
+    account.write_text(json.dumps({"gcs_base_url": "http://127.0.0.1:9"}))
+    with pytest.raises(StorageConfigError, match="disable_oauth"):
+        pyarrow_filesystem("gs://lake/t", {"google_service_account": str(account)})
+    account.write_text(json.dumps({"type": "service_account", "private_key": "x"}))
+    with pytest.raises(StorageConfigError, match="GOOGLE_APPLICATION_CREDENTIALS"):
+        pyarrow_filesystem("gs://lake/t", {"GOOGLE_SERVICE_ACCOUNT": str(account)})
+
+
+def test_worker_context_per_store() -> None:
+    # Forked workers abort inside pyarrow's Azure client (SIGABRT, std::invalid_argument): measured.
+    assert worker_context("az://lake/t") == worker_context("abfss://c@a.dfs.core.windows.net/t") == "forkserver"
+    assert {worker_context(u) for u in ("/tmp/t", "s3://b/t", "gs://b/t", "dbfs:/t")} == {"fork"}
+
+
+@pytest.mark.parametrize(("uri", "options"), [
+    ("s3://lake/t", {"AWS_ENDPOINT_URL": "http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "k",
+                     "AWS_SECRET_ACCESS_KEY": "s", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}),
+    ("az://lake/t", {"account_name": "devstoreaccount1", "access_key": stores.AZURITE_KEY,
+                     "endpoint": "http://127.0.0.1:{port}/devstoreaccount1", "allow_http": "true"}),
+    ("gs://lake/t", {"google_service_account_key": '{{"gcs_base_url": "http://127.0.0.1:{port}", '
+                                                   '"disable_oauth": true, "client_email": "", "private_key": "", '
+                                                   '"private_key_id": ""}}'}),
+])
+def test_unreachable_storage_fails_fast(uri: str, options: dict[str, str], capsys: pytest.CaptureFixture[str]) -> None:
+    port = stores.free_port()  # nothing listens there
+    options = {k: v.format(port=port) for k, v in options.items()}
+    start = time.monotonic()
+    with pytest.raises(StorageUnreachableError, match=rf"{uri}: storage did not answer .*127\.0\.0\.1:{port}"):
+        info(uri, storage_options=options)
+    assert time.monotonic() - start < 10
+    args = ["info", uri] + [a for k, v in options.items() for a in ("--storage-option", f"{k}={v}")]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"idxlake info: error: {uri}: storage did not answer") and "\x1b[" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@given(st.lists(st.sampled_from(sorted({*STORES["azure"].known()} - {"use_emulator", "azure_storage_use_emulator",
+                                                                     "endpoint", "azure_storage_endpoint",
+                                                                     "azure_endpoint"})),
+                min_size=1, max_size=6, unique=True),
+       st.randoms(use_true_random=False))
+def test_known_keys_in_any_case_reach_delta_rs_unchanged(keys: list[str], rnd: random.Random) -> None:
+    options = {"".join(c.upper() if rnd.random() < 0.5 else c for c in k): "v" for k in keys}
+    given = delta_options("az://lake/t", options)
+    assert given is not None and {k: given[k] for k in options} == options
+    unknown = {**options, "AZURE_NOT_A_KEY": "v"}
+    with pytest.raises(StorageConfigError, match="AZURE_NOT_A_KEY"):
+        delta_options("az://lake/t", unknown)
