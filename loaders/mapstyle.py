@@ -23,17 +23,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from idxlake.loaders.bufferimage import BufferImage
 from idxlake.loaders.decode import UnitReader
 from idxlake.loaders.plan import Plan, build_plan
 from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError, TableMeta, TableSnapshot, snapshot
 
-ImageType = Literal["pil", "tensor", "numpy"]
-"""``pil``: a PIL image (mode ``L`` for 2-D uint8 records); ``tensor``: ``[1, H, W]``; ``numpy``: ``[H, W]``."""
+ImageType = Literal["pil", "tensor", "numpy", "float32"]
+"""``pil``: a PIL image (mode ``L`` for 2-D uint8 records); ``tensor``: ``[1, H, W]``; ``numpy``: ``[H, W]``;
+``float32``: a float32 ``[H, W]`` array, uint8 scaled to [0, 1] (the seed's per-sample object)."""
 
-IMAGE_TYPES: tuple[str, ...] = ("pil", "tensor", "numpy")
+IMAGE_TYPES: tuple[str, ...] = ("pil", "tensor", "numpy", "float32")
 
 DEFAULT_MAX_BYTES = 4 << 30
 """Largest image buffer (bytes) a map-style dataset decodes into memory by default: 4 GiB."""
@@ -100,10 +101,12 @@ class DeltaImageDataset(Dataset[tuple[Any, Any]]):
         filter: Row filter, as for :class:`~idxlake.loaders.DeltaIterableDataset` (``"label < 5"``).
         version: Table version to pin; the latest when ``None``.
         storage_options: Object-store options (delta-rs style keys).
-        image_type: ``"pil"`` (default, as torchvision: mode ``L`` for 2-D uint8 records),
-            ``"tensor"`` (``[1, H, W]`` for 2-D records, else the record shape; the table dtype) or
-            ``"numpy"`` (``[*shape]``). Images are
-            fresh copies: modifying one never touches the shared buffer.
+        image_type: ``"pil"`` (default, as torchvision: mode ``L`` for 2-D uint8 records, a
+            :class:`~idxlake.loaders.bufferimage.BufferImage` mapped read-only over its row),
+            ``"tensor"`` (``[1, H, W]`` for 2-D records, else the record shape; the table dtype),
+            ``"numpy"`` (``[*shape]``) or ``"float32"`` (a float32 ``[*shape]`` array, uint8 records
+            divided by 255: the seed's per-sample object, without a float32 copy of the dataset).
+            Modifying an image never touches the shared buffer.
         max_bytes: Refuse to decode more image bytes than this (use the streaming dataset).
 
     Raises:
@@ -145,16 +148,26 @@ class DeltaImageDataset(Dataset[tuple[Any, Any]]):
         self._views()
 
     def _views(self) -> None:
-        """Numpy views used by ``__getitem__`` (faster than tensor indexing; never pickled)."""
-        self._images = self.data.numpy()
+        """Numpy views used to make samples (faster than tensor indexing; never pickled)."""
+        images = self.data.numpy().view()
+        images.flags.writeable = False  # samples that view the buffer (PIL, np.asarray(pil)) cannot write it
+        self._images = images
         self._labels = self.targets.numpy()
         self._float_labels = bool(self.targets.is_floating_point())
         shape = self.meta.shape
-        self._pil_size = (shape[1], shape[0]) if len(shape) == 2 and self.meta.dtype == "uint8" else None
+        self._pil_mode = _pil_mode(self.meta) if self.image_type == "pil" else None
+        self._pil_size = (shape[1], shape[0]) if self._pil_mode else None
+        self._scale = self.meta.dtype == "uint8"
 
     def __getstate__(self) -> dict[str, Any]:
+        # A DataLoader pickling the dataset for spawned workers moves these tensors to shared memory
+        # IN PLACE, which frees the memory the numpy views point to: move them first, re-view, then pickle.
+        for tensor in (self.data, self.targets, self.ids):
+            if not tensor.is_shared():
+                tensor.share_memory_()
+        self._views()
         state = dict(self.__dict__)
-        for key in ("_images", "_labels", "_float_labels", "_pil_size"):
+        for key in _VIEWS:
             state.pop(key, None)
         return state
 
@@ -202,24 +215,48 @@ class DeltaImageDataset(Dataset[tuple[Any, Any]]):
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
         """``(image, target)`` of row ``index``, after ``transform`` / ``target_transform``."""
-        raw = self._images[index]
-        image: Any
-        if self.image_type == "pil":  # mode L for HxW uint8, as torchvision; a read-only view of the
-            # buffer (PIL copies before any change); frombuffer skips fromarray's checks (2.5 vs 4 us)
-            image = (Image.frombuffer("L", self._pil_size, raw, "raw", "L", 0, 1) if self._pil_size
-                     else Image.fromarray(raw))
-        elif self.image_type == "tensor":
-            image = torch.from_numpy(raw.copy())
-            if image.dim() == 2:
-                image = image.unsqueeze(0)
-        else:
-            image = raw.copy()
+        image = self._images_of(np.asarray([index], dtype=np.intp))[0]
         target: Any = self._labels[index].item()
         if self.transform is not None:
             image = self.transform(image)
         if self.target_transform is not None:
             target = self.target_transform(target)
         return image, target
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[Any, Any]]:
+        """The samples of ``indices``, as ``[self[i] for i in indices]``, in one call.
+
+        ``DataLoader`` (torch >= 2.1) fetches a whole batch through it: the images are gathered
+        with one numpy indexing and the targets converted with one ``tolist``; ``transform`` and
+        ``target_transform`` still run once per sample, each drawing its own randomness.
+        """
+        index = np.asarray(indices, dtype=np.intp).reshape(-1)
+        images = self._images_of(index)
+        targets = self._labels[index].tolist()
+        transform, target_transform = self.transform, self.target_transform
+        if transform is not None:
+            images = [transform(image) for image in images]
+        if target_transform is not None:
+            targets = [target_transform(target) for target in targets]
+        return list(zip(images, targets, strict=True))
+
+    def _images_of(self, index: np.ndarray) -> list[Any]:
+        """The images of rows ``index`` as ``image_type``, one fresh object each."""
+        rows = self._images
+        kind = self.image_type
+        if kind == "pil":
+            mode, size = self._pil_mode, self._pil_size
+            return [BufferImage.over(rows[i], mode, size) for i in index.tolist()]
+        if kind == "float32":
+            block = rows[index].astype(np.float32)
+            if self._scale:
+                block /= 255  # as the seed's astype(np.float32) / 255 and ToTensor: same float32 values
+            return list(block)
+        block = rows[index]  # one gather: a fresh array, never the buffer
+        if kind == "tensor":
+            tensor = torch.from_numpy(block)
+            return list((tensor.unsqueeze(1) if tensor.dim() == 3 else tensor).unbind(0))
+        return list(block)
 
     def dataloader(self, *, num_workers: int = 0, pin_memory: bool = False, **kwargs: Any) -> DataLoader:
         """A ``DataLoader`` configured for this dataset (see :func:`idxlake.loaders.factory.dataloader`)."""
@@ -232,6 +269,18 @@ class DeltaImageDataset(Dataset[tuple[Any, Any]]):
                 f"{'x'.join(map(str, self.meta.shape))} {self.meta.dtype}, image_type={self.image_type!r})")
 
 
-def _pil_compatible(meta: TableMeta) -> bool:
+_VIEWS = ("_images", "_labels", "_float_labels", "_pil_mode", "_pil_size", "_scale")
+
+
+def _pil_mode(meta: TableMeta) -> str | None:
+    """PIL mode of the records (``L``, ``RGB``, ``RGBA`` for uint8 ``HxW``, ``HxWx3``, ``HxWx4``), else None."""
     shape = meta.shape
-    return meta.dtype == "uint8" and (len(shape) == 2 or (len(shape) == 3 and shape[2] in (3, 4)))
+    if meta.dtype != "uint8":
+        return None
+    if len(shape) == 2:
+        return "L"
+    return {3: "RGB", 4: "RGBA"}.get(shape[2]) if len(shape) == 3 else None
+
+
+def _pil_compatible(meta: TableMeta) -> bool:
+    return _pil_mode(meta) is not None
