@@ -125,3 +125,33 @@ def test_views_follow_the_buffer_into_shared_memory(synthetic_table: tuple[str, 
     view = np.asarray(ds[12][0])
     assert start <= view.__array_interface__["data"][0] < start + ds.nbytes
     assert np.array_equal(view, images[12]) and ds[12][1] == int(src.arrays["train"][1][12])
+
+
+def test_rgba_maps_and_rgb_copies(source_factory, tmp_path: Path) -> None:
+    for channels, mode in ((4, "RGBA"), (3, "RGB")):
+        src = source_factory(mode, rows={"train": 6}, shape=(5, 7, channels))
+        ingest(src.root, str(tmp_path / mode))
+        ds = DeltaImageDataset(str(tmp_path / mode))
+        image, _ = ds.__getitems__([4])[0]
+        assert image.mode == mode and image.size == (7, 5) and isinstance(image, BufferImage) == (mode == "RGBA")
+        assert np.array_equal(np.array(image), src.arrays["train"][0][4])
+        image.putpixel((0, 0), (1, 2, 3, 4)[:channels])
+        assert np.array(image)[0, 0].tolist() == [1, 2, 3, 4][:channels]
+        assert np.array_equal(ds.data[4].numpy(), src.arrays["train"][0][4])
+
+
+def test_the_public_constructor_fallback_builds_the_same_images(synthetic_table: tuple[str, SyntheticSource],
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from idxlake.loaders import bufferimage
+
+    table, src = synthetic_table
+    images = src.arrays["train"][0]
+    assert bufferimage._direct_works()  # this Pillow: the direct construction is checked and used
+    ds = DeltaImageDataset(table)
+    direct = ds[21][0]
+    monkeypatch.setattr(bufferimage, "_make", bufferimage._make_frombuffer)  # what another Pillow gets
+    image = ds[21][0]
+    assert isinstance(image, BufferImage) and _same(image, direct) and image.readonly
+    assert not np.asarray(image).flags.writeable
+    image.putpixel((1, 1), 0 if images[21][1, 1] else 9)
+    assert np.array(image)[1, 1] != images[21][1, 1] and np.array_equal(ds.data[21].numpy(), images[21])
