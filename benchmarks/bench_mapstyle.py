@@ -41,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--rss", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    # the seed's uint8 arrays are np.frombuffer over bytes (read-only): torch warns once about it, as in the seed
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     if args.rss:
         job = json.loads(args.rss)
         print(json.dumps(peak_rss(job["kind"], job["table"], job["workers"])))
