@@ -75,13 +75,21 @@ def send(ring: list[Slots], batches: Iterator[Batch]) -> Iterator[Any]:
         yield {RING_KEY: (info.id, k, rows), "extra": extra}
 
 
-def receive(ring: list[Slots], item: Any) -> Any:
-    """Main side: a token back into a batch of fresh tensors (anything else as it is)."""
+def receive(ring: list[Slots], item: Any, *, pin: bool = False) -> Any:
+    """Main side: a token back into a batch of fresh tensors (anything else as it is).
+
+    With ``pin`` the fresh tensors are allocated in pinned memory (the one copy out of the slot
+    is also the pinning copy; the DataLoader's pin thread only saw the token).
+    """
     if not isinstance(item, dict) or RING_KEY not in item:
         return item
     worker, k, rows = item[RING_KEY]
     slot, extra = ring[worker][k], item["extra"]
-    batch = {name: slot[name][:n].clone() for name, n in rows}
+    if pin:
+        batch = {name: torch.empty(slot[name][:n].shape, dtype=slot[name].dtype, pin_memory=True)
+                 .copy_(slot[name][:n]) for name, n in rows}
+    else:
+        batch = {name: slot[name][:n].clone() for name, n in rows}
     batch.update(extra)
     return batch
 
@@ -118,4 +126,5 @@ class RingDataLoader(DataLoader):
             it = super().__iter__()
         finally:
             ds._ring = None
-        return (receive(self._ring, item) for item in it)
+        pin = bool(getattr(it, "_pin_memory", False))  # what torch decided (no accelerator: no pinning)
+        return (receive(self._ring, item, pin=pin) for item in it)

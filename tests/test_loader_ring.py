@@ -67,3 +67,42 @@ def test_ring_refuses_batching_options(synthetic_table) -> None:
     table, _ = synthetic_table
     with pytest.raises(LoaderConfigError, match="batch_size is not an option"):
         RingDataLoader(DeltaIterableDataset(table, **KW), batch_size=4)
+
+
+def test_factory_gives_the_ring_to_the_streaming_dataset_with_workers(synthetic_table) -> None:
+    table, source = synthetic_table
+    images, _ = source.arrays["train"]
+    ds = DeltaIterableDataset(table, **KW)
+    loader = ds.dataloader(num_workers=2, prefetch_factor=3)
+    assert isinstance(loader, RingDataLoader) and loader.batch_size is None and loader.persistent_workers
+    assert loader.prefetch_factor == 3 and all(len(w) == 5 for w in loader._ring)  # prefetch_factor + 2 slots
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        kept = list(loader)
+        ref = DeltaIterableDataset(table, **KW)
+        ref.set_epoch(epoch)
+        assert ids_of(kept) == ids_of(DataLoader(ref, batch_size=None))
+        for b in kept:
+            assert RING_KEY not in b and np.array_equal(b["image"][:, 0].numpy(), images[b["id"].numpy()])
+    assert not isinstance(ds.dataloader(), RingDataLoader)  # no workers: the plain single-process path
+    ds.set_epoch(0)
+    custom = ds.dataloader(num_workers=1, collate_fn=lambda b: b)  # a custom collate: the plain DataLoader
+    assert not isinstance(custom, RingDataLoader) and ids_of(custom) == ids_of(DeltaIterableDataset(table, **KW))
+
+
+def test_ring_pins_what_it_copies_out_only_where_torch_pins(synthetic_table, monkeypatch) -> None:
+    from idxlake.loaders import ring
+
+    table, _ = synthetic_table
+    seen: list[bool] = []
+    real = ring.receive
+
+    def spy(r, item, *, pin=False):
+        seen.append(pin)
+        return real(r, item, pin=pin)
+
+    monkeypatch.setattr(ring, "receive", spy)
+    got = list(RingDataLoader(DeltaIterableDataset(table, **KW), num_workers=1, pin_memory=True))
+    assert got and seen == [torch.accelerator.is_available()] * len(got)
+    if torch.accelerator.is_available():
+        assert all(v.is_pinned() for b in got for v in b.values())
