@@ -8,10 +8,11 @@
   :func:`idxlake.schemas.worker_context`, the one registry of it):
   forked workers are fine for local files, S3 and GCS (each process creates its own pyarrow
   filesystem), but pyarrow's Azure client aborts in a forked child, so Azure uses ``forkserver``;
-* with workers, the streaming dataset gets a :class:`~idxlake.loaders.ring.RingDataLoader`
-  (batches come back through a per-worker shared-memory ring instead of one socket handshake
-  and one new shared-memory segment per tensor), unless a ``collate_fn`` is given (the ring
-  carries the dataset's own batches, so a custom collate gets the plain ``DataLoader``);
+* the streaming dataset gets a :class:`~idxlake.loaders.ring.RingDataLoader`: with workers,
+  batches come back through a per-worker shared-memory ring instead of one socket handshake
+  and one new shared-memory segment per tensor; without, it iterates the dataset directly
+  (no per-batch fetcher, sampler or profiler hooks). A ``collate_fn`` gets the plain
+  ``DataLoader`` (the ring carries the dataset's own batches);
 * :func:`~idxlake.loaders.samples.seed_worker` as ``worker_init_fn``, so per-sample random
   transforms differ across DDP ranks and workers (the caller's own ``worker_init_fn`` runs after it).
 """
@@ -68,8 +69,8 @@ def dataloader(dataset: Dataset, *, num_workers: int = 0, pin_memory: bool = Fal
             (``persistent_workers``, ``multiprocessing_context``, ``prefetch_factor``...).
 
     Returns:
-        A :class:`~idxlake.loaders.ring.RingDataLoader` for the streaming dataset with
-        ``num_workers > 0`` (and no ``collate_fn``), a plain ``DataLoader`` otherwise.
+        A :class:`~idxlake.loaders.ring.RingDataLoader` for the streaming dataset (without a
+        ``collate_fn``), a plain ``DataLoader`` otherwise.
 
     Raises:
         LoaderConfigError: a DataLoader batching/shuffling argument for the streaming dataset, or
@@ -102,7 +103,7 @@ def dataloader(dataset: Dataset, *, num_workers: int = 0, pin_memory: bool = Fal
     user_init = kwargs.pop("worker_init_fn", None)
     options["worker_init_fn"] = functools.partial(seed_worker, rank=rank, user_init=user_init)
     options.update(kwargs)
-    if num_workers and isinstance(dataset, DeltaIterableDataset) and "collate_fn" not in options:
+    if isinstance(dataset, DeltaIterableDataset) and "collate_fn" not in options:
         options.pop("batch_size")  # the ring always runs with batch_size=None
         return RingDataLoader(dataset, num_workers=num_workers, pin_memory=pin_memory, **options)
     return DataLoader(dataset, num_workers=num_workers, pin_memory=pin_memory, **options)

@@ -94,13 +94,19 @@ def receive(ring: list[Slots], item: Any, *, pin: bool = False) -> Any:
     return batch
 
 
+def pin_batch(batch: Any) -> Any:
+    """``batch`` with its tensors in pinned memory (what the DataLoader's ``pin_memory`` does)."""
+    return type(batch)({k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
+
+
 class RingDataLoader(DataLoader):
     """A ``DataLoader(dataset, batch_size=None)`` for :class:`DeltaIterableDataset` whose workers
     hand batches over through a shared-memory ring (see the module docstring).
 
     Args:
         dataset: The dataset.
-        num_workers: DataLoader workers (0: the plain single-process path).
+        num_workers: DataLoader workers (0: the dataset's own iterator, in this process, without
+            the DataLoader's per-batch machinery; ``pin_memory`` still applies).
         prefetch_factor: Batches each worker prepares ahead (torch's meaning).
         **kwargs: Other ``DataLoader`` options (``persistent_workers``, ``multiprocessing_context``...).
 
@@ -121,6 +127,9 @@ class RingDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         ds: Any = self.dataset
+        if not self.num_workers:  # the dataset's own iterator: no per-batch fetcher/sampler/profiler hooks
+            pin = self.pin_memory and torch.accelerator.is_available()
+            return (pin_batch(b) for b in ds) if pin else iter(ds)
         ds._ring = self._ring or None  # workers (forked or spawned) take it from the dataset
         try:
             it = super().__iter__()

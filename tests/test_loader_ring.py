@@ -84,7 +84,9 @@ def test_factory_gives_the_ring_to_the_streaming_dataset_with_workers(synthetic_
         assert ids_of(kept) == ids_of(DataLoader(ref, batch_size=None))
         for b in kept:
             assert RING_KEY not in b and np.array_equal(b["image"][:, 0].numpy(), images[b["id"].numpy()])
-    assert not isinstance(ds.dataloader(), RingDataLoader)  # no workers: the plain single-process path
+    direct = ds.dataloader()  # no workers: the dataset's own iterator, the same batches
+    assert isinstance(direct, RingDataLoader) and direct.num_workers == 0
+    assert ids_of(direct) == ids_of(DataLoader(ref, batch_size=None))
     ds.set_epoch(0)
     custom = ds.dataloader(num_workers=1, collate_fn=lambda b: b)  # a custom collate: the plain DataLoader
     assert not isinstance(custom, RingDataLoader) and ids_of(custom) == ids_of(DeltaIterableDataset(table, **KW))
@@ -106,3 +108,6 @@ def test_ring_pins_what_it_copies_out_only_where_torch_pins(synthetic_table, mon
     assert got and seen == [torch.accelerator.is_available()] * len(got)
     if torch.accelerator.is_available():
         assert all(v.is_pinned() for b in got for v in b.values())
+    direct = list(RingDataLoader(DeltaIterableDataset(table, **KW), pin_memory=True))  # 0 workers: pinned here
+    assert ids_of(direct) == ids_of(got)
+    assert all(v.is_pinned() == torch.accelerator.is_available() for b in direct for v in b.values())
