@@ -18,12 +18,17 @@ def ids_of(batches) -> list[list[int]]:
     return [b["id"].tolist() for b in batches]
 
 
-@pytest.mark.parametrize("persistent", [False, True])
-def test_ring_gives_the_plain_batches_as_fresh_tensors(synthetic_table, persistent: bool) -> None:
+@pytest.mark.parametrize(("persistent", "group_rows", "workers"), [(False, 1024, 2), (True, 1024, 2),
+                                                                    (False, 24, 2), (True, 72, 3)])
+def test_ring_gives_the_plain_batches_as_fresh_tensors(synthetic_table, monkeypatch, persistent: bool,
+                                                       group_rows: int, workers: int) -> None:
+    from idxlake.loaders import ring
+
+    monkeypatch.setattr(ring, "GROUP_ROWS", group_rows)  # batches per token: 42, 1, 3 (forked workers see it)
     table, source = synthetic_table
     images, _ = source.arrays["train"]
     ds = DeltaIterableDataset(table, **KW)
-    loader = RingDataLoader(ds, num_workers=2, persistent_workers=persistent)
+    loader = RingDataLoader(ds, num_workers=workers, persistent_workers=persistent)
     for epoch in range(2):
         ds.set_epoch(epoch)
         kept = list(loader)  # held: later slots must not overwrite earlier batches
@@ -105,7 +110,7 @@ def test_ring_pins_what_it_copies_out_only_where_torch_pins(synthetic_table, mon
 
     monkeypatch.setattr(ring, "receive", spy)
     got = list(RingDataLoader(DeltaIterableDataset(table, **KW), num_workers=1, pin_memory=True))
-    assert got and seen == [torch.accelerator.is_available()] * len(got)
+    assert 0 < len(seen) < len(got) and set(seen) == {torch.accelerator.is_available()}  # one per token
     if torch.accelerator.is_available():
         assert all(v.is_pinned() for b in got for v in b.values())
     direct = list(RingDataLoader(DeltaIterableDataset(table, **KW), pin_memory=True))  # 0 workers: pinned here
