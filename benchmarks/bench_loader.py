@@ -49,6 +49,7 @@ CONFIGS: dict[str, dict] = {
     "loader float32, 0 workers": {"kind": "loader", "workers": 0, "dtype": "float32"},
     "loader uint8, cached": {"kind": "loader", "workers": 0, "cache": None},
     "loader uint8, 0 workers, no DataLoader": {"kind": "loader", "direct": True},
+    "loader uint8, cached, ds.dataloader()": {"kind": "loader", "workers": 0, "cache": None, "factory": True},
     "loader uint8, cached, no DataLoader": {"kind": "loader", "direct": True, "cache": None},
     "loader uint8, 0 workers, no page checksums": {"kind": "loader", "workers": 0, "checksums": False},
     "loader uint8, 0 workers, ZSTD": {"kind": "loader", "workers": 0, "table": "zstd"},
