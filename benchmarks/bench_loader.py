@@ -43,11 +43,13 @@ CONFIGS: dict[str, dict] = {
     "in-memory": {"kind": "memory"},
     "loader uint8, 2 workers": {"kind": "loader", "workers": 2},  # before the slow hand-rolled one: idle
     "loader uint8, 2 workers, ring": {"kind": "loader", "workers": 2, "ring": True},
+    "loader uint8, 2 workers, ds.dataloader()": {"kind": "loader", "workers": 2, "factory": True},
     "hand-rolled": {"kind": "hand"},                                # workers' last work cannot skew others
     "loader uint8, 0 workers": {"kind": "loader", "workers": 0},
     "loader float32, 0 workers": {"kind": "loader", "workers": 0, "dtype": "float32"},
     "loader uint8, cached": {"kind": "loader", "workers": 0, "cache": None},
     "loader uint8, 0 workers, no DataLoader": {"kind": "loader", "direct": True},
+    "loader uint8, cached, ds.dataloader()": {"kind": "loader", "workers": 0, "cache": None, "factory": True},
     "loader uint8, cached, no DataLoader": {"kind": "loader", "direct": True, "cache": None},
     "loader uint8, 0 workers, no page checksums": {"kind": "loader", "workers": 0, "checksums": False},
     "loader uint8, 0 workers, ZSTD": {"kind": "loader", "workers": 0, "table": "zstd"},
@@ -142,6 +144,8 @@ def make_runner(config: dict, tables: dict[str, str], bs: int):
     workers = config.get("workers", 0)
     if config.get("direct"):
         loader = ds
+    elif config.get("factory"):
+        loader = ds.dataloader(num_workers=workers)
     elif config.get("ring"):
         loader = RingDataLoader(ds, num_workers=workers, persistent_workers=workers > 0)
     else:

@@ -8,6 +8,11 @@
   :func:`idxlake.schemas.worker_context`, the one registry of it):
   forked workers are fine for local files, S3 and GCS (each process creates its own pyarrow
   filesystem), but pyarrow's Azure client aborts in a forked child, so Azure uses ``forkserver``;
+* the streaming dataset gets a :class:`~idxlake.loaders.ring.RingDataLoader`: with workers,
+  batches come back through a per-worker shared-memory ring instead of one socket handshake
+  and one new shared-memory segment per tensor; without, it iterates the dataset directly
+  (no per-batch fetcher, sampler or profiler hooks). A ``collate_fn`` gets the plain
+  ``DataLoader`` (the ring carries the dataset's own batches);
 * :func:`~idxlake.loaders.samples.seed_worker` as ``worker_init_fn``, so per-sample random
   transforms differ across DDP ranks and workers (the caller's own ``worker_init_fn`` runs after it).
 """
@@ -63,11 +68,16 @@ def dataloader(dataset: Dataset, *, num_workers: int = 0, pin_memory: bool = Fal
         **kwargs: Other ``DataLoader`` arguments; they override the defaults chosen here
             (``persistent_workers``, ``multiprocessing_context``, ``prefetch_factor``...).
 
+    Returns:
+        A :class:`~idxlake.loaders.ring.RingDataLoader` for the streaming dataset (without a
+        ``collate_fn``), a plain ``DataLoader`` otherwise.
+
     Raises:
         LoaderConfigError: a DataLoader batching/shuffling argument for the streaming dataset, or
             a negative ``num_workers``.
     """
     from idxlake.loaders.dataset import DeltaIterableDataset
+    from idxlake.loaders.ring import RingDataLoader
 
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
         raise LoaderConfigError(f"num_workers must be an integer >= 0, got {num_workers!r}")
@@ -93,4 +103,7 @@ def dataloader(dataset: Dataset, *, num_workers: int = 0, pin_memory: bool = Fal
     user_init = kwargs.pop("worker_init_fn", None)
     options["worker_init_fn"] = functools.partial(seed_worker, rank=rank, user_init=user_init)
     options.update(kwargs)
+    if isinstance(dataset, DeltaIterableDataset) and "collate_fn" not in options:
+        options.pop("batch_size")  # the ring always runs with batch_size=None
+        return RingDataLoader(dataset, num_workers=num_workers, pin_memory=pin_memory, **options)
     return DataLoader(dataset, num_workers=num_workers, pin_memory=pin_memory, **options)

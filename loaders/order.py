@@ -180,15 +180,19 @@ def consumer_rows(order: LaneOrder, batches: np.ndarray, *, rank: int, world_siz
         world_size: Ranks.
         tail_ranges: ``rank_batches`` of the tail for this rank (``[start, stop)`` into ``E``).
     """
-    out = []
     g, body, tail = order.step_rows, order.body_steps, order.tail
-    for j in batches.tolist():
-        if j < body:
-            p, k = order.steps[j]
-            out.append(order.phases[p][k * g + rank:(k + 1) * g:world_size])
-        else:
-            a, b = tail_ranges[j - body]
-            out.append(tail[source_positions(int(a), int(b), len(tail))])
+    batches = np.asarray(batches, dtype=np.int64)
+    in_body = batches[batches < body]
+    out: list[np.ndarray] = []
+    if len(in_body):  # one gather for all body batches: step (p, k) is V_p[k*g + rank :: world_size][:B]
+        steps = np.asarray(order.steps, dtype=np.int64).reshape(-1, 2)[in_body]
+        starts = np.concatenate([[0], np.cumsum([len(v) for v in order.phases])]).astype(np.int64)
+        first = starts[steps[:, 0]] + steps[:, 1] * g + rank
+        rows = np.concatenate(order.phases)[first[:, None] + world_size * np.arange(g // world_size)]
+        out.extend(rows)
+    for j in batches[len(in_body):].tolist():  # body batches come first: the rest are tail batches
+        a, b = tail_ranges[j - body]
+        out.append(tail[source_positions(int(a), int(b), len(tail))])
     return out
 
 

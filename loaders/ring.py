@@ -5,19 +5,23 @@ torch sends every tensor a worker yields through its sharing strategy: with the 
 plus a fresh shared-memory segment per batch (measured: 125k samples/s for MNIST batches).
 :class:`RingDataLoader` allocates, before it starts its workers, ``prefetch_factor + 2``
 slots per worker in shared memory (``share_memory_()``, inherited by forked workers, sent once
-to spawned ones). A worker writes batch ``i`` into its slot ``i % slots`` and yields only
-``(worker, slot, rows)``; the main process copies the slot out into fresh tensors. No torch
+to spawned ones), each of :data:`GROUP_ROWS` rows. A worker packs its next ``GROUP_ROWS //
+batch_size`` batches end to end into its next slot (round robin) and yields only
+``(worker, slot, places)``: fewer, larger transfers. The main process copies each slot column
+out once, into one fresh tensor whose views are the batches, and hands the batches on in the
+plain DataLoader's order (one of each worker in turn, :func:`in_order`). No torch
 setting changes: the sharing strategy stays the process's own. Keys a ``transform`` adds, or
 tensors whose shape or dtype do not fit the slot, travel the usual way.
 
-Why ``prefetch_factor + 2`` slots are enough: a worker yields a batch only for a task the
+Why ``prefetch_factor + 2`` slots are enough: a worker yields a token only for a task the
 main process sent, and at most ``prefetch_factor`` of its tasks are outstanding; when the
-main process takes a batch, it has sent one more task, so the worker may be writing one
-more slot while the taken one is copied.
+main process takes a token (and copies its slot out at once), it has sent one more task, so
+the worker may be writing one more slot while the taken one is copied.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, get_worker_info
 
 from idxlake.loaders.decode import Batch
+from idxlake.loaders.misuse import StreamBatch
 from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError
 
 RING_KEY = "__idxlake_ring__"
@@ -49,41 +54,116 @@ def slot_layout(dataset: Any) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     return layout
 
 
+GROUP_ROWS = 1024
+"""Rows a worker packs into one slot: ``max(1, GROUP_ROWS // batch_size)`` consecutive batches of
+the worker travel as one token (fewer, larger transfers: the per-item queue cost is paid once)."""
+
+
+def group_size(dataset: Any) -> int:
+    """Batches per token for ``dataset``."""
+    return max(1, GROUP_ROWS // max(int(dataset.batch_size), 1))
+
+
 def make_ring(dataset: Any, workers: int, slots: int) -> list[Slots]:
-    """``slots`` shared-memory slots for each of ``workers`` workers."""
+    """``slots`` shared-memory slots of :func:`group_size` batches for each of ``workers`` workers."""
+    group = group_size(dataset)
     layout = slot_layout(dataset)
-    return [[{k: torch.empty(shape, dtype=dtype).share_memory_() for k, (shape, dtype) in layout.items()}
-             for _ in range(slots)] for _ in range(workers)]
+    return [[{k: torch.empty((shape[0] * group, *shape[1:]), dtype=dtype).share_memory_()
+              for k, (shape, dtype) in layout.items()} for _ in range(slots)] for _ in range(workers)]
+
+
+def _pack(slot: dict[str, torch.Tensor], batches: list[Batch]) -> tuple[list[list[tuple[str, int, int]]],
+                                                                      list[dict[str, Any]]]:
+    """Copy ``batches`` end to end into ``slot``: per batch its ``(name, offset, rows)`` and extras."""
+    used = dict.fromkeys(slot, 0)
+    places, extras = [], []
+    for batch in batches:
+        rows, extra = [], {}
+        for name, value in batch.items():
+            target = slot.get(name)
+            if (target is not None and isinstance(value, torch.Tensor) and value.dtype == target.dtype
+                    and value.shape[1:] == target.shape[1:] and used[name] + len(value) <= len(target)):
+                at = used[name]
+                target[at:at + len(value)].copy_(value)
+                used[name] = at + len(value)
+                rows.append((name, at, len(value)))
+            else:
+                extra[name] = value
+        places.append(rows)
+        extras.append(extra)
+    return places, extras
 
 
 def send(ring: list[Slots], batches: Iterator[Batch]) -> Iterator[Any]:
-    """Worker side: write each batch into the next slot of this worker and yield a token."""
+    """Worker side: pack each :data:`GROUP_ROWS` worth of batches into the next slot of this
+    worker and yield one token for them."""
     info = get_worker_info()
     assert info is not None
-    mine = ring[info.id]
-    for i, batch in enumerate(batches):
-        k = i % len(mine)
-        slot, rows, extra = mine[k], [], {}
-        for name, value in batch.items():
-            target = slot.get(name)
-            if (target is not None and value.dtype == target.dtype and value.shape[1:] == target.shape[1:]
-                    and len(value) <= len(target)):
-                target[:len(value)].copy_(value)
-                rows.append((name, len(value)))
-            else:
-                extra[name] = value
-        yield {RING_KEY: (info.id, k, rows), "extra": extra}
+    mine, k, group, pending = ring[info.id], 0, group_size(info.dataset), []
+    for batch in batches:
+        pending.append(batch)
+        if len(pending) == group:
+            places, extras = _pack(mine[k], pending)
+            yield {RING_KEY: (info.id, k, places), "extra": extras}
+            k, pending = (k + 1) % len(mine), []
+    if pending:
+        places, extras = _pack(mine[k], pending)
+        yield {RING_KEY: (info.id, k, places), "extra": extras}
 
 
-def receive(ring: list[Slots], item: Any) -> Any:
-    """Main side: a token back into a batch of fresh tensors (anything else as it is)."""
+def receive(ring: list[Slots], item: Any, *, pin: bool = False) -> tuple[int, list[Any]]:
+    """Main side: a token back into ``(worker, batches of fresh tensors)`` (anything else: ``(-1, [item])``).
+
+    Each slot column is copied out once, in one piece (pinned with ``pin``: that copy is also
+    the pinning copy, the DataLoader's pin thread only saw the token); the batches are views of it.
+    """
     if not isinstance(item, dict) or RING_KEY not in item:
-        return item
-    worker, k, rows = item[RING_KEY]
-    slot, extra = ring[worker][k], item["extra"]
-    batch = {name: slot[name][:n].clone() for name, n in rows}
-    batch.update(extra)
-    return batch
+        return -1, [item]
+    worker, k, places = item[RING_KEY]
+    slot, out = ring[worker][k], []
+    ends = {name: max((at + n for rows in places for nm, at, n in rows if nm == name), default=0) for name in slot}
+    fresh = {}
+    for name, end in ends.items():
+        if end:
+            src = slot[name][:end]
+            fresh[name] = (torch.empty(src.shape, dtype=src.dtype, pin_memory=True).copy_(src) if pin
+                           else src.clone())
+    for rows, extra in zip(places, item["extra"], strict=True):
+        batch = StreamBatch({name: fresh[name][at:at + n] for name, at, n in rows})
+        batch.update(extra)
+        out.append(batch)
+    return worker, out
+
+
+def in_order(items: Iterator[Any], ring: list[Slots], workers: int, *, pin: bool) -> Iterator[Any]:
+    """The batches in the plain DataLoader's order: one of each worker in turn, skipping the
+    workers that are done (a worker's token holds several of its consecutive batches)."""
+    queues: list[deque[Any]] = [deque() for _ in range(workers)]
+    turn, done = 0, False
+    while True:
+        while not queues[turn] and not done:
+            item = next(items, _END)
+            if item is _END:
+                done = True
+                break
+            worker, batches = receive(ring, item, pin=pin)
+            if worker < 0:
+                yield from batches
+            else:
+                queues[worker].extend(batches)
+        if queues[turn]:
+            yield queues[turn].popleft()
+        elif not any(queues):
+            return
+        turn = (turn + 1) % workers
+
+
+_END = object()
+
+
+def pin_batch(batch: Any) -> Any:
+    """``batch`` with its tensors in pinned memory (what the DataLoader's ``pin_memory`` does)."""
+    return type(batch)({k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})
 
 
 class RingDataLoader(DataLoader):
@@ -92,7 +172,8 @@ class RingDataLoader(DataLoader):
 
     Args:
         dataset: The dataset.
-        num_workers: DataLoader workers (0: the plain single-process path).
+        num_workers: DataLoader workers (0: the dataset's own iterator, in this process, without
+            the DataLoader's per-batch machinery; ``pin_memory`` still applies).
         prefetch_factor: Batches each worker prepares ahead (torch's meaning).
         **kwargs: Other ``DataLoader`` options (``persistent_workers``, ``multiprocessing_context``...).
 
@@ -113,9 +194,13 @@ class RingDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         ds: Any = self.dataset
+        if not self.num_workers:  # the dataset's own iterator: no per-batch fetcher/sampler/profiler hooks
+            pin = self.pin_memory and torch.accelerator.is_available()
+            return (pin_batch(b) for b in ds) if pin else iter(ds)
         ds._ring = self._ring or None  # workers (forked or spawned) take it from the dataset
         try:
             it = super().__iter__()
         finally:
             ds._ring = None
-        return (receive(self._ring, item) for item in it)
+        pin = bool(getattr(it, "_pin_memory", False))  # what torch decided (no accelerator: no pinning)
+        return in_order(it, self._ring, self.num_workers, pin=pin)

@@ -18,12 +18,17 @@ def ids_of(batches) -> list[list[int]]:
     return [b["id"].tolist() for b in batches]
 
 
-@pytest.mark.parametrize("persistent", [False, True])
-def test_ring_gives_the_plain_batches_as_fresh_tensors(synthetic_table, persistent: bool) -> None:
+@pytest.mark.parametrize(("persistent", "group_rows", "workers"), [(False, 1024, 2), (True, 1024, 2),
+                                                                    (False, 24, 2), (True, 72, 3)])
+def test_ring_gives_the_plain_batches_as_fresh_tensors(synthetic_table, monkeypatch, persistent: bool,
+                                                       group_rows: int, workers: int) -> None:
+    from idxlake.loaders import ring
+
+    monkeypatch.setattr(ring, "GROUP_ROWS", group_rows)  # batches per token: 42, 1, 3 (forked workers see it)
     table, source = synthetic_table
     images, _ = source.arrays["train"]
     ds = DeltaIterableDataset(table, **KW)
-    loader = RingDataLoader(ds, num_workers=2, persistent_workers=persistent)
+    loader = RingDataLoader(ds, num_workers=workers, persistent_workers=persistent)
     for epoch in range(2):
         ds.set_epoch(epoch)
         kept = list(loader)  # held: later slots must not overwrite earlier batches
@@ -67,3 +72,47 @@ def test_ring_refuses_batching_options(synthetic_table) -> None:
     table, _ = synthetic_table
     with pytest.raises(LoaderConfigError, match="batch_size is not an option"):
         RingDataLoader(DeltaIterableDataset(table, **KW), batch_size=4)
+
+
+def test_factory_gives_the_ring_to_the_streaming_dataset_with_workers(synthetic_table) -> None:
+    table, source = synthetic_table
+    images, _ = source.arrays["train"]
+    ds = DeltaIterableDataset(table, **KW)
+    loader = ds.dataloader(num_workers=2, prefetch_factor=3)
+    assert isinstance(loader, RingDataLoader) and loader.batch_size is None and loader.persistent_workers
+    assert loader.prefetch_factor == 3 and all(len(w) == 5 for w in loader._ring)  # prefetch_factor + 2 slots
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        kept = list(loader)
+        ref = DeltaIterableDataset(table, **KW)
+        ref.set_epoch(epoch)
+        assert ids_of(kept) == ids_of(DataLoader(ref, batch_size=None))
+        for b in kept:
+            assert RING_KEY not in b and np.array_equal(b["image"][:, 0].numpy(), images[b["id"].numpy()])
+    direct = ds.dataloader()  # no workers: the dataset's own iterator, the same batches
+    assert isinstance(direct, RingDataLoader) and direct.num_workers == 0
+    assert ids_of(direct) == ids_of(DataLoader(ref, batch_size=None))
+    ds.set_epoch(0)
+    custom = ds.dataloader(num_workers=1, collate_fn=lambda b: b)  # a custom collate: the plain DataLoader
+    assert not isinstance(custom, RingDataLoader) and ids_of(custom) == ids_of(DeltaIterableDataset(table, **KW))
+
+
+def test_ring_pins_what_it_copies_out_only_where_torch_pins(synthetic_table, monkeypatch) -> None:
+    from idxlake.loaders import ring
+
+    table, _ = synthetic_table
+    seen: list[bool] = []
+    real = ring.receive
+
+    def spy(r, item, *, pin=False):
+        seen.append(pin)
+        return real(r, item, pin=pin)
+
+    monkeypatch.setattr(ring, "receive", spy)
+    got = list(RingDataLoader(DeltaIterableDataset(table, **KW), num_workers=1, pin_memory=True))
+    assert 0 < len(seen) < len(got) and set(seen) == {torch.accelerator.is_available()}  # one per token
+    if torch.accelerator.is_available():
+        assert all(v.is_pinned() for b in got for v in b.values())
+    direct = list(RingDataLoader(DeltaIterableDataset(table, **KW), pin_memory=True))  # 0 workers: pinned here
+    assert ids_of(direct) == ids_of(got)
+    assert all(v.is_pinned() == torch.accelerator.is_available() for b in direct for v in b.values())
