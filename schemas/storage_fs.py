@@ -117,7 +117,11 @@ def _gcs_credentials(uri: str, o: Mapping[str, str]) -> dict[str, object] | None
     given = o.get("service_account_key") or o.get("service_account") or o.get("application_credentials")
     if given is None:
         return None
-    text = given if given.lstrip().startswith("{") else Path(given).read_text(encoding="utf-8")
+    try:
+        text = given if given.lstrip().startswith("{") else Path(given).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StorageConfigError(f"{uri}: cannot read the Google service account file {given}: "
+                                 f"{exc.strerror or exc}") from exc
     try:
         account = json.loads(text)
     except ValueError as exc:

@@ -146,3 +146,23 @@ def test_known_keys_in_any_case_reach_delta_rs_unchanged(keys: list[str], rnd: r
     unknown = {**options, "AZURE_NOT_A_KEY": "v"}
     with pytest.raises(StorageConfigError, match="AZURE_NOT_A_KEY"):
         delta_options("az://lake/t", unknown)
+
+
+@pytest.mark.parametrize("key", ["google_service_account", "GOOGLE_SERVICE_ACCOUNT_KEY", "service_account_key",
+                                 "google_application_credentials"])
+def test_delta_rs_gets_no_oauth_fallback_behind_a_gcs_base_url(tmp_path: Path, key: str) -> None:
+    # delta-rs reads the same service account: without disable_oauth it would ask Google for tokens.
+    account = json.dumps({"gcs_base_url": "http://127.0.0.1:9", "client_email": "", "private_key": ""})
+    if "key" not in key.lower():
+        (tmp_path / "sa.json").write_text(account)
+        account = str(tmp_path / "sa.json")
+    with pytest.raises(StorageConfigError, match="without disable_oauth would fetch OAuth tokens from Google"):
+        delta_options("gs://lake/t", {key: account})
+
+
+def test_an_unreadable_service_account_file_is_one_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.json"
+    with pytest.raises(StorageConfigError, match=rf"cannot read the Google service account file {missing}"):
+        delta_options("gs://lake/t", {"google_service_account": str(missing)})
+    with pytest.raises(StorageConfigError, match="cannot read the Google service account file"):
+        pyarrow_filesystem("gs://lake/t", {"google_service_account": str(missing)})
