@@ -166,3 +166,15 @@ def test_an_unreadable_service_account_file_is_one_clear_error(tmp_path: Path) -
         delta_options("gs://lake/t", {"google_service_account": str(missing)})
     with pytest.raises(StorageConfigError, match="cannot read the Google service account file"):
         pyarrow_filesystem("gs://lake/t", {"google_service_account": str(missing)})
+
+
+@pytest.mark.parametrize(("uri", "options", "match"), [
+    ("az://lake/t", {"account_name": "a", "client_id": "i", "client_secret": "s"}, r"missing \['tenant_id'\]"),
+    ("az://lake/t", {"account_name": "a", "tenant_id": "t"}, r"missing \['client_id', 'client_secret'\]"),
+    ("s3://b/t", {"aws_session_token": "x"}, r"\['session_token'\] given without both"),
+    ("s3://b/t", {"aws_access_key_id": "k"}, r"\['access_key_id'\] given without both"),
+    ("s3://b/t", {"aws_role_session_name": "n"}, "AWS_ROLE_SESSION_NAME needs AWS_ROLE_ARN"),
+])
+def test_partial_credentials_are_refused_not_dropped(uri: str, options: dict[str, str], match: str) -> None:
+    with pytest.raises(StorageConfigError, match=match):
+        pyarrow_filesystem(uri, options)
