@@ -83,6 +83,11 @@ def test_json_documents_of_ingest_export_optimize_vacuum(capsys: pytest.CaptureF
     rc, out, _ = _run(capsys, "export", table, str(tmp_path / "out"), "--json")
     doc = json.loads(out)
     assert rc == 0 and doc["splits"]["test"]["rows"] == 100 and Path(doc["splits"]["test"]["images"]).exists()
+    assert set(doc) == {"table", "outdir", "splits"}  # the README's --json table lists exactly these
+    assert set(doc["splits"]["test"]) == {"rows", "images", "labels", "verified"}
+    assert doc["splits"]["test"]["verified"] is True
+    rc, out, _ = _run(capsys, "export", table, str(tmp_path / "pq"), "--format", "parquet", "--json")
+    assert rc == 0 and set(json.loads(out)) == {"format", "table", "version", "outdir", "files", "rows", "row_groups"}
 
     rc, out, _ = _run(capsys, "optimize", table, "--json")
     doc = json.loads(out)
