@@ -36,6 +36,7 @@ from idxlake.pipeline.inspect.engines import (
 from idxlake.pipeline.inspect.sqltext import check_identifier, check_read_only, rewrite_binary_lengths, table_identifier
 from idxlake.pipeline.inspect.timetravel import TravelClause, rewrite_time_travel
 from idxlake.schemas import DataCorruptionError, IdxlakeError, QueryError, open_table, snapshot_of
+from idxlake.schemas.storage import one_line
 from idxlake.schemas.versions import Timestamp, VersionRange, version_range
 
 if TYPE_CHECKING:
@@ -82,10 +83,6 @@ class QueryResult:
     name: str
     sql: str
     versions: Mapping[str, int]
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _hint(message: str, name: str) -> str:
@@ -179,7 +176,7 @@ def query(table: str, sql: str, *, engine: Engine = DEFAULT_ENGINE, name: str | 
     except IdxlakeError:
         raise
     except Exception as exc:  # engines raise plain Exception, ValueError or duckdb.Error subclasses
-        message = _one_line(exc)
+        message = one_line(exc)
         if _DAMAGED.search(message):  # the engine's read error names no file: find it
             _raise_damaged(table, tables, storage_options, f"{engine}: {message}", exc)
         if re.search(r"not found|no such file", message, re.IGNORECASE):
