@@ -228,14 +228,15 @@ def fuse_hint(uri: str) -> str:
             "the only writer, pass --storage-option allow_unsafe_rename=true")
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+"""CSI sequences (colours, cursor moves), OSC sequences (titles, links) and two-byte escapes."""
 _UNREACHABLE = re.compile(r"error (sending request|performing)|connect|timed out|dns error|retry policy exhausted",
                           re.IGNORECASE)
 
 
 def one_line(exc: BaseException) -> str:
     """``exc`` as one line, without the ANSI colours and arrows of delta-rs' error chains."""
-    return " ".join(_ANSI.sub("", str(exc)).replace("↳", " ").split()) or type(exc).__name__
+    return " ".join(ANSI_ESCAPE.sub("", str(exc)).replace("↳", " ").split()) or type(exc).__name__
 
 
 def storage_error(uri: str, exc: BaseException) -> StorageUnreachableError | None:

@@ -178,3 +178,10 @@ def test_an_unreadable_service_account_file_is_one_clear_error(tmp_path: Path) -
 def test_partial_credentials_are_refused_not_dropped(uri: str, options: dict[str, str], match: str) -> None:
     with pytest.raises(StorageConfigError, match=match):
         pyarrow_filesystem(uri, options)
+
+
+def test_one_line_removes_every_escape_sequence_not_only_colours() -> None:
+    from idxlake.schemas.storage import one_line
+
+    text = "\x1b[31mred\x1b[0m \x1b[2Kcleared \x1b]8;;http://x\x07link\x1b]8;;\x07 \x1bMup\n  ↳ next"
+    assert one_line(Exception(text)) == "red cleared link up next"
