@@ -10,6 +10,7 @@ live data file, one output row group per input row group, copied in order.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -22,14 +23,21 @@ from idxlake.schemas import (
     ID,
     LABEL,
     SPLIT,
+    DataCorruptionError,
+    DataFile,
     SchemaMismatchError,
     TableExistsError,
+    TableSnapshot,
     pyarrow_filesystem,
     snapshot,
 )
 from idxlake.schemas.versions import Timestamp
 
 logger = logging.getLogger(__name__)
+
+_CODECS = {"LZ4": "lz4", "LZ4_RAW": "lz4", "ZSTD": "zstd", "SNAPPY": "snappy", "UNCOMPRESSED": "none",
+           "GZIP": "gzip", "BROTLI": "brotli"}
+"""Parquet footer codec name -> pyarrow writer codec (the footer says ``UNCOMPRESSED``, the writer wants ``none``)."""
 
 
 @dataclass(frozen=True)
@@ -86,23 +94,55 @@ def export_parquet(table: str, out: str, *, splits: list[str] | None = None, ver
         raise TableExistsError(f"{out}: already holds files; export into a new or empty directory")
     fs.create_dir(root, recursive=True)
     schema = snap.schema
-    files, rows, groups = [], dict.fromkeys(sorted({f.split for f in chosen}), 0), 0
-    for index, data_file in enumerate(chosen):
-        source = pq.ParquetFile(snap.filesystem().open_input_file(snap.file_path(data_file)))
-        path = f"{root}/{data_file.split or 'all'}-{index:05d}.parquet"
-        codec = source.metadata.row_group(0).column(0).compression.lower() if source.metadata.num_row_groups else "zstd"
-        with fs.open_output_stream(path) as sink, pq.ParquetWriter(
-                sink, schema, compression=codec, use_dictionary=[LABEL, SPLIT],
-                write_statistics=[ID, LABEL, SPLIT], store_schema=True) as writer:
-            for rg in range(source.metadata.num_row_groups):
-                part = source.read_row_group(rg, columns=[c for c in schema.names if c != SPLIT])
-                columns = [pa.repeat(pa.scalar(data_file.split, schema.field(SPLIT).type), part.num_rows)
-                           if name == SPLIT else part.column(name) for name in schema.names]
-                batch = pa.Table.from_arrays(columns, names=schema.names).cast(schema)
-                writer.write_table(batch, row_group_size=max(part.num_rows, 1))
-                rows[data_file.split] += part.num_rows
-                groups += 1
-        files.append(path)
+    files: list[str] = []
+    rows, groups = dict.fromkeys(sorted({f.split for f in chosen}), 0), 0
+    try:
+        for index, data_file in enumerate(chosen):
+            path = f"{root}/{data_file.split or 'all'}-{index:05d}.parquet"
+            files.append(path)
+            copied_groups, copied_rows = _copy_file(snap, data_file, fs, path, schema)
+            groups += copied_groups
+            rows[data_file.split] += copied_rows
+    except BaseException:  # nothing half-written is kept: a reader would take it for the snapshot
+        for path in files:
+            with contextlib.suppress(OSError):
+                fs.delete_file(path)
+        raise
     logger.info("%s@v%d: %d rows in %d files exported as plain Parquet to %s", table, snap.version,
                 sum(rows.values()), len(files), out)
     return ParquetExport(table, snap.version, out, tuple(files), rows, groups)
+
+
+def _copy_file(snap: TableSnapshot, data_file: DataFile, fs: pafs.FileSystem, path: str,
+               schema: pa.Schema) -> tuple[int, int]:
+    """Copy one live data file to ``path`` row group by row group, every page CRC-checked on read and
+    checksummed on write; returns (row groups, rows) written.
+
+    Raises:
+        DataCorruptionError: a page checksum failed or the file does not read (naming table, version, file).
+    """
+    where = f"{snap.uri}@v{snap.version}: data file {data_file.path}"
+    rg, rows = -1, 0
+    try:
+        source = pq.ParquetFile(snap.filesystem().open_input_file(snap.file_path(data_file)),
+                                page_checksum_verification=True)
+        md = source.metadata
+        codec = _CODECS.get(md.row_group(0).column(0).compression.upper(), "zstd") if md.num_row_groups else "zstd"
+        with fs.open_output_stream(path) as sink, pq.ParquetWriter(
+                sink, schema, compression=codec, use_dictionary=[LABEL, SPLIT], write_page_checksum=True,
+                write_statistics=[ID, LABEL, SPLIT], store_schema=True) as writer:
+            for rg in range(md.num_row_groups):
+                part = source.read_row_group(rg, columns=[c for c in schema.names if c != SPLIT])
+                columns = [pa.repeat(pa.scalar(data_file.split, schema.field(SPLIT).type), part.num_rows)
+                           if name == SPLIT else part.column(name) for name in schema.names]
+                writer.write_table(pa.Table.from_arrays(columns, names=schema.names).cast(schema),
+                                   row_group_size=max(part.num_rows, 1))
+                rows += part.num_rows
+        return int(md.num_row_groups), rows
+    except FileNotFoundError:
+        snap.check_files([data_file])  # a vacuumed version says so, and when
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        at = f" row group {rg}" if rg >= 0 else ""
+        raise DataCorruptionError(f"{where}{at} cannot be read: {exc}; nothing was kept. "
+                                  f"Run `idxlake verify {snap.uri}`") from exc

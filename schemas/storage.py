@@ -41,6 +41,8 @@ WorkerContext = Literal["fork", "forkserver", "spawn"]
 FAST_FAIL_OPTIONS: dict[str, str] = {"connect_timeout": "5s", "max_retries": "3", "retry_timeout": "15s"}
 """delta-rs client defaults for object stores, unless the options set them: fail in seconds, not minutes."""
 FUSE_PREFIXES = ("/dbfs/", "/Volumes/")
+GCS_CREDENTIALS = frozenset({"service_account", "service_account_key", "application_credentials"})
+"""Option meanings that carry a Google service account (whose ``gcs_base_url`` is an endpoint)."""
 Options = dict[str, str]
 
 
@@ -153,7 +155,7 @@ def delta_options(uri: str, options: Mapping[str, str] | None) -> Options | None
     """The ``storage_options`` to give deltalake for ``uri``: every given option, plus fast-fail defaults."""
     opts = check_options(uri, options)
     resolved = resolved_options(uri, options)
-    if "endpoint" in resolved or true(resolved.get("use_emulator")) or "service_account" in resolved:
+    if "endpoint" in resolved or true(resolved.get("use_emulator")) or GCS_CREDENTIALS & resolved.keys():
         store_of(uri).build(uri, resolved)  # the same credential checks: no chain behind an endpoint
     if store_of(uri).name != "local":
         given = {k.lower() for k in opts}
@@ -226,14 +228,15 @@ def fuse_hint(uri: str) -> str:
             "the only writer, pass --storage-option allow_unsafe_rename=true")
 
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
+"""CSI sequences (colours, cursor moves), OSC sequences (titles, links) and two-byte escapes."""
 _UNREACHABLE = re.compile(r"error (sending request|performing)|connect|timed out|dns error|retry policy exhausted",
                           re.IGNORECASE)
 
 
 def one_line(exc: BaseException) -> str:
     """``exc`` as one line, without the ANSI colours and arrows of delta-rs' error chains."""
-    return " ".join(_ANSI.sub("", str(exc)).replace("↳", " ").split()) or type(exc).__name__
+    return " ".join(ANSI_ESCAPE.sub("", str(exc)).replace("↳", " ").split()) or type(exc).__name__
 
 
 def storage_error(uri: str, exc: BaseException) -> StorageUnreachableError | None:

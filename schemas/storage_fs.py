@@ -56,6 +56,12 @@ def s3_filesystem(uri: str, o: Mapping[str, str]) -> pafs.FileSystem:
     }
     if "endpoint" in o:
         kwargs["endpoint_override"], kwargs["scheme"] = _authority(o["endpoint"], true(o.get("allow_http")))
+    half = {"access_key_id", "secret_access_key", "session_token"} & o.keys()
+    if half and not {"access_key_id", "secret_access_key"} <= o.keys():
+        raise StorageConfigError(f"{uri}: {sorted(half)} given without both AWS_ACCESS_KEY_ID and "
+                                 "AWS_SECRET_ACCESS_KEY; pass both (otherwise the given one would be dropped silently)")
+    if "role_session_name" in o and "role_arn" not in o:
+        raise StorageConfigError(f"{uri}: AWS_ROLE_SESSION_NAME needs AWS_ROLE_ARN (it would be dropped silently)")
     if "access_key_id" in o and "secret_access_key" in o:
         kwargs.update(access_key=o["access_key_id"], secret_key=o["secret_access_key"])
         if "session_token" in o:
@@ -95,6 +101,11 @@ def azure_filesystem(uri: str, o: Mapping[str, str]) -> pafs.FileSystem:
     if not account:
         raise StorageConfigError(f"{uri}: no Azure storage account: use abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/"
                                  "... or pass AZURE_STORAGE_ACCOUNT_NAME")
+    principal = {"client_id", "client_secret", "tenant_id"}
+    if o.keys() & (principal - {"client_id"}) and not principal <= o.keys():
+        raise StorageConfigError(
+            f"{uri}: a service principal needs client_id, client_secret and tenant_id together; missing "
+            f"{sorted(principal - o.keys())} (otherwise the others would be dropped silently)")
     if "account_key" in o:
         kwargs["account_key"] = o["account_key"]
     elif "sas_token" in o:
@@ -117,7 +128,11 @@ def _gcs_credentials(uri: str, o: Mapping[str, str]) -> dict[str, object] | None
     given = o.get("service_account_key") or o.get("service_account") or o.get("application_credentials")
     if given is None:
         return None
-    text = given if given.lstrip().startswith("{") else Path(given).read_text(encoding="utf-8")
+    try:
+        text = given if given.lstrip().startswith("{") else Path(given).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StorageConfigError(f"{uri}: cannot read the Google service account file {given}: "
+                                 f"{exc.strerror or exc}") from exc
     try:
         account = json.loads(text)
     except ValueError as exc:

@@ -83,6 +83,11 @@ def test_json_documents_of_ingest_export_optimize_vacuum(capsys: pytest.CaptureF
     rc, out, _ = _run(capsys, "export", table, str(tmp_path / "out"), "--json")
     doc = json.loads(out)
     assert rc == 0 and doc["splits"]["test"]["rows"] == 100 and Path(doc["splits"]["test"]["images"]).exists()
+    assert set(doc) == {"table", "outdir", "splits"}  # the README's --json table lists exactly these
+    assert set(doc["splits"]["test"]) == {"rows", "images", "labels", "verified"}
+    assert doc["splits"]["test"]["verified"] is True
+    rc, out, _ = _run(capsys, "export", table, str(tmp_path / "pq"), "--format", "parquet", "--json")
+    assert rc == 0 and set(json.loads(out)) == {"format", "table", "version", "outdir", "files", "rows", "row_groups"}
 
     rc, out, _ = _run(capsys, "optimize", table, "--json")
     doc = json.loads(out)
@@ -200,3 +205,28 @@ def test_info_and_ingest_agree_on_what_is_verified(tmp_path: Path, capsys: pytes
     assert "its sources matched the published hashes" in out
     rc, out, _ = _run(capsys, "info", table, "--version", "0")
     assert "verified official data: test, train" in out or "verified official data: train, test" in out
+
+
+@pytest.mark.parametrize(("argv", "match"), [
+    (["history", "{table}", "--limit", "-1"], "argument --limit: must be >= 1, got -1"),
+    (["optimize", "{table}", "--target-mb", "-1"], "argument --target-mb: must be >= 1, got -1"),
+])
+def test_negative_counts_are_usage_errors(argv: list[str], match: str, capsys: pytest.CaptureFixture[str],
+                                          synthetic_table: tuple[str, SyntheticSource]) -> None:
+    table, _ = synthetic_table
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.format(table=table) for a in argv])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_library_refuses_a_history_limit_or_target_size_below_one(
+        synthetic_table: tuple[str, SyntheticSource]) -> None:
+    from idxlake.pipeline.inspect.info import table_history
+    from idxlake.pipeline.inspect.maintenance import optimize
+    from idxlake.schemas import MaintenanceError
+
+    table, _ = synthetic_table
+    with pytest.raises(QueryError, match=r"history limit must be an integer >= 1, got -1"):
+        table_history(table, limit=-1)  # was an OverflowError from delta-rs
+    with pytest.raises(MaintenanceError, match=r"target file size must be >= 1 byte"):
+        optimize(table, target_file_bytes=-(1 << 20))  # was accepted: one file per row group

@@ -14,7 +14,7 @@ from four_versions import Four, build_four
 
 from idxlake.cli import main
 from idxlake.pipeline.inspect.diff import table_diff
-from idxlake.schemas import QueryError, TableNotFoundError
+from idxlake.schemas import DataCorruptionError, QueryError, TableNotFoundError
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +144,22 @@ def test_diff_over_s3(s3_endpoint: dict[str, str], tmp_path: Path, capsys: pytes
     assert main(["sql", uri, "SELECT count(*) AS n FROM diff VERSION AS OF 0 WHERE label >= 0", "--format", "csv",
                  *opts]) == 0
     assert capsys.readouterr().out.splitlines() == ['"n"', "40"]
+
+
+def test_diff_content_detects_a_flipped_bit_naming_the_file(tmp_path: Path, synthetic_table,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from conftest import make_source
+    from test_integrity import _flip_a_bit_in_an_image_page, _train_file
+
+    from idxlake import ingest
+
+    table, _ = synthetic_table
+    path, rel = _train_file(table)  # the train file of version 0, removed by the replace below
+    ingest(make_source(tmp_path / "other", rows={"train": 64}, seed=3).root, table, row_group_rows=64)
+    _flip_a_bit_in_an_image_page(path)
+    with pytest.raises(DataCorruptionError, match=rf"{table}@v0: data file {rel} cannot be read: "
+                                                  ".*CRC checksum verification failed"):
+        table_diff(table, 0, 1, content=True)
+    assert main(["diff", table, "0", "1", "--content"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("idxlake diff: error: ") and rel in err and err.count("\n") == 1

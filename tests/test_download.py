@@ -134,3 +134,13 @@ def test_every_mirror_fails_and_bad_input(tmp_path: Path, capsys: pytest.Capture
         download("emnist-digits", tmp_path)
     with pytest.raises(SourceError, match="only http:// and https://"):
         download("mnist", tmp_path, mirrors=["ftp://example.invalid/"])
+
+
+def test_a_stale_part_of_other_bytes_is_downloaded_again_not_a_mismatch(mirror: Mirror, tmp_path: Path) -> None:
+    # An earlier run (another mirror, another file) left a .part: resuming it cannot verify; start over.
+    (tmp_path / ".train-labels-idx1-ubyte.gz.part").write_bytes(b"\x1f\x8b" + bytes(5000))
+    files = download("mnist", tmp_path, mirrors=[mirror.url])
+    labels = next(f for f in files if f.name == "train-labels-idx1-ubyte.gz")
+    assert labels.path.read_bytes() == (bundled_mnist() / labels.name).read_bytes()
+    assert [r for n, r in mirror.log if n == labels.name] == ["bytes=5002-", None]
+    assert not list(tmp_path.glob(".*.part"))

@@ -62,3 +62,41 @@ def test_json_document(tmp_path: Path, synthetic_table: tuple[str, SyntheticSour
     doc = json.loads(capsys.readouterr().out)
     assert doc["format"] == "parquet" and doc["version"] == 0 and doc["rows"] == {"test": 100, "train": 300}
     assert doc["row_groups"] == 7 and all(Path(f).is_file() for f in doc["files"])
+
+
+def test_a_flipped_bit_is_not_copied_into_the_snapshot(tmp_path: Path,
+                                                       synthetic_table: tuple[str, SyntheticSource]) -> None:
+    from test_integrity import _flip_a_bit_in_an_image_page
+
+    from idxlake.schemas import DataCorruptionError
+
+    table, _ = synthetic_table
+    f = next(f for f in snapshot(table).files if f.split == "train")
+    _flip_a_bit_in_an_image_page(Path(table) / f.path)
+    with pytest.raises(DataCorruptionError, match=rf"{table}@v0: data file {f.path} row group 1 cannot be read: "
+                                                  ".*CRC checksum verification failed"):
+        export_parquet(table, str(tmp_path / "out"))
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]  # nothing half-written is kept
+
+
+def test_the_snapshot_carries_page_checksums(tmp_path: Path, synthetic_table: tuple[str, SyntheticSource]) -> None:
+    table, _ = synthetic_table
+    done = export_parquet(table, str(tmp_path / "out"))
+    path = Path(done.files[0])
+    md = pq.ParquetFile(path).metadata
+    image = next(md.row_group(1).column(i) for i in range(md.num_columns)
+                 if md.row_group(1).column(i).path_in_schema == "image")
+    data = bytearray(path.read_bytes())
+    data[image.data_page_offset + image.total_compressed_size // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+    with pytest.raises(OSError, match="CRC checksum verification failed"):
+        pq.ParquetFile(path, page_checksum_verification=True).read_row_group(1)
+
+
+@pytest.mark.parametrize("codec", ["UNCOMPRESSED", "SNAPPY"])
+def test_every_ingest_codec_exports(tmp_path: Path, synthetic_source: SyntheticSource, codec: str) -> None:
+    table = str(tmp_path / "t")
+    ingest(synthetic_source.root, table, row_group_rows=64, codec=codec)  # type: ignore[arg-type]
+    done = export_parquet(table, str(tmp_path / "out"))
+    assert done.rows == {"test": 100, "train": 300}
+    assert pq.ParquetFile(done.files[0]).metadata.row_group(0).column(0).compression == codec

@@ -233,3 +233,16 @@ def test_sql_subprocess_does_not_import_torch(mnist_table: str) -> None:
     lines = out.stdout.splitlines()
     assert lines[-1] == "torch loaded: False"
     assert lines[1] == '"test",0,980' and len(lines) == 22
+
+
+def test_engine_errors_lose_their_ansi_colours_in_the_library_too(synthetic_table, monkeypatch) -> None:
+    from idxlake.pipeline.inspect import sql as sql_module
+
+    def failing(*args: object, **kwargs: object) -> None:
+        raise Exception("\x1b[31mError\x1b[0m: planning failed\n  ↳ caused by: bad")
+
+    monkeypatch.setitem(sql_module.ENGINES, "datafusion", failing)
+    table, _ = synthetic_table
+    with pytest.raises(QueryError) as info:
+        sql_module.query(table, "SELECT 1")
+    assert str(info.value) == "datafusion: Error: planning failed caused by: bad"

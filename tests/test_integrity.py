@@ -75,14 +75,20 @@ def test_one_flipped_bit_is_caught_by_loader_export_and_verify(
     assert doc["ok"] is False and doc["checks"]["pages"] is False and doc["checks"]["files"] is True
 
 
-def test_the_duckdb_path_verifies_page_checksums(synthetic_table) -> None:
+def test_the_duckdb_path_verifies_page_checksums(synthetic_table, capsys: pytest.CaptureFixture[str]) -> None:
     from idxlake.pipeline.inspect.sql import query
 
     table, _ = synthetic_table
-    _flip_a_bit_in_an_image_page(_train_file(table)[0])
+    path, rel = _train_file(table)
+    _flip_a_bit_in_an_image_page(path)
     assert query(table, "SELECT count(*) AS n FROM t", name="t", engine="duckdb").table["n"][0].as_py() == 400
-    with pytest.raises(Exception, match="CRC checksum verification failed"):
+    # a damaged file, named with the table and version: not a QueryError (a user's mistake, exit 2)
+    with pytest.raises(DataCorruptionError, match=rf"{table}@v0: data file {rel} cannot be read: row group 1: "
+                                                  ".*CRC checksum verification failed"):
         query(table, "SELECT md5(image) FROM t", name="t", engine="duckdb")
+    assert main(["sql", table, "SELECT md5(image) FROM t", "--name", "t", "--engine", "duckdb"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("idxlake sql: error: ") and rel in err and err.count("\n") == 1
 
 
 def test_payload_different_from_the_lineage_is_caught_by_export_and_verify(

@@ -146,3 +146,42 @@ def test_known_keys_in_any_case_reach_delta_rs_unchanged(keys: list[str], rnd: r
     unknown = {**options, "AZURE_NOT_A_KEY": "v"}
     with pytest.raises(StorageConfigError, match="AZURE_NOT_A_KEY"):
         delta_options("az://lake/t", unknown)
+
+
+@pytest.mark.parametrize("key", ["google_service_account", "GOOGLE_SERVICE_ACCOUNT_KEY", "service_account_key",
+                                 "google_application_credentials"])
+def test_delta_rs_gets_no_oauth_fallback_behind_a_gcs_base_url(tmp_path: Path, key: str) -> None:
+    # delta-rs reads the same service account: without disable_oauth it would ask Google for tokens.
+    account = json.dumps({"gcs_base_url": "http://127.0.0.1:9", "client_email": "", "private_key": ""})
+    if "key" not in key.lower():
+        (tmp_path / "sa.json").write_text(account)
+        account = str(tmp_path / "sa.json")
+    with pytest.raises(StorageConfigError, match="without disable_oauth would fetch OAuth tokens from Google"):
+        delta_options("gs://lake/t", {key: account})
+
+
+def test_an_unreadable_service_account_file_is_one_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.json"
+    with pytest.raises(StorageConfigError, match=rf"cannot read the Google service account file {missing}"):
+        delta_options("gs://lake/t", {"google_service_account": str(missing)})
+    with pytest.raises(StorageConfigError, match="cannot read the Google service account file"):
+        pyarrow_filesystem("gs://lake/t", {"google_service_account": str(missing)})
+
+
+@pytest.mark.parametrize(("uri", "options", "match"), [
+    ("az://lake/t", {"account_name": "a", "client_id": "i", "client_secret": "s"}, r"missing \['tenant_id'\]"),
+    ("az://lake/t", {"account_name": "a", "tenant_id": "t"}, r"missing \['client_id', 'client_secret'\]"),
+    ("s3://b/t", {"aws_session_token": "x"}, r"\['session_token'\] given without both"),
+    ("s3://b/t", {"aws_access_key_id": "k"}, r"\['access_key_id'\] given without both"),
+    ("s3://b/t", {"aws_role_session_name": "n"}, "AWS_ROLE_SESSION_NAME needs AWS_ROLE_ARN"),
+])
+def test_partial_credentials_are_refused_not_dropped(uri: str, options: dict[str, str], match: str) -> None:
+    with pytest.raises(StorageConfigError, match=match):
+        pyarrow_filesystem(uri, options)
+
+
+def test_one_line_removes_every_escape_sequence_not_only_colours() -> None:
+    from idxlake.schemas.storage import one_line
+
+    text = "\x1b[31mred\x1b[0m \x1b[2Kcleared \x1b]8;;http://x\x07link\x1b]8;;\x07 \x1bMup\n  ↳ next"
+    assert one_line(Exception(text)) == "red cleared link up next"

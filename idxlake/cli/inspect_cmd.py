@@ -11,7 +11,7 @@ import shutil
 import sys
 from typing import Any
 
-from idxlake.cli.common import add_json_option, add_table_options, storage_options, time_travel
+from idxlake.cli.common import add_json_option, add_table_options, positive_int, storage_options, time_travel
 
 DEFAULT_SQL_LIMIT = 100
 """Rows printed by ``idxlake sql --format table`` unless ``--limit`` says otherwise."""
@@ -80,7 +80,7 @@ def register(sub: Any) -> None:
                        description="List the table's commits, newest first: version, timestamp, operation "
                                    "and the idxlake lineage recorded with it.")
     p.add_argument("table", help="table path or URI")
-    p.add_argument("--limit", type=int, default=None, metavar="N", help="newest N versions only")
+    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="newest N versions only")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_table_options(p, version=False)
     p.set_defaults(run=run_history)
@@ -109,7 +109,7 @@ def register(sub: Any) -> None:
                                    "files as the target allows, keeping the rows, their id order and the row "
                                    "groups, in one Delta commit. Old files stay for time travel until vacuum.")
     p.add_argument("table", help="table path or URI")
-    p.add_argument("--target-mb", type=int, default=None, metavar="MB",
+    p.add_argument("--target-mb", type=positive_int, default=None, metavar="MB",
                    help="uncompressed image MiB per file (default 128)")
     add_json_option(p, "what was compacted")
     add_table_options(p, version=False)

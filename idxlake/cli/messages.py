@@ -11,8 +11,7 @@ import re
 import sys
 from typing import TextIO
 
-ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
-"""CSI sequences (colours, cursor moves), OSC sequences (titles, links) and two-byte escapes."""
+from idxlake.schemas.storage import ANSI_ESCAPE
 
 MAX_LINE = 600
 """Longest one-line message; longer ones end with an ellipsis (``--debug`` shows the whole text)."""

@@ -172,23 +172,31 @@ def _one(out: Path, name: str, md5: str | None, sha256: str | None, bases: Seque
     failures, mismatches = [], []
     for base in bases:
         url = base.rstrip("/") + "/" + name
-        for attempt in range(1, ATTEMPTS_PER_MIRROR + 1):
-            try:
-                _fetch(url, part, progress)
-                break
-            except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError, timeouts, cut connections
-                reason = f"{url}: {getattr(exc, 'reason', None) or exc}"
-                logger.info("attempt %d: %s", attempt, reason)
-                if isinstance(exc, urllib.error.HTTPError) or attempt == ATTEMPTS_PER_MIRROR:
-                    failures.append(reason)
-                    part.unlink(missing_ok=True)
+        how, got = None, ""
+        for fresh in (False, True):
+            stale = part.exists()  # left by an earlier run, perhaps from another mirror or another file
+            for attempt in range(1, ATTEMPTS_PER_MIRROR + 1):
+                try:
+                    _fetch(url, part, progress)
                     break
-        if not part.exists():
-            continue
-        how, got = _verify(part, md5, sha256)
+                except (OSError, ValueError, http.client.HTTPException) as exc:  # URLError, timeouts, cuts
+                    reason = f"{url}: {getattr(exc, 'reason', None) or exc}"
+                    logger.info("attempt %d: %s", attempt, reason)
+                    if isinstance(exc, urllib.error.HTTPError) or attempt == ATTEMPTS_PER_MIRROR:
+                        failures.append(reason)
+                        part.unlink(missing_ok=True)
+                        break
+            if not part.exists():
+                break
+            how, got = _verify(part, md5, sha256)
+            if how is None:
+                part.unlink()
+            if how is not None or fresh or not stale:
+                break
+            logger.info("%s: the resumed part did not verify; downloading it again from the start", url)
         if how is None:
-            mismatches.append(f"{url}: got {got}")
-            part.unlink()
+            if got:
+                mismatches.append(f"{url}: got {got}")
             continue
         size = part.stat().st_size
         os.replace(part, final)  # atomic: only a verified file ever has the final name

@@ -14,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -28,6 +29,7 @@ from idxlake.schemas import (
     LABEL,
     META_KEY,
     SPLIT,
+    DataCorruptionError,
     DataFile,
     QueryError,
     TableSnapshot,
@@ -58,6 +60,18 @@ def resolve_point(versions: VersionRange, point: int | str | None, default: int)
     return versions.at(text)
 
 
+@contextmanager
+def _named(snap: TableSnapshot, data_file: DataFile) -> Iterator[None]:
+    """Turn a read error of ``data_file`` (page CRC, footer) into one that names table, version and file."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        raise DataCorruptionError(f"{snap.uri}@v{snap.version}: data file {data_file.path} cannot be read: {exc}; "
+                                  f"run `idxlake verify {snap.uri}`") from exc
+
+
 def _keys(snap: TableSnapshot, files: Sequence[DataFile], *, content: bool, side: str) -> pa.Table:
     """``split, label, id[, digest], side`` of every row of ``files`` (one row group at a time)."""
     fs = snap.filesystem()
@@ -65,8 +79,8 @@ def _keys(snap: TableSnapshot, files: Sequence[DataFile], *, content: bool, side
     parts: list[pa.Table] = []
     columns = [ID, LABEL] + ([IMAGE] if content else [])
     for f in files:
-        with fs.open_input_file(snap.file_path(f)) as fh:
-            pf = pq.ParquetFile(fh)
+        with _named(snap, f), fs.open_input_file(snap.file_path(f)) as fh:
+            pf = pq.ParquetFile(fh, page_checksum_verification=True)
             for i in range(pf.metadata.num_row_groups):
                 group = pf.read_row_group(i, columns=columns)
                 arrays = {SPLIT: pa.array([f.split] * group.num_rows, pa.string()),
@@ -87,8 +101,8 @@ def _label_counts(snap: TableSnapshot, files: Sequence[DataFile]) -> dict[tuple[
     fs = snap.filesystem()
     out: dict[tuple[str, int], int] = {}
     for f in files:
-        with fs.open_input_file(snap.file_path(f)) as fh:
-            labels = pq.read_table(fh, columns=[LABEL])[LABEL]
+        with _named(snap, f), fs.open_input_file(snap.file_path(f)) as fh:
+            labels = pq.ParquetFile(fh, page_checksum_verification=True).read(columns=[LABEL])[LABEL]
         for row in pc.value_counts(labels).to_pylist():
             key = (f.split, int(row["values"]))
             out[key] = out.get(key, 0) + int(row["counts"])

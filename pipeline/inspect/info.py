@@ -77,7 +77,12 @@ def table_history(table: str, *, limit: int | None = None,
 
     Raises:
         TableNotFoundError: no table at ``table``.
+        QueryError: ``limit`` below 1.
     """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        from idxlake.schemas import QueryError
+
+        raise QueryError(f"history limit must be an integer >= 1, got {limit!r}")
     dt = open_table(table, storage_options=storage_options)
     entries = [_commit_entry(c) for c in dt.history(limit)]
     return sorted(entries, key=lambda e: -(e["version"] or 0))

@@ -176,10 +176,13 @@ def optimize(table: str, *, target_file_bytes: int | None = None,
     Raises:
         TableNotFoundError: no table.
         SchemaMismatchError: not an idxlake table.
+        MaintenanceError: ``target_file_bytes`` below 1.
     """
     from idxlake.pipeline.ingest.delta_commit import TARGET_FILE_BYTES, commit, file_schema, open_pending, write_split
     from idxlake.schemas.version import __version__
 
+    if target_file_bytes is not None and target_file_bytes < 1:
+        raise MaintenanceError(f"target file size must be >= 1 byte (--target-mb >= 1), got {target_file_bytes}")
     t0 = time.perf_counter()
     dt = open_table(table, storage_options=storage_options)
     snap = snapshot_of(dt, uri=table, storage_options=storage_options)

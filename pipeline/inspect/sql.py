@@ -17,7 +17,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NoReturn
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -35,7 +35,8 @@ from idxlake.pipeline.inspect.engines import (
 )
 from idxlake.pipeline.inspect.sqltext import check_identifier, check_read_only, rewrite_binary_lengths, table_identifier
 from idxlake.pipeline.inspect.timetravel import TravelClause, rewrite_time_travel
-from idxlake.schemas import IdxlakeError, QueryError, open_table, snapshot_of
+from idxlake.schemas import DataCorruptionError, IdxlakeError, QueryError, open_table, snapshot_of
+from idxlake.schemas.storage import one_line
 from idxlake.schemas.versions import Timestamp, VersionRange, version_range
 
 if TYPE_CHECKING:
@@ -84,10 +85,6 @@ class QueryResult:
     versions: Mapping[str, int]
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _hint(message: str, name: str) -> str:
     if re.search(r"received Binary|\bBLOB\b|non.utf-?8|BinaryView", message, re.IGNORECASE):
         return (" (hint: binary columns: octet_length(image) gives the byte size, md5(image) a hash, "
@@ -96,6 +93,26 @@ def _hint(message: str, name: str) -> str:
         return (f" (hint: the table is registered as {name!r}; --name changes it; older versions: "
                 f"FROM {name} VERSION AS OF N)")
     return ""
+
+
+_DAMAGED = re.compile(r"CRC checksum verification failed|could not verify page integrity|Couldn't deserialize "
+                      r"thrift|Parquet magic bytes not found|Corrupt(ed)? (parquet|page|footer)", re.IGNORECASE)
+"""Engine messages that mean a data file is damaged (not a problem with the statement)."""
+
+
+def _raise_damaged(table: str, tables: Mapping[str, DeltaTable], storage_options: Mapping[str, str] | None,
+                   message: str, exc: BaseException) -> NoReturn:
+    """Raise :class:`DataCorruptionError` naming the table, version and damaged file behind ``exc``."""
+    from idxlake.pipeline.inspect.verify import first_damaged_file
+
+    for dt in {dt.version(): dt for dt in tables.values()}.values():
+        snap = snapshot_of(dt, uri=table, storage_options=storage_options)
+        found = first_damaged_file(snap)
+        if found:
+            raise DataCorruptionError(f"{table}@v{snap.version}: data file {found[0]} cannot be read: {found[1]}; "
+                                      f"run `idxlake verify {table}`") from exc
+    raise DataCorruptionError(f"{table}: a data file cannot be read ({message}); run `idxlake verify {table}`") \
+        from exc
 
 
 def query(table: str, sql: str, *, engine: Engine = DEFAULT_ENGINE, name: str | None = None,
@@ -123,6 +140,7 @@ def query(table: str, sql: str, *, engine: Engine = DEFAULT_ENGINE, name: str | 
 
     Raises:
         QueryError: the statement is refused, the engine rejects it, or it ran over a limit (one line).
+        DataCorruptionError: a data file does not read (page checksum, footer), naming the file.
         TableNotFoundError: no table, or a version or timestamp out of the table's range.
     """
     if engine not in ENGINES:
@@ -158,7 +176,9 @@ def query(table: str, sql: str, *, engine: Engine = DEFAULT_ENGINE, name: str | 
     except IdxlakeError:
         raise
     except Exception as exc:  # engines raise plain Exception, ValueError or duckdb.Error subclasses
-        message = _one_line(exc)
+        message = one_line(exc)
+        if _DAMAGED.search(message):  # the engine's read error names no file: find it
+            _raise_damaged(table, tables, storage_options, f"{engine}: {message}", exc)
         if re.search(r"not found|no such file", message, re.IGNORECASE):
             for dt in tables.values():  # a vacuumed version: say so, and when
                 snap = snapshot_of(dt, uri=table, storage_options=storage_options)

@@ -90,6 +90,24 @@ def _page_errors(snap: TableSnapshot, data_file: DataFile, pf: pq.ParquetFile) -
     return None
 
 
+def first_damaged_file(snap: TableSnapshot) -> tuple[str, str] | None:
+    """``(file, what failed)`` for the first live file of ``snap`` whose footer or pages do not read, else ``None``.
+
+    Reads every page (CRC checked): for locating the file behind an engine's read error, which
+    does not name it.
+    """
+    fs = snap.filesystem()
+    for data_file in snap.files:
+        try:
+            pf = pq.ParquetFile(fs.open_input_file(snap.file_path(data_file)), page_checksum_verification=True)
+        except (OSError, pa.ArrowException) as exc:
+            return data_file.path or data_file.uri, f"footer does not read: {exc}"
+        error = _page_errors(snap, data_file, pf)
+        if error:
+            return data_file.path or data_file.uri, error
+    return None
+
+
 def _check_files(snap: TableSnapshot, report: VerifyReport) -> set[str]:
     """Checks 1-4 per file; returns the splits with a file that is missing or does not read."""
     fs = snap.filesystem()
