@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
-from idxlake.loaders.options import check_options
+from idxlake.loaders.options import check_options, pin_snapshot
 from idxlake.loaders.order import consumer_rows, lane_order, rank_steps, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
@@ -27,7 +27,7 @@ from idxlake.loaders.ring import send
 from idxlake.loaders.samples import SampleTransform, finish_batch
 from idxlake.loaders.stream import READ_THREADS, Arena, Progress, consume, fits_cache, log_reads, pass_arena, schedule
 from idxlake.loaders.world import World
-from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot, snapshot
+from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot
 from idxlake.schemas.versions import Timestamp
 
 logger = logging.getLogger(__name__)
@@ -103,13 +103,7 @@ class DeltaIterableDataset(IterableDataset):
                       prefetch_depth=prefetch_depth)
         if rank is not None or world_size is not None:
             World(*World.distributed(rank, world_size))  # validates the pair
-        if as_of is not None and (version is not None or isinstance(table, TableSnapshot)):
-            raise LoaderConfigError(f"as_of={as_of!r} pins a version by time: give it instead of version= "
-                                    "and with a table URI (not a TableSnapshot)")
-        snap = table if isinstance(table, TableSnapshot) else snapshot(
-            table, version=version, as_of=as_of, storage_options=storage_options)
-        if version is not None and snap.version != version:
-            raise LoaderConfigError(f"{snap.uri}: snapshot is version {snap.version}, version={version} was asked")
+        snap = pin_snapshot(table, version=version, as_of=as_of, storage_options=storage_options)
         self.plan: Plan = build_plan(snap, split=split, filter=filter, columns=columns)
         if image_dtype == "uint8" and IMAGE in self.plan.columns and snap.meta.dtype != "uint8":
             raise LoaderConfigError(f"{snap.uri}: images are {snap.meta.dtype}, not uint8; "

@@ -27,8 +27,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from idxlake.loaders.bufferimage import BufferImage
 from idxlake.loaders.decode import UnitReader
+from idxlake.loaders.options import pin_snapshot
 from idxlake.loaders.plan import Plan, build_plan
-from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError, TableMeta, TableSnapshot, snapshot
+from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError, TableMeta, TableSnapshot
+from idxlake.schemas.versions import Timestamp
 
 ImageType = Literal["pil", "tensor", "numpy", "float32"]
 """``pil``: a PIL image (mode ``L`` for 2-D uint8 records); ``tensor``: ``[1, H, W]``; ``numpy``: ``[H, W]``;
@@ -108,6 +110,8 @@ class DeltaImageDataset(Dataset[tuple[Any, Any]]):
             divided by 255: the seed's per-sample object, without a float32 copy of the dataset).
             Modifying an image never touches the shared buffer.
         max_bytes: Refuse to decode more image bytes than this (use the streaming dataset).
+        as_of: Instead of ``version``: pin the version that was latest at this timestamp (a datetime,
+            naive = UTC, or text such as ``"2026-11-24 02:41:00"``).
 
     Raises:
         LoaderConfigError: bad option, empty selection, or more than ``max_bytes`` of images.
@@ -121,15 +125,12 @@ class DeltaImageDataset(Dataset[tuple[Any, Any]]):
                  target_transform: Callable[[Any], Any] | None = None,
                  filter: str | pads.Expression | None = None, version: int | None = None,
                  storage_options: Mapping[str, str] | None = None, image_type: ImageType = "pil",
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES, as_of: Timestamp | None = None) -> None:
         if image_type not in IMAGE_TYPES:
             raise LoaderConfigError(f"image_type must be one of {list(IMAGE_TYPES)}, got {image_type!r}")
         if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
             raise LoaderConfigError(f"max_bytes must be an integer >= 0, got {max_bytes!r}")
-        snap = table if isinstance(table, TableSnapshot) else snapshot(
-            table, version=version, storage_options=storage_options)
-        if version is not None and snap.version != version:
-            raise LoaderConfigError(f"{snap.uri}: snapshot is version {snap.version}, version={version} was asked")
+        snap = pin_snapshot(table, version=version, as_of=as_of, storage_options=storage_options)
         meta = snap.meta
         if image_type == "pil" and not _pil_compatible(meta):
             raise LoaderConfigError(

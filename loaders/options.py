@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from idxlake.loaders.filters import INT64_MAX, INT64_MIN, MAX_BATCH_SIZE, MAX_WORLD_SIZE, check_int
 from idxlake.loaders.order import PHASES
-from idxlake.schemas import LoaderConfigError
+from idxlake.schemas import LoaderConfigError, TableSnapshot, snapshot
+from idxlake.schemas.versions import Timestamp
 
 MAX_LANES = 1 << 16
 """Most lanes (each holds a window in memory)."""
@@ -32,3 +35,23 @@ def check_options(*, batch_size: object, shuffle_buffer: object, cache_bytes: ob
     check_int("prefetch_depth", prefetch_depth, low=1, high=1024)
     if image_dtype not in ("uint8", "float32", "native"):
         raise LoaderConfigError(f"image_dtype must be 'uint8', 'float32' or 'native', got {image_dtype!r}")
+
+
+def pin_snapshot(table: str | TableSnapshot, *, version: int | None, as_of: Timestamp | None,
+                 storage_options: Mapping[str, str] | None) -> TableSnapshot:
+    """The table version a dataset reads: ``table`` itself when pinned, else by ``version`` or ``as_of``.
+
+    Raises:
+        LoaderConfigError: ``as_of`` together with ``version`` or a pinned snapshot, or a snapshot of
+            another version than ``version``.
+        TableNotFoundError: no table, or no such version / no version at that time (the message names
+            the table's range).
+    """
+    if as_of is not None and (version is not None or isinstance(table, TableSnapshot)):
+        raise LoaderConfigError(f"as_of={as_of!r} pins a version by time: give it instead of version= "
+                                "and with a table URI (not a TableSnapshot)")
+    snap = table if isinstance(table, TableSnapshot) else snapshot(
+        table, version=version, as_of=as_of, storage_options=storage_options)
+    if version is not None and snap.version != version:
+        raise LoaderConfigError(f"{snap.uri}: snapshot is version {snap.version}, version={version} was asked")
+    return snap

@@ -12,7 +12,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from idxlake.loaders.mapstyle import DEFAULT_MAX_BYTES, DeltaImageDataset, ImageType
-from idxlake.schemas import DATASETS, LoaderConfigError, TableSnapshot, snapshot
+from idxlake.loaders.options import pin_snapshot
+from idxlake.schemas import DATASETS, LoaderConfigError, TableSnapshot
+from idxlake.schemas.versions import Timestamp
 
 EMNIST_SPLITS: tuple[str, ...] = ("byclass", "bymerge", "balanced", "letters", "digits", "mnist")
 """torchvision's EMNIST ``split`` names; the table's dataset is ``emnist-<split>``."""
@@ -21,12 +23,6 @@ EMNIST_SPLITS: tuple[str, ...] = ("byclass", "bymerge", "balanced", "letters", "
 def _title(name: str) -> str:
     spec = DATASETS.get(name)
     return f"{name!r} ({spec.title})" if spec is not None else repr(name)
-
-
-def _pinned(table: str | TableSnapshot, version: int | None,
-            storage_options: Mapping[str, str] | None) -> TableSnapshot:
-    return table if isinstance(table, TableSnapshot) else snapshot(
-        table, version=version, storage_options=storage_options)
 
 
 def check_dataset(snap: TableSnapshot, expected: str, constructor: str) -> None:
@@ -56,16 +52,16 @@ class _Named(DeltaImageDataset):
                  transform: Callable[[Any], Any] | None = None,
                  target_transform: Callable[[Any], Any] | None = None, version: int | None = None,
                  storage_options: Mapping[str, str] | None = None, image_type: ImageType = "pil",
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES, as_of: Timestamp | None = None) -> None:
         self._init_named(table, self.DATASET, train=train, transform=transform, target_transform=target_transform,
                          version=version, storage_options=storage_options, image_type=image_type,
-                         max_bytes=max_bytes)
+                         max_bytes=max_bytes, as_of=as_of)
 
     def _init_named(self, table: str | TableSnapshot, dataset: str, *, train: bool,
                     transform: Callable[[Any], Any] | None, target_transform: Callable[[Any], Any] | None,
                     version: int | None, storage_options: Mapping[str, str] | None, image_type: ImageType,
-                    max_bytes: int) -> None:
-        snap = _pinned(table, version, storage_options)
+                    max_bytes: int, as_of: Timestamp | None = None) -> None:
+        snap = pin_snapshot(table, version=version, as_of=as_of, storage_options=storage_options)
         check_dataset(snap, dataset, f"idxlake.{type(self).__name__}")
         self.train = bool(train)
         super().__init__(snap, split="train" if train else "test", transform=transform,
@@ -110,10 +106,10 @@ class EMNIST(_Named):
                  transform: Callable[[Any], Any] | None = None,
                  target_transform: Callable[[Any], Any] | None = None, version: int | None = None,
                  storage_options: Mapping[str, str] | None = None, image_type: ImageType = "pil",
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+                 max_bytes: int = DEFAULT_MAX_BYTES, as_of: Timestamp | None = None) -> None:
         if split not in EMNIST_SPLITS:
             raise LoaderConfigError(f"EMNIST split must be one of {list(EMNIST_SPLITS)}, got {split!r}")
         self.split = split
         self._init_named(table, f"emnist-{split}", train=train, transform=transform,
                          target_transform=target_transform, version=version, storage_options=storage_options,
-                         image_type=image_type, max_bytes=max_bytes)
+                         image_type=image_type, max_bytes=max_bytes, as_of=as_of)

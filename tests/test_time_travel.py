@@ -145,6 +145,22 @@ def test_loader_as_of(four: Four) -> None:
         DeltaIterableDataset(four.table, version=1, as_of=four.iso(1))
 
 
+def test_map_style_datasets_as_of(four: Four) -> None:
+    from idxlake import DeltaImageDataset
+
+    # Version 1 appended the test files again (40 rows); version 2 replaced test with 20 other rows.
+    old = DeltaImageDataset(four.table, split="test", as_of=four.iso(1), image_type="numpy")
+    assert old.version == 1 and len(old) == 40
+    np.testing.assert_array_equal(old.data[:20].numpy(), four.first.arrays["test"][0])
+    new = DeltaImageDataset(four.table, split="test", as_of=four.iso(2), image_type="numpy")
+    assert new.version == 2 and len(new) == 20
+    np.testing.assert_array_equal(new.data.numpy(), four.second.arrays["test"][0])
+    with pytest.raises(TableNotFoundError, match=r"table has versions 0-3 .*; no version existed at 2001-01-01"):
+        DeltaImageDataset(four.table, as_of="2001-01-01")
+    with pytest.raises(LoaderConfigError, match="as_of="):
+        DeltaImageDataset(four.table, version=1, as_of=four.iso(1))
+
+
 def test_vacuumed_version_says_so_and_when(four: Four, tmp_path: Path) -> None:
     table = str(tmp_path / "mnist")
     shutil.copytree(four.table, table)
