@@ -21,13 +21,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
 from idxlake.loaders.options import check_options, pin_snapshot
 from idxlake.loaders.order import consumer_rows, lane_order, rank_steps, worker_batches
-from idxlake.loaders.plan import OUTPUT_COLUMNS, Plan, build_plan
+from idxlake.loaders.plan import OUTPUT_COLUMNS, PinnedPlan, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
 from idxlake.loaders.ring import send
 from idxlake.loaders.samples import SampleTransform, finish_batch
 from idxlake.loaders.stream import READ_THREADS, Arena, Progress, consume, fits_cache, log_reads, pass_arena, schedule
 from idxlake.loaders.world import World
-from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableMeta, TableSnapshot
+from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableSnapshot
 from idxlake.schemas.versions import Timestamp
 
 logger = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ DEFAULT_SHUFFLE_BUFFER = 4 * ROW_GROUP_ROWS
 """Rows mixed together at least (whole row groups): 32768, ~25 MB of MNIST images."""
 
 
-class DeltaIterableDataset(IterableDataset):
+class DeltaIterableDataset(PinnedPlan, IterableDataset):
     """Stream batches of an idxlake Delta table into PyTorch (use ``DataLoader(ds, batch_size=None)``).
 
     Args:
@@ -154,21 +154,6 @@ class DeltaIterableDataset(IterableDataset):
         self.__dict__.update(state)
         self._progress = None
         self._init_process_state()
-
-    @property
-    def snapshot(self) -> TableSnapshot:
-        """The pinned table version."""
-        return self.plan.snapshot
-
-    @property
-    def version(self) -> int:
-        """The pinned Delta version."""
-        return self.plan.snapshot.version
-
-    @property
-    def meta(self) -> TableMeta:
-        """The table's metadata (shape, dtype, class names, statistics)."""
-        return self.plan.snapshot.meta
 
     @property
     def num_rows(self) -> int:

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from idxlake.loaders.bufferimage import BufferImage
 from idxlake.loaders.decode import UnitReader
 from idxlake.loaders.options import pin_snapshot
-from idxlake.loaders.plan import Plan, build_plan
+from idxlake.loaders.plan import PinnedPlan, Plan, build_plan
 from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError, TableMeta, TableSnapshot
 from idxlake.schemas.versions import Timestamp
 
@@ -92,7 +92,7 @@ def load_buffer(plan: Plan) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return images, labels, ids
 
 
-class DeltaImageDataset(Dataset[tuple[Any, Any]]):
+class DeltaImageDataset(PinnedPlan, Dataset[tuple[Any, Any]]):
     """Map-style dataset of ``(image, target)`` over a pinned version of an idxlake table.
 
     Args:
@@ -175,21 +175,6 @@ class DeltaImageDataset(Dataset[tuple[Any, Any]]):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._views()
-
-    @property
-    def snapshot(self) -> TableSnapshot:
-        """The pinned table version."""
-        return self.plan.snapshot
-
-    @property
-    def version(self) -> int:
-        """The pinned Delta version."""
-        return self.plan.snapshot.version
-
-    @property
-    def meta(self) -> TableMeta:
-        """The table's metadata (shape, dtype, class names, statistics)."""
-        return self.plan.snapshot.meta
 
     @property
     def classes(self) -> list[str]:

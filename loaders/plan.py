@@ -31,6 +31,7 @@ from idxlake.schemas import (
     LoaderConfigError,
     MissingDataFileError,
     SchemaMismatchError,
+    TableMeta,
     TableSnapshot,
 )
 
@@ -247,3 +248,24 @@ def _select(pf: pq.ParquetFile, row_group: int, n: int, split: str, expr: pads.E
     table = table.append_column(SPLIT, pa.repeat(pa.scalar(split, pa.string()), n))
     table = table.append_column("__row", pa.array(np.arange(n, dtype=np.int64)))
     return table.filter(expr).column("__row").to_numpy().astype(np.int64, copy=True)  # writable
+
+
+class PinnedPlan:
+    """What every idxlake dataset says about the version it reads, from its :class:`Plan`."""
+
+    plan: Plan
+
+    @property
+    def snapshot(self) -> TableSnapshot:
+        """The pinned table version."""
+        return self.plan.snapshot
+
+    @property
+    def version(self) -> int:
+        """The pinned Delta version."""
+        return self.plan.snapshot.version
+
+    @property
+    def meta(self) -> TableMeta:
+        """The table's metadata (shape, dtype, class names, statistics)."""
+        return self.plan.snapshot.meta
