@@ -123,17 +123,15 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
         by_slice[p * q_lanes + rev] = sizes[p]
     starts = np.concatenate([[0], np.cumsum(by_slice)])
     min_window = -(-buffer_rows // lanes) if buffer_rows > 0 else 0
+    rng = _rng(seed, epoch, _ROWS)  # draws for the lanes' windows, lane slice by lane slice
+    shuffled = np.arange(n_rows, dtype=np.int64)  # lanes hold laid-out positions, mapped to refs at the end
+    for a, b in itertools.pairwise(_window_bounds(starts.tolist(), unit_end.tolist(), min_window)):
+        rng.shuffle(shuffled[a:b])
+    padded = np.full((lanes, base + 1), -1, dtype=np.int64)  # slice s in row s, padded with -1
+    padded[np.arange(base + 1)[None, :] < by_slice[:, None]] = shuffled
     phases = []
-    seeds = _rng(seed, epoch, _ROWS).integers(0, 2**63, size=lanes)  # one generator per lane (slice)
-    rngs = [np.random.default_rng(int(x)) for x in seeds]
-    laid = np.arange(n_rows, dtype=np.int64)  # lanes hold laid-out positions, mapped to refs at the end
     for p in range(PHASES):
-        grid = np.full((base + 1, q_lanes), -1, dtype=np.int64)
-        for q in range(q_lanes):
-            s = p * q_lanes + int(rev[q])
-            lane = _shuffle_lane(laid[starts[s]:starts[s + 1]], int(starts[s]), unit_end, min_window, rngs[s])
-            grid[:len(lane), q] = lane
-        flat = grid.reshape(-1)
+        flat = padded[p * q_lanes + rev].T.reshape(-1)  # row by row of its lanes
         phases.append(flat[flat >= 0])
     full = [len(v) // step_rows for v in phases]
     tail = np.concatenate([v[f * step_rows:] for v, f in zip(phases, full, strict=True)])
@@ -142,22 +140,26 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
     return _assemble([perm[v] for v in phases], PHASES, step_rows, lanes, perm[tail])
 
 
-def _shuffle_lane(lane: np.ndarray, start: int, unit_end: np.ndarray, min_window: int,
-                  rng: np.random.Generator) -> np.ndarray:
-    """Permute a lane's rows within windows of whole pieces (a piece: the lane's rows of one unit)."""
-    n = len(lane)
-    cuts = unit_end[(unit_end > start) & (unit_end < start + n)] - start  # piece ends inside the lane
-    bounds = [0]
-    for c in cuts.tolist():
-        if c - bounds[-1] >= min_window:
-            bounds.append(c)
-    if n - bounds[-1] < min_window and len(bounds) > 1:
-        bounds.pop()  # the last window would be short: merge it into the previous one
-    bounds.append(n)
-    out = lane.copy()
-    for a, b in itertools.pairwise(bounds):
-        out[a:b] = lane[a:b][rng.permutation(b - a)]
-    return out
+def _window_bounds(starts: list[int], unit_end: list[int], min_window: int) -> list[int]:
+    """The lanes' window boundaries, end to end: lane ``s`` (``starts[s]`` to ``starts[s + 1]``) is cut
+    at the piece ends inside it (a piece: the lane's rows of one unit) into windows of whole pieces
+    of at least ``min_window`` rows; a short last window joins the previous one."""
+    bounds, j = [0], 0
+    for start, stop in itertools.pairwise(starts):
+        if stop == start:
+            continue
+        while j < len(unit_end) and unit_end[j] <= start:
+            j += 1
+        lane, k = [start], j
+        while k < len(unit_end) and unit_end[k] < stop:
+            if unit_end[k] - lane[-1] >= min_window:
+                lane.append(unit_end[k])
+            k += 1
+        if stop - lane[-1] < min_window and len(lane) > 1:
+            lane.pop()  # the last window would be short: merge it into the previous one
+        bounds.extend(lane[1:])
+        bounds.append(stop)
+    return bounds
 
 
 def _assemble(phases: list[np.ndarray], num_phases: int, step_rows: int, lanes: int,

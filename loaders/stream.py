@@ -166,8 +166,7 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
     """
     units = plan.units
     todo = [u for u in sched.order.tolist() if not arena.resident[u]]
-    warm = not todo  # all resident (a filled cache): one index for the whole pass
-    full = None if not warm else torch.from_numpy(sched.refs if arena.cache else sched.refs + arena.shift[sched.units])
+    full = None if todo else torch.from_numpy(sched.refs if arena.cache else sched.refs + arena.shift[sched.units])
     items = list(arena.tensors.items())
     bounds, ends = sched.bounds, sched.ends
     pending: dict[int, Future[Batch]] = {}
@@ -180,25 +179,30 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
             pending[u] = readers.submit(reader.read, units[u])
             nxt += 1
 
+    if full is not None:  # warm (all resident: a filled cache): no reads, no releases, one split index
+        for index in torch.split(full, np.diff(bounds).tolist()):
+            batch = StreamBatch()
+            for c, t in items:
+                batch[c] = t.index_select(0, index)
+            progress.yielded += 1
+            yield batch if finish is None else finish(batch)
+        return
     try:
         top_up(depth)
         for b in range(len(sched)):
             lo, hi = bounds[b], bounds[b + 1]
-            if full is not None:
-                index = full[lo:hi]
-            else:
-                for u in sched.arrive[b]:
-                    if arena.resident[u]:
-                        continue
-                    future = pending.pop(u, None)
-                    if future is None and readers is not None:  # not submitted yet: submit up to it
-                        top_up(len(pending) + todo.index(u, nxt) - nxt + 1)
-                        future = pending.pop(u)
-                    arena.put(u, future.result() if future is not None else reader.read(units[u]))
-                top_up(depth)
-                if not items:
-                    items = list(arena.tensors.items())
-                index = torch.from_numpy(sched.refs[lo:hi] + arena.shift[sched.units[lo:hi]])
+            for u in sched.arrive[b]:
+                if arena.resident[u]:
+                    continue
+                future = pending.pop(u, None)
+                if future is None and readers is not None:  # not submitted yet: submit up to it
+                    top_up(len(pending) + todo.index(u, nxt) - nxt + 1)
+                    future = pending.pop(u)
+                arena.put(u, future.result() if future is not None else reader.read(units[u]))
+            top_up(depth)
+            if not items:
+                items = list(arena.tensors.items())
+            index = torch.from_numpy(sched.refs[lo:hi] + arena.shift[sched.units[lo:hi]])
             batch = StreamBatch({c: t.index_select(0, index) for c, t in items})
             for u in ends[b]:
                 arena.release(u)
