@@ -14,6 +14,10 @@ v1's do per call (torchvision itself does not import beside the CPU torch wheel 
   to [0, 1] kept in memory; ``__getitem__`` returns ``transform(images[i]), int(labels[i])``;
 * ``hand-rolled uint8``: the same Dataset keeping the uint8 arrays (``bench_loader.py``'s
   hand-rolled baseline): ``ToTensor`` gets a uint8 ``HxW`` array and scales it per sample;
+* ``torchvision-style MNIST``: ``torchvision.datasets.MNIST.__getitem__``'s own code over the same
+  data (``self.data`` a uint8 tensor ``[N, 28, 28]``, ``self.targets`` int64;
+  ``Image.fromarray(img.numpy(), mode="L")`` per sample, ``int(self.targets[index])``): the PIL
+  baseline for ``idxlake.MNIST``'s default ``image_type="pil"``;
 * ``idxlake.MNIST``: ``idxlake.MNIST(table, train=True, transform=...)`` over the real MNIST table:
   one uint8 buffer decoded from the Delta table; each sample is a PIL image (mode L) as
   torchvision's MNIST yields; ``numpy``: ``image_type="numpy"`` (a uint8 ``HxW`` array, which
@@ -49,7 +53,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_loader import _mnist_arrays, _peak_rss_mb  # the existing hand-rolled baseline's reader
 
-KINDS = ("hand-rolled", "hand-rolled uint8", "idxlake.MNIST", "idxlake.MNIST numpy", "idxlake.MNIST float32")
+KINDS = ("hand-rolled", "hand-rolled uint8", "torchvision-style MNIST", "idxlake.MNIST", "idxlake.MNIST numpy",
+         "idxlake.MNIST float32")
 IMAGE_TYPES = {"idxlake.MNIST": "pil", "idxlake.MNIST numpy": "numpy", "idxlake.MNIST float32": "float32"}
 
 
@@ -152,9 +157,40 @@ def make_dataset(kind: str, table: str, transform: Callable[[Any], Any] = TRANSF
                 return x, int(self.labels[i])
 
         return MNISTFromGzip(bundled_mnist(), True, transform)
+    if kind == "torchvision-style MNIST":
+        return TorchvisionStyleMNIST(transform)
     import idxlake
 
     return idxlake.MNIST(table, train=True, transform=transform, image_type=IMAGE_TYPES[kind])
+
+
+class TorchvisionStyleMNIST:
+    """``torchvision.datasets.MNIST``'s ``__getitem__`` and ``__len__`` (torchvision 0.2x), over the bundled
+    train split held as it holds it: ``data`` uint8 ``[N, 28, 28]`` and ``targets`` int64 tensors."""
+
+    def __init__(self, transform: Callable[[Any], Any] | None) -> None:
+        import torch
+
+        from idxlake.pipeline.ingest.sources import bundled_mnist
+
+        images, labels = _mnist_arrays(bundled_mnist())
+        self.data = torch.from_numpy(images.copy())
+        self.targets = torch.from_numpy(labels.astype("int64"))
+        self.transform, self.target_transform = transform, None
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        from PIL import Image
+
+        img, target = self.data[index], int(self.targets[index])
+        img = Image.fromarray(img.numpy(), mode="L")
+        if self.transform is not None:
+            img = self.transform(img)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return img, target
 
 
 def one_epoch(ds: Any, workers: int) -> int:
@@ -243,9 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     results["load_end"] = os.getloadavg()[0]
     print(f"\n{results['cpus']} CPUs, load average {results['load']:.1f} at the start, {results['load_end']:.1f} "
           f"at the end (a shared machine); transforms: {args.transforms}")
-    print("\n| workers | dataset | samples/s | vs hand-rolled (float32) | peak RSS MB | worker peak RSS MB "
-          "| worker USS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| workers | dataset | samples/s | vs hand-rolled (float32) | vs torchvision-style (PIL) | peak RSS MB "
+          "| worker peak RSS MB | worker USS MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for workers in args.workers:
         rates = results["rates"][str(workers)]
         for kind in KINDS:
@@ -255,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             kids = f"{rss['worker_rss_mb']:.0f}" if workers else "-"
             uss = f"{rss['worker_uss_mb']:.0f}" if workers else "-"
             print(f"| {workers} | {kind} | {rates[kind]:,.0f} | {rates[kind] / rates['hand-rolled']:.2f}x "
+                  f"| {rates[kind] / rates['torchvision-style MNIST']:.2f}x "
                   f"| {rss['rss_mb']:.0f} | {kids} | {uss} |")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

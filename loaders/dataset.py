@@ -19,13 +19,14 @@ import pyarrow.dataset as pads
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
+from idxlake.loaders.lookahead import OrderKey, PassPlan, pass_key, plan_pass
 from idxlake.loaders.options import check_options, pin_snapshot
-from idxlake.loaders.order import consumer_rows, lane_order, rank_steps, worker_batches
+from idxlake.loaders.order import rank_steps, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, PinnedPlan, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
 from idxlake.loaders.ring import send
 from idxlake.loaders.samples import SampleTransform, finish_batch
-from idxlake.loaders.stream import READ_THREADS, Arena, Progress, consume, fits_cache, log_reads, pass_arena, schedule
+from idxlake.loaders.stream import READ_THREADS, Arena, Progress, consume, fits_cache, log_reads, pass_arena
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableSnapshot
 from idxlake.schemas.versions import Timestamp
@@ -127,6 +128,8 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
 
     def _init_process_state(self) -> None:
         self._reader = UnitReader(self.plan)
+        self._next: PassPlan | None = None  # the next epoch's pass, its first reads submitted (lookahead.py)
+        self._last_epoch: int | None = None  # epoch of this process's previous pass
         self._cache: Arena | None = None  # the cache arena (whole selection), kept across epochs
         self._slots: Arena | None = None  # the streaming arena, reused by later passes of this process
         self._pools: tuple[int, ThreadPoolExecutor] | None = None
@@ -144,7 +147,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         """Pickled into spawned workers: the topology this process sees now, no per-process state."""
         self.settle_resume()
         state = dict(self.__dict__)
-        for key in ("_reader", "_cache", "_slots", "_progress", "_pools"):
+        for key in ("_reader", "_next", "_last_epoch", "_cache", "_slots", "_progress", "_pools"):
             state.pop(key, None)
         if self._rank is None:
             state["_parent_dist"] = self._dist()
@@ -284,24 +287,43 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         progress = self._progress = Progress(epoch, start, min(skip, len(mine)))
         logger.debug("%s: epoch %d, %s, %d of %d batches", self.plan.describe(), epoch, world,
                      len(mine) - progress.yielded, total)
-        return self._stream(world, tail, mine[progress.yielded:], progress,
+        return self._stream(world, tail, mine[progress.yielded:], progress, total,
                             mark_used=in_worker and pending is not None and pending.inherited)
 
-    def _stream(self, world: World, tail: np.ndarray, batches: np.ndarray, progress: Progress, *,
+    def _pass_plan(self, epoch: int, world: World, tail: np.ndarray, batches: np.ndarray, *,
+                   cached: bool = False) -> PassPlan:
+        return plan_pass(self.plan, OrderKey(self.seed, epoch, self.shuffle, self.lanes, self.shuffle_buffer,
+                                             self.batch_size * world.world_size),
+                         world=world, tail=tail, batches=batches, cached=cached)
+
+    def _lookahead(self, epoch: int, world: World, tail: np.ndarray, total: int) -> PassPlan:
+        """Plan this consumer's full pass over ``epoch`` (its reads start at once, see lookahead.py)."""
+        batches = worker_batches(total, worker=world.worker, num_workers=world.num_workers)
+        self._next = self._pass_plan(epoch, world, tail, batches)
+        return self._next
+
+    def _stream(self, world: World, tail: np.ndarray, batches: np.ndarray, progress: Progress, total: int, *,
                 mark_used: bool) -> Iterator[Batch]:
         if mark_used:  # runs at the first batch asked: every worker of this pass has been started
             self._shared.resume_used = True
-        order = lane_order(self.plan.unit_rows, seed=self.seed, epoch=progress.epoch, shuffle=self.shuffle,
-                           lanes=self.lanes, buffer_rows=self.shuffle_buffer,
-                           step_rows=self.batch_size * world.world_size)
-        refs = consumer_rows(order, batches, rank=world.rank, world_size=world.world_size, tail_ranges=tail)
-        sched = schedule(self.plan, refs, cached=self._cache is not None and bool(self._cache.resident.all()))
+        key, ahead, self._next = pass_key(progress.epoch, world, batches), self._next, None
+        cached = self._cache is not None and bool(self._cache.resident.all())
+        if ahead is None or ahead.key != key or cached:  # not the pass planned ahead: plan it now
+            if ahead is not None:
+                ahead.cancel()
+            ahead = self._pass_plan(progress.epoch, world, tail, batches, cached=cached)
+        sched = ahead.sched
+        # read the next epoch ahead only in a run of consecutive epochs (never on a first or lone pass)
+        following = ((lambda: self._lookahead(progress.epoch + 1, world, tail, total))
+                     if self._last_epoch == progress.epoch - 1 else None)
+        self._last_epoch = progress.epoch
         log_reads(self.plan, world, sched, lanes=self.lanes, shuffle=self.shuffle, seen=self._logged)
         self._cache = self._cache or (Arena(self.plan, cache=True) if fits_cache(self.plan, self.cache_bytes) else None)
         arena, self._slots = pass_arena(self.plan, self._cache, self._slots, sched.live), None  # concurrent: own
         finish = self._finish if self._normalize or self.transform or self.sample_transform else None
         batches_out = consume(self.plan, self._reader, sched, arena, progress=progress, depth=self.prefetch_depth,
-                              finish=finish, readers=self._thread_pool())
+                              finish=finish, readers=self._thread_pool(), pending=ahead.pending,
+                              lookahead=following)
         try:  # in a worker of a RingDataLoader: through its shared-memory ring
             yield from send(self._ring, batches_out) if self._ring is not None and get_worker_info() else batches_out
         finally:

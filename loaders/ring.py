@@ -54,7 +54,7 @@ def slot_layout(dataset: Any) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     return layout
 
 
-GROUP_ROWS = 1024
+GROUP_ROWS = 4096
 """Rows a worker packs into one slot: ``max(1, GROUP_ROWS // batch_size)`` consecutive batches of
 the worker travel as one token (fewer, larger transfers: the per-item queue cost is paid once)."""
 

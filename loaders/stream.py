@@ -18,6 +18,7 @@ import os
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -151,7 +152,8 @@ def schedule(plan: Plan, refs: list[np.ndarray], *, cached: bool = False) -> Sch
 
 def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, progress: Progress,
             finish: Callable[[Batch], Batch] | None, readers: ThreadPoolExecutor | None,
-            depth: int) -> Iterator[Batch]:
+            depth: int, pending: dict[int, Future[Batch]] | None = None,
+            lookahead: Callable[[], Any] | None = None) -> Iterator[Batch]:
     """Yield a consumer's batches.
 
     Args:
@@ -163,21 +165,36 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
         finish: Applied to each gathered batch (dtype, transform), or ``None``.
         readers: Threads decoding ahead, or ``None`` (decode when needed).
         depth: Units decoded ahead of the one needed next.
+        pending: Reads of this pass's units submitted before it started (see ``lookahead``).
+        lookahead: Called once, when every read of this pass is submitted (streaming arenas
+            only): plans the next pass and returns it (an :class:`~idxlake.loaders.lookahead.PassPlan`,
+            or ``None``); its first units are then read ahead, ``depth`` reads at most.
     """
     units = plan.units
-    todo = [u for u in sched.order.tolist() if not arena.resident[u]]
-    full = None if todo else torch.from_numpy(sched.refs if arena.cache else sched.refs + arena.shift[sched.units])
+    pending = {} if pending is None else pending
+    todo = [u for u in sched.order.tolist() if not arena.resident[u] and u not in pending]
+    shifted = sched.refs if arena.cache else sched.refs + arena.shift[sched.units]
+    full = None if todo or pending else torch.from_numpy(shifted)
     items = list(arena.tensors.items())
     bounds, ends = sched.bounds, sched.ends
-    pending: dict[int, Future[Batch]] = {}
-    nxt = 0
+    nxt, upcoming = 0, None
 
     def top_up(limit: int) -> None:
-        nonlocal nxt
+        nonlocal nxt, upcoming, lookahead
         while readers is not None and nxt < len(todo) and len(pending) < limit:
             u = todo[nxt]
             pending[u] = readers.submit(reader.read, units[u])
             nxt += 1
+        if readers is None or nxt < len(todo) or arena.cache:
+            return
+        if lookahead is not None:  # every read of this pass is out: plan the next one
+            upcoming, lookahead = lookahead(), None
+        if upcoming is not None:
+            ahead = upcoming.sched.order
+            while upcoming.submitted < len(ahead) and len(pending) + len(upcoming.pending) < depth:
+                u = int(ahead[upcoming.submitted])
+                upcoming.pending[u] = readers.submit(reader.read, units[u])
+                upcoming.submitted += 1
 
     if full is not None:  # warm (all resident: a filled cache): no reads, no releases, one split index
         for index in torch.split(full, np.diff(bounds).tolist()):

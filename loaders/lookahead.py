@@ -1,0 +1,88 @@
+"""Read the next epoch's first row groups while this epoch's last batches are consumed.
+
+A cold pass (no cache) over a small table needs most of its row groups before its first
+batches: the lanes advance together, so the first global steps touch every lane's window.
+Decoding them only when the pass starts leaves the reader threads idle at the end of every
+epoch and the consumer idle at the start of the next. Training loops ask for epoch ``e + 1``
+right after ``e``, so once a pass has submitted every read it needs, it plans the same
+consumer's full pass over ``e + 1`` (the order is a pure function of its parameters) and reads
+that pass's first row groups, keeping at most ``prefetch_depth`` reads in flight or done
+ahead. The next pass takes them when it is that pass (same epoch, topology and first batch);
+any other pass (a resume, another epoch) discards them. What a pass yields never changes:
+only when its row groups are decoded.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from idxlake.loaders.decode import Batch
+from idxlake.loaders.order import consumer_rows, lane_order
+from idxlake.loaders.plan import Plan
+from idxlake.loaders.stream import Schedule, schedule
+from idxlake.loaders.world import World
+
+PassKey = tuple[int, int, int, int, int, int, int]
+
+
+@dataclass(frozen=True)
+class OrderKey:
+    """The parameters of an epoch's order besides the selection (see :func:`~idxlake.loaders.order.lane_order`)."""
+
+    seed: int
+    epoch: int
+    shuffle: bool
+    lanes: int
+    buffer_rows: int
+    step_rows: int
+
+
+def pass_key(epoch: int, world: World, batches: np.ndarray) -> PassKey:
+    """What identifies a consumer's pass: epoch, topology and the rank batches it yields
+    (``worker_batches``: an arithmetic progression, so its first index and length)."""
+    first = int(batches[0]) if len(batches) else -1
+    return (epoch, world.rank, world.world_size, world.worker, world.num_workers, first, len(batches))
+
+
+@dataclass
+class PassPlan:
+    """A pass planned ahead, with the reads of its first units submitted.
+
+    Attributes:
+        key: The pass (:func:`pass_key`).
+        sched: Its schedule.
+        pending: Unit -> decode submitted ahead.
+        submitted: Units of ``sched.order`` submitted so far.
+    """
+
+    key: PassKey
+    sched: Schedule
+    pending: dict[int, Future[Batch]] = field(default_factory=dict)
+    submitted: int = 0
+
+    def cancel(self) -> None:
+        """Drop the reads (a pass that is not this one started)."""
+        for future in self.pending.values():
+            future.cancel()
+        self.pending.clear()
+
+
+def plan_pass(plan: Plan, order: OrderKey, *, world: World, tail: np.ndarray, batches: np.ndarray,
+              cached: bool = False) -> PassPlan:
+    """Plan a consumer's pass over ``batches`` (rank batch indices) of the epoch ``order`` describes.
+
+    Args:
+        plan: The plan.
+        order: The order's parameters.
+        world: The consumer.
+        tail: The rank's tail ranges (:func:`~idxlake.loaders.order.rank_steps`).
+        batches: Rank batches of this pass.
+        cached: Every unit is in the cache arena already.
+    """
+    lanes = lane_order(plan.unit_rows, seed=order.seed, epoch=order.epoch, shuffle=order.shuffle,
+                       lanes=order.lanes, buffer_rows=order.buffer_rows, step_rows=order.step_rows)
+    refs = consumer_rows(lanes, batches, rank=world.rank, world_size=world.world_size, tail_ranges=tail)
+    return PassPlan(pass_key(order.epoch, world, batches), schedule(plan, refs, cached=cached))

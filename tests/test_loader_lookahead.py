@@ -1,0 +1,63 @@
+"""Reading the next epoch ahead (loaders/lookahead.py): only in a run of consecutive epochs, at most
+``prefetch_depth`` row groups, never changing what a pass yields; measured on the reader."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_loader_lanes import GROUP, ROWS, decoded, many_groups, reads  # noqa: F401 (fixtures)
+
+from idxlake.loaders import DeltaIterableDataset
+
+UNITS = ROWS // GROUP
+
+
+def epoch_ids(ds: DeltaIterableDataset, epoch: int) -> list[list[int]]:
+    ds.set_epoch(epoch)
+    return [b["id"].tolist() for b in ds]
+
+
+def fresh(table: str, epoch: int, **kw) -> list[list[int]]:
+    return epoch_ids(DeltaIterableDataset(table, split="train", batch_size=64, seed=4, cache_bytes=0, **kw), epoch)
+
+
+@pytest.mark.parametrize("depth", [1, 4])
+def test_consecutive_epochs_read_the_next_one_ahead(many_groups, decoded, depth: int) -> None:  # noqa: F811
+    expected = {e: fresh(many_groups, e, prefetch_depth=depth) for e in range(3)}
+    before = len(reads(decoded))
+    ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4, cache_bytes=0,
+                              prefetch_depth=depth)
+    counts, ahead = [], []
+    for epoch in range(3):
+        start = len(reads(decoded))
+        assert epoch_ids(ds, epoch) == expected[epoch]  # the same batches as a lone pass over that epoch
+        ds._next and [f.result() for f in ds._next.pending.values()]  # let the reads ahead finish
+        counts.append(len(reads(decoded)) - start)
+        ahead.append(len(ds._next.pending) if ds._next is not None else 0)
+    assert before == 3 * UNITS  # each lone pass read its 300 row groups and nothing more
+    assert counts[0] == UNITS and ahead[0] == 0  # a first pass never reads ahead
+    assert ds._next is not None and ds._next.key[0] == 3  # epoch 2 read epoch 3's first row groups
+    assert all(0 < a <= depth for a in ahead[1:]), ahead
+    assert counts[1] == UNITS + ahead[1] and counts[2] == UNITS - ahead[1] + ahead[2], (counts, ahead)
+
+
+def test_another_pass_discards_what_was_read_ahead(many_groups, decoded) -> None:  # noqa: F811
+    ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4, cache_bytes=0)
+    epoch_ids(ds, 0)
+    epoch_ids(ds, 1)  # reads epoch 2 ahead
+    assert ds._next is not None and ds._next.key[0] == 2
+    planned = list(ds._next.pending.values())
+    assert epoch_ids(ds, 5) == fresh(many_groups, 5)  # not epoch 2: planned again, same batches
+    assert all(f.cancelled() or f.done() for f in planned)
+    assert ds._next is None  # 5 does not follow 1: nothing read ahead for 6
+    ds.load_state_dict({"epoch": 6, "batches_consumed": 10})
+    ds.set_epoch(6)
+    assert [b["id"].tolist() for b in ds] == fresh(many_groups, 6)[10:]  # a resume: its own plan
+
+
+def test_a_cached_pass_reads_nothing_ahead(many_groups, decoded) -> None:  # noqa: F811
+    ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4)  # the cache fits
+    for epoch in range(3):
+        ids = torch.tensor([i for b in epoch_ids(ds, epoch) for i in b])
+        assert sorted(ids.tolist()) == list(range(ROWS))
+    assert len(reads(decoded)) == UNITS and ds._next is None
