@@ -313,9 +313,9 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
                 ahead.cancel()
             ahead = self._pass_plan(progress.epoch, world, tail, batches, cached=cached)
         sched = ahead.sched
-        # read the next epoch ahead only in a run of consecutive epochs (never on a first or lone pass)
+        # read the next epoch ahead only when the epochs advance (never on a first pass or a repeated epoch)
         following = ((lambda: self._lookahead(progress.epoch + 1, world, tail, total))
-                     if self._last_epoch == progress.epoch - 1 else None)
+                     if self._last_epoch is not None and progress.epoch > self._last_epoch else None)
         self._last_epoch = progress.epoch
         log_reads(self.plan, world, sched, lanes=self.lanes, shuffle=self.shuffle, seen=self._logged)
         self._cache = self._cache or (Arena(self.plan, cache=True) if fits_cache(self.plan, self.cache_bytes) else None)

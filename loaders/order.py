@@ -26,6 +26,7 @@ Without shuffling there is one lane and one phase: plan order, ranks striding ea
 
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 
@@ -113,6 +114,25 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
     perm = np.concatenate([np.arange(offsets[u], offsets[u + 1], dtype=np.int64) for u in units])
     unit_end = np.cumsum(rows[units])  # piece boundaries in perm
     n_rows, q_lanes = len(perm), lanes // PHASES
+    starts, positions = _lane_grid(n_rows, lanes)
+    min_window = -(-buffer_rows // lanes) if buffer_rows > 0 else 0
+    rng = _rng(seed, epoch, _ROWS)  # draws for the lanes' windows, lane slice by lane slice
+    shuffled = np.arange(n_rows, dtype=np.int64)  # lanes hold laid-out positions, mapped to refs at the end
+    for a, b in itertools.pairwise(_window_bounds(starts.tolist(), unit_end.tolist(), min_window)):
+        rng.shuffle(shuffled[a:b])
+    phases = [shuffled[pos] for pos in positions]
+    full = [len(v) // step_rows for v in phases]
+    tail = np.concatenate([v[f * step_rows:] for v, f in zip(phases, full, strict=True)])
+    lane_of = np.searchsorted(starts, tail, side="right") - 1  # the tail by rev(q), then phase, then position
+    tail = tail[np.argsort(((lane_of % q_lanes) * PHASES + lane_of // q_lanes) * n_rows + tail, kind="stable")]
+    return _assemble([perm[v] for v in phases], PHASES, step_rows, lanes, perm[tail])
+
+
+@functools.lru_cache(maxsize=16)
+def _lane_grid(n_rows: int, lanes: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """What does not change from epoch to epoch: the start of each lane slice (laid-out positions)
+    and, per phase, the laid-out position of each place of ``V_p`` (row by row of its lanes)."""
+    q_lanes = lanes // PHASES
     base, extra = divmod(n_rows, lanes)
     rev = _digit_reversal(q_lanes)
     sizes = np.full((PHASES, q_lanes), base, dtype=np.int64)
@@ -122,22 +142,15 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
     for p in range(PHASES):
         by_slice[p * q_lanes + rev] = sizes[p]
     starts = np.concatenate([[0], np.cumsum(by_slice)])
-    min_window = -(-buffer_rows // lanes) if buffer_rows > 0 else 0
-    rng = _rng(seed, epoch, _ROWS)  # draws for the lanes' windows, lane slice by lane slice
-    shuffled = np.arange(n_rows, dtype=np.int64)  # lanes hold laid-out positions, mapped to refs at the end
-    for a, b in itertools.pairwise(_window_bounds(starts.tolist(), unit_end.tolist(), min_window)):
-        rng.shuffle(shuffled[a:b])
     padded = np.full((lanes, base + 1), -1, dtype=np.int64)  # slice s in row s, padded with -1
-    padded[np.arange(base + 1)[None, :] < by_slice[:, None]] = shuffled
-    phases = []
+    padded[np.arange(base + 1)[None, :] < by_slice[:, None]] = np.arange(n_rows, dtype=np.int64)
+    positions = []
     for p in range(PHASES):
         flat = padded[p * q_lanes + rev].T.reshape(-1)  # row by row of its lanes
-        phases.append(flat[flat >= 0])
-    full = [len(v) // step_rows for v in phases]
-    tail = np.concatenate([v[f * step_rows:] for v, f in zip(phases, full, strict=True)])
-    lane_of = np.searchsorted(starts, tail, side="right") - 1  # the tail by rev(q), then phase, then position
-    tail = tail[np.argsort(((lane_of % q_lanes) * PHASES + lane_of // q_lanes) * n_rows + tail, kind="stable")]
-    return _assemble([perm[v] for v in phases], PHASES, step_rows, lanes, perm[tail])
+        positions.append(flat[flat >= 0])
+    for array in (starts, *positions):
+        array.flags.writeable = False  # shared by every epoch (cached)
+    return starts, tuple(positions)
 
 
 def _window_bounds(starts: list[int], unit_end: list[int], min_window: int) -> list[int]:

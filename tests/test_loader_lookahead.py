@@ -1,4 +1,4 @@
-"""Reading the next epoch ahead (loaders/lookahead.py): only in a run of consecutive epochs, at most
+"""Reading the next epoch ahead (loaders/lookahead.py): only while the epochs advance, at most
 ``prefetch_depth`` row groups, never changing what a pass yields; measured on the reader."""
 
 from __future__ import annotations
@@ -49,10 +49,12 @@ def test_another_pass_discards_what_was_read_ahead(many_groups, decoded) -> None
     planned = list(ds._next.pending.values())
     assert epoch_ids(ds, 5) == fresh(many_groups, 5)  # not epoch 2: planned again, same batches
     assert all(f.cancelled() or f.done() for f in planned)
-    assert ds._next is None  # 5 does not follow 1: nothing read ahead for 6
+    assert ds._next is not None and ds._next.key[0] == 6  # the epochs advance: 6 read ahead
     ds.load_state_dict({"epoch": 6, "batches_consumed": 10})
     ds.set_epoch(6)
     assert [b["id"].tolist() for b in ds] == fresh(many_groups, 6)[10:]  # a resume: its own plan
+    assert epoch_ids(ds, 6) == fresh(many_groups, 6)  # the same epoch again: nothing read ahead
+    assert ds._next is None
 
 
 def test_a_cached_pass_reads_nothing_ahead(many_groups, decoded) -> None:  # noqa: F811
