@@ -130,6 +130,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         self._reader = UnitReader(self.plan)
         self._next: PassPlan | None = None  # the next epoch's pass, its first reads submitted (lookahead.py)
         self._last_epoch: int | None = None  # epoch of this process's previous pass
+        self._owner = os.getpid()  # the process _next and _last_epoch belong to (a forked worker: not its own)
         self._cache: Arena | None = None  # the cache arena (whole selection), kept across epochs
         self._slots: Arena | None = None  # the streaming arena, reused by later passes of this process
         self._pools: tuple[int, ThreadPoolExecutor] | None = None
@@ -147,7 +148,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         """Pickled into spawned workers: the topology this process sees now, no per-process state."""
         self.settle_resume()
         state = dict(self.__dict__)
-        for key in ("_reader", "_next", "_last_epoch", "_cache", "_slots", "_progress", "_pools"):
+        for key in ("_reader", "_next", "_last_epoch", "_owner", "_cache", "_slots", "_progress", "_pools"):
             state.pop(key, None)
         if self._rank is None:
             state["_parent_dist"] = self._dist()
@@ -306,6 +307,8 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
                 mark_used: bool) -> Iterator[Batch]:
         if mark_used:  # runs at the first batch asked: every worker of this pass has been started
             self._shared.resume_used = True
+        if self._owner != os.getpid():  # forked: the parent's reads ahead never complete here
+            self._owner, self._next, self._last_epoch = os.getpid(), None, None
         key, ahead, self._next = pass_key(progress.epoch, world, batches), self._next, None
         cached = self._cache is not None and bool(self._cache.resident.all())
         if ahead is None or ahead.key != key or cached:  # not the pass planned ahead: plan it now
@@ -322,7 +325,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         arena, self._slots = pass_arena(self.plan, self._cache, self._slots, sched.live), None  # concurrent: own
         finish = self._finish if self._normalize or self.transform or self.sample_transform else None
         batches_out = consume(self.plan, self._reader, sched, arena, progress=progress, depth=self.prefetch_depth,
-                              finish=finish, readers=self._thread_pool(), pending=ahead.pending,
+                              finish=finish, readers=self._thread_pool(), pending=ahead.take(),
                               lookahead=following)
         try:  # in a worker of a RingDataLoader: through its shared-memory ring
             yield from send(self._ring, batches_out) if self._ring is not None and get_worker_info() else batches_out

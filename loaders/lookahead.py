@@ -65,11 +65,17 @@ class PassPlan:
     pending: dict[int, Future[Batch]] = field(default_factory=dict)
     submitted: int = 0
 
+    def take(self) -> dict[int, Future[Batch]]:
+        """Hand the reads submitted so far to the pass that starts; the pass that planned this one
+        (possibly still running) then submits no more reads into it."""
+        self.submitted = len(self.sched.order)
+        pending, self.pending = self.pending, {}
+        return pending
+
     def cancel(self) -> None:
         """Drop the reads (a pass that is not this one started)."""
-        for future in self.pending.values():
+        for future in self.take().values():
             future.cancel()
-        self.pending.clear()
 
 
 def plan_pass(plan: Plan, order: OrderKey, *, world: World, tail: np.ndarray, batches: np.ndarray,
