@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
 from idxlake.loaders.lookahead import OrderKey, PassPlan, pass_key, plan_pass
 from idxlake.loaders.options import check_options, pin_snapshot
-from idxlake.loaders.order import rank_steps, worker_batches
+from idxlake.loaders.order import ORDER_ALGORITHM, rank_steps, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, PinnedPlan, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
 from idxlake.loaders.ring import send
@@ -222,7 +222,8 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
             start, yielded = resume.start, resume.skip
         elif progress is not None and progress.epoch == epoch:
             start, yielded = progress.start, progress.yielded
-        return {"epoch": epoch, "seed": self.seed, "version": self.version, "rank": world.rank,
+        return {"epoch": epoch, "seed": self.seed, "version": self.version, "order": ORDER_ALGORITHM,
+                "lanes": self.lanes, "rank": world.rank,
                 "world_size": world.world_size, "worker": world.worker, "num_workers": world.num_workers,
                 "start": start, "yielded": yielded,
                 "batches_consumed": start + yielded if world.num_workers == 1 else None}
@@ -240,7 +241,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
             LoaderConfigError: the state is for another seed or table version.
         """
         main = get_worker_info() is None
-        self._resume = parse_state(state, seed=self.seed, version=self.version, uri=self.snapshot.uri,
+        self._resume = parse_state(state, seed=self.seed, version=self.version, lanes=self.lanes, uri=self.snapshot.uri,
                                    inherited=main)
         self._progress = None
         if main:
@@ -293,15 +294,9 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
 
     def _pass_plan(self, epoch: int, world: World, tail: np.ndarray, batches: np.ndarray, *,
                    cached: bool = False) -> PassPlan:
-        return plan_pass(self.plan, OrderKey(self.seed, epoch, self.shuffle, self.lanes, self.shuffle_buffer,
-                                             self.batch_size * world.world_size),
-                         world=world, tail=tail, batches=batches, cached=cached)
-
-    def _lookahead(self, epoch: int, world: World, tail: np.ndarray, total: int) -> PassPlan:
-        """Plan this consumer's full pass over ``epoch`` (its reads start at once, see lookahead.py)."""
-        batches = worker_batches(total, worker=world.worker, num_workers=world.num_workers)
-        self._next = self._pass_plan(epoch, world, tail, batches)
-        return self._next
+        key = OrderKey(self.seed, epoch, self.shuffle, self.lanes, self.shuffle_buffer,
+                       self.batch_size * world.world_size)
+        return plan_pass(self.plan, key, world=world, tail=tail, batches=batches, cached=cached)
 
     def _stream(self, world: World, tail: np.ndarray, batches: np.ndarray, progress: Progress, total: int, *,
                 mark_used: bool) -> Iterator[Batch]:
@@ -315,18 +310,19 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
             if ahead is not None:
                 ahead.cancel()
             ahead = self._pass_plan(progress.epoch, world, tail, batches, cached=cached)
-        sched = ahead.sched
-        # read the next epoch ahead only when the epochs advance (never on a first pass or a repeated epoch)
-        following = ((lambda: self._lookahead(progress.epoch + 1, world, tail, total))
-                     if self._last_epoch is not None and progress.epoch > self._last_epoch else None)
-        self._last_epoch = progress.epoch
-        log_reads(self.plan, world, sched, lanes=self.lanes, shuffle=self.shuffle, seen=self._logged)
+        def following() -> PassPlan:  # this consumer's full pass over the next epoch, its reads ahead
+            self._next = self._pass_plan(progress.epoch + 1, world, tail, worker_batches(
+                total, worker=world.worker, num_workers=world.num_workers))
+            return self._next
+
+        advancing, self._last_epoch = self._last_epoch is not None and progress.epoch > self._last_epoch, progress.epoch
+        log_reads(self.plan, world, ahead.sched, lanes=self.lanes, shuffle=self.shuffle, seen=self._logged)
         self._cache = self._cache or (Arena(self.plan, cache=True) if fits_cache(self.plan, self.cache_bytes) else None)
-        arena, self._slots = pass_arena(self.plan, self._cache, self._slots, sched.live), None  # concurrent: own
+        arena, self._slots = pass_arena(self.plan, self._cache, self._slots, ahead.sched.live), None  # concurrent: own
         finish = self._finish if self._normalize or self.transform or self.sample_transform else None
-        batches_out = consume(self.plan, self._reader, sched, arena, progress=progress, depth=self.prefetch_depth,
+        batches_out = consume(self.plan, self._reader, ahead.sched, arena, progress=progress, depth=self.prefetch_depth,
                               finish=finish, readers=self._thread_pool(), pending=ahead.take(),
-                              lookahead=following)
+                              lookahead=following if advancing else None)  # not on a first/repeated epoch
         try:  # in a worker of a RingDataLoader: through its shared-memory ring
             yield from send(self._ring, batches_out) if self._ring is not None and get_worker_info() else batches_out
         finally:

@@ -32,6 +32,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+ORDER_ALGORITHM = "lanes-2"
+"""Names this module's order: a resume state records it, and one saved by a build whose order
+differs (an earlier window shuffle, another phase count) is refused instead of skipping other rows.
+Change it whenever the order of any ``(seed, epoch, selection, K, G)`` changes."""
+
 PHASES = 2
 """Phases of the lane grid: workers read disjoint row groups when ``num_workers`` divides this."""
 
@@ -128,7 +133,7 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
     return _assemble([perm[v] for v in phases], PHASES, step_rows, lanes, perm[tail])
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=2)
 def _lane_grid(n_rows: int, lanes: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """What does not change from epoch to epoch: the start of each lane slice (laid-out positions)
     and, per phase, the laid-out position of each place of ``V_p`` (row by row of its lanes)."""

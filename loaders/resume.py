@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
-from idxlake.loaders.order import worker_batches
+from idxlake.loaders.order import ORDER_ALGORITHM, worker_batches
 from idxlake.loaders.world import World
 from idxlake.schemas import LoaderConfigError
 
@@ -59,15 +59,23 @@ class Resume:
     inherited: bool
 
 
-def parse_state(state: Mapping[str, Any], *, seed: int, version: int, uri: str, inherited: bool) -> Resume:
+def parse_state(state: Mapping[str, Any], *, seed: int, version: int, lanes: int, uri: str,
+                inherited: bool) -> Resume:
     """A :class:`Resume` from a ``state_dict`` (a dataset's or a worker's) or ``{"epoch", "batches_consumed"}``.
 
     Raises:
-        LoaderConfigError: the state is for another seed or table version, or has no epoch.
+        LoaderConfigError: the state is for another seed, table version or lane count, was saved by a
+            build with another order (a full state without this build's ``order``), or has no epoch.
     """
-    for key, mine in (("seed", seed), ("version", version)):
+    for key, mine in (("seed", seed), ("version", version), ("lanes", lanes)):
         if key in state and state[key] != mine:
             raise LoaderConfigError(f"{uri}: cannot resume: state has {key} {state[key]}, this dataset {mine}")
+    if "seed" in state and state.get("order") != ORDER_ALGORITHM:
+        saved = repr(state["order"]) if state.get("order") else "of an earlier build"
+        raise LoaderConfigError(
+            f"{uri}: cannot resume: the state was saved with the epoch order {saved}, this build orders "
+            f"epochs by {ORDER_ALGORITHM!r}: the same batch count would skip other rows; "
+            "resume at the next epoch instead ({'epoch': e + 1, 'batches_consumed': 0})")
     if "epoch" not in state:
         raise LoaderConfigError("cannot resume: state has no 'epoch'")
     if state.get("batches_consumed") is not None:

@@ -173,8 +173,9 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
     units = plan.units
     pending = {} if pending is None else pending
     todo = [u for u in sched.order.tolist() if not arena.resident[u] and u not in pending]
-    shifted = sched.refs if arena.cache else sched.refs + arena.shift[sched.units]
-    full = None if todo or pending else torch.from_numpy(shifted)
+    full = None
+    if not todo and not pending:  # warm: every unit resident
+        full = torch.from_numpy(sched.refs if arena.cache else sched.refs + arena.shift[sched.units])
     items = list(arena.tensors.items())
     bounds, ends = sched.bounds, sched.ends
     nxt, upcoming = 0, None

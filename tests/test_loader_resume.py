@@ -144,3 +144,28 @@ def test_s3_table_through_forked_workers(tmp_path, source_factory, s3_endpoint) 
     loader = DataLoader(ds, batch_size=None, num_workers=2, timeout=30)  # a hang fails in 30 s
     ids = torch.cat([b["id"] for b in loader]).tolist()
     assert sorted(ids) == list(range(200))
+
+
+def test_a_state_from_another_order_or_lane_count_is_refused(synthetic_table) -> None:
+    table, _ = synthetic_table
+    ds = DeltaIterableDataset(table, **KW)
+    ds.set_epoch(1)
+    it = iter(ds)
+    next(it)
+    state = ds.state_dict()
+    assert state["order"] == "lanes-2" and state["lanes"] == 48 and state["batches_consumed"] == 1
+    old = {k: v for k, v in state.items() if k != "order"}  # saved by a build before the order was named
+    with pytest.raises(LoaderConfigError, match=r"epoch order of an earlier build.*'lanes-2'.*next epoch"):
+        DeltaIterableDataset(table, **KW).load_state_dict(old)
+    with pytest.raises(LoaderConfigError, match="epoch order 'lanes-1'"):
+        DeltaIterableDataset(table, **KW).load_state_dict({**state, "order": "lanes-1"})
+    with pytest.raises(LoaderConfigError, match="state has lanes 48, this dataset 24"):
+        DeltaIterableDataset(table, **KW, lanes=24).load_state_dict(state)
+    resumed = DeltaIterableDataset(table, **KW)
+    resumed.load_state_dict({"epoch": 1, "batches_consumed": 1})  # a minimal state names no order: accepted
+    resumed.set_epoch(1)
+    assert ids_of(resumed) == epoch_ids(table, 1)[1:]
+    again = DeltaIterableDataset(table, **KW)
+    again.load_state_dict(state)
+    again.set_epoch(1)
+    assert ids_of(again) == epoch_ids(table, 1)[1:]
