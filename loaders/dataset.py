@@ -1,9 +1,8 @@
 """``DeltaIterableDataset``: batches from a pinned version of an idxlake table, for any topology.
 
-See the README section "Training from the table" for the contract: one sharding rule
-for a single process, DataLoader workers and DDP ranks; a deterministic global order
-from ``(seed, epoch)`` that does not depend on the number of workers or ranks; equal
-batch counts on every rank; resumable mid-epoch.
+See the README section "Training from the table" for the contract: one sharding rule for a single process,
+DataLoader workers and DDP ranks; a deterministic global order from ``(seed, epoch)`` that does not depend
+on the number of workers or ranks; equal batch counts on every rank; resumable mid-epoch.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
 from idxlake.loaders.lookahead import OrderKey, PassPlan, pass_key, plan_pass
 from idxlake.loaders.options import check_options, pin_snapshot
-from idxlake.loaders.order import ORDER_ALGORITHM, rank_steps, worker_batches
+from idxlake.loaders.order import ORDER_ALGORITHM, PHASES, rank_steps, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, PinnedPlan, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
 from idxlake.loaders.ring import send
@@ -74,9 +73,9 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
             of the memory available when the pass starts (``CACHE_FRACTION``). The cache lives in
             the reading process (each DataLoader worker keeps its own, for persistent workers).
         prefetch: Decode row groups ahead in background threads.
-        lanes: ``K``, lanes of the order (a multiple of 2, see the README section "Order"). Each of
-            the ``world_size x num_workers`` consumers reads only its lanes' row groups when
-            ``num_workers`` divides 2 and ``world_size`` divides ``lanes / 2``.
+        lanes: ``K``, lanes of the order (a multiple of ``phases``, see the README section "Order").
+        phases: ``P``, phases of the lanes. Each of the ``world_size x num_workers`` consumers reads only
+            its lanes' row groups when ``num_workers`` divides ``P`` and ``world_size`` divides ``K / P``.
         prefetch_depth: Row groups decoded (read) ahead of the one needed next.
         as_of: Instead of ``version``: pin the version that was latest at this timestamp
             (a datetime, naive = UTC, or text such as ``"2026-11-24 02:41:00"``).
@@ -97,10 +96,10 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
                  transform: Callable[[Batch], Batch] | None = None, cache_bytes: int | None = None,
                  prefetch: bool = True, as_of: Timestamp | None = None,
                  sample_transform: SampleTransform | None = None, lanes: int = DEFAULT_LANES,
-                 prefetch_depth: int = 4) -> None:
+                 prefetch_depth: int = 4, phases: int = PHASES) -> None:
         super().__init__()
         check_options(batch_size=batch_size, shuffle_buffer=shuffle_buffer, cache_bytes=cache_bytes, seed=seed,
-                      version=version, world_size=world_size, image_dtype=image_dtype, lanes=lanes,
+                      version=version, world_size=world_size, image_dtype=image_dtype, lanes=lanes, phases=phases,
                       prefetch_depth=prefetch_depth)
         if rank is not None or world_size is not None:
             World(*World.distributed(rank, world_size))  # validates the pair
@@ -112,7 +111,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         self.batch_size, self.shuffle, self.seed = batch_size, bool(shuffle), int(seed)
         self.shuffle_buffer, self.drop_last, self.image_dtype = shuffle_buffer, bool(drop_last), image_dtype
         self.transform, self.cache_bytes, self.prefetch = transform, cache_bytes, prefetch
-        self.lanes, self.prefetch_depth = lanes, prefetch_depth
+        self.lanes, self.phases, self.prefetch_depth = lanes, phases, prefetch_depth
         self._logged: set[tuple[int, int, int, int]] = set()
         self._ring: list[Any] | None = None  # set by RingDataLoader while it starts its workers
         self.sample_transform = sample_transform
@@ -190,15 +189,16 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         self._shared.workers_read = False
         self._remember_dist()
 
+    def _steps(self, rank: int, world_size: int) -> tuple[int, np.ndarray]:
+        return rank_steps(self.num_rows, lanes=self.lanes, phases=self.phases, shuffle=self.shuffle,
+                          batch_size=self.batch_size, rank=rank, world_size=world_size, drop_last=self.drop_last)
+
     def batches_per_rank(self) -> int:
         """Batches every rank yields per epoch (the same on all ranks)."""
-        rank, world_size = self._dist()
-        body, tail = rank_steps(self.num_rows, lanes=self.lanes, shuffle=self.shuffle, batch_size=self.batch_size,
-                                rank=rank, world_size=world_size, drop_last=self.drop_last)
+        body, tail = self._steps(*self._dist())
         return body + len(tail)
 
-    def __len__(self) -> int:
-        """Batches this rank yields per full epoch, over all of its DataLoader workers."""
+    def __len__(self) -> int:  # batches this rank yields per full epoch, over all of its DataLoader workers
         return self.batches_per_rank()
 
     def state_dict(self) -> dict[str, Any]:
@@ -223,7 +223,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         elif progress is not None and progress.epoch == epoch:
             start, yielded = progress.start, progress.yielded
         return {"epoch": epoch, "seed": self.seed, "version": self.version, "order": ORDER_ALGORITHM,
-                "lanes": self.lanes, "rank": world.rank,
+                "lanes": self.lanes, "phases": self.phases, "rank": world.rank,
                 "world_size": world.world_size, "worker": world.worker, "num_workers": world.num_workers,
                 "start": start, "yielded": yielded,
                 "batches_consumed": start + yielded if world.num_workers == 1 else None}
@@ -241,8 +241,8 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
             LoaderConfigError: the state is for another seed or table version.
         """
         main = get_worker_info() is None
-        self._resume = parse_state(state, seed=self.seed, version=self.version, lanes=self.lanes, uri=self.snapshot.uri,
-                                   inherited=main)
+        self._resume = parse_state(state, seed=self.seed, version=self.version, lanes=self.lanes, phases=self.phases,
+                                   uri=self.snapshot.uri, inherited=main)
         self._progress = None
         if main:
             self._shared.resume_used = False
@@ -273,8 +273,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         else:
             self.settle_resume()
             self._shared.workers_read = False
-        body, tail = rank_steps(self.num_rows, lanes=self.lanes, shuffle=self.shuffle, batch_size=self.batch_size,
-                                rank=world.rank, world_size=world.world_size, drop_last=self.drop_last)
+        body, tail = self._steps(world.rank, world.world_size)
         total = body + len(tail)
         pending = self._resume  # taken by this pass: applied if it is for this epoch, else dropped
         resume = pending if pending is not None and applies(pending, world=world, epoch=epoch, batches=total,
@@ -295,7 +294,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
     def _pass_plan(self, epoch: int, world: World, tail: np.ndarray, batches: np.ndarray, *,
                    cached: bool = False) -> PassPlan:
         key = OrderKey(self.seed, epoch, self.shuffle, self.lanes, self.shuffle_buffer,
-                       self.batch_size * world.world_size)
+                       self.batch_size * world.world_size, self.phases)
         return plan_pass(self.plan, key, world=world, tail=tail, batches=batches, cached=cached)
 
     def _stream(self, world: World, tail: np.ndarray, batches: np.ndarray, progress: Progress, total: int, *,
@@ -316,7 +315,8 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
             return self._next
 
         advancing, self._last_epoch = self._last_epoch is not None and progress.epoch > self._last_epoch, progress.epoch
-        log_reads(self.plan, world, ahead.sched, lanes=self.lanes, shuffle=self.shuffle, seen=self._logged)
+        log_reads(self.plan, world, ahead.sched, lanes=self.lanes, phases=self.phases, shuffle=self.shuffle,
+                  seen=self._logged)
         self._cache = self._cache or (Arena(self.plan, cache=True) if fits_cache(self.plan, self.cache_bytes) else None)
         arena, self._slots = pass_arena(self.plan, self._cache, self._slots, ahead.sched.live), None  # concurrent: own
         finish = self._finish if self._normalize or self.transform or self.sample_transform else None

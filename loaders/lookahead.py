@@ -40,6 +40,7 @@ class OrderKey:
     lanes: int
     buffer_rows: int
     step_rows: int
+    phases: int
 
 
 def pass_key(epoch: int, world: World, batches: np.ndarray) -> PassKey:
@@ -91,6 +92,7 @@ def plan_pass(plan: Plan, order: OrderKey, *, world: World, tail: np.ndarray, ba
         cached: Every unit is in the cache arena already.
     """
     lanes = lane_order(plan.unit_rows, seed=order.seed, epoch=order.epoch, shuffle=order.shuffle,
-                       lanes=order.lanes, buffer_rows=order.buffer_rows, step_rows=order.step_rows)
+                       lanes=order.lanes, buffer_rows=order.buffer_rows, step_rows=order.step_rows,
+                       phases=order.phases)
     refs = consumer_rows(lanes, batches, rank=world.rank, world_size=world.world_size, tail_ranges=tail)
     return PassPlan(pass_key(order.epoch, world, batches), schedule(plan, refs, cached=cached))

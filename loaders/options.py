@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from idxlake.loaders.filters import INT64_MAX, INT64_MIN, MAX_BATCH_SIZE, MAX_WORLD_SIZE, check_int
-from idxlake.loaders.order import PHASES
 from idxlake.schemas import LoaderConfigError, TableSnapshot, snapshot
 from idxlake.schemas.versions import Timestamp
 
@@ -14,7 +13,7 @@ MAX_LANES = 1 << 16
 
 
 def check_options(*, batch_size: object, shuffle_buffer: object, cache_bytes: object, seed: object,
-                  version: object, world_size: object, image_dtype: object, lanes: object,
+                  version: object, world_size: object, image_dtype: object, lanes: object, phases: object,
                   prefetch_depth: object) -> None:
     """Check the options of ``DeltaIterableDataset`` against their limits (before numpy or delta-rs sees them).
 
@@ -30,8 +29,9 @@ def check_options(*, batch_size: object, shuffle_buffer: object, cache_bytes: ob
         check_int("version", version, low=0, high=INT64_MAX, limit="a Delta version")
     if world_size is not None:
         check_int("world_size", world_size, low=1, high=MAX_WORLD_SIZE, limit="MAX_WORLD_SIZE")
-    if check_int("lanes", lanes, low=PHASES, high=MAX_LANES, limit="MAX_LANES") % PHASES:
-        raise LoaderConfigError(f"lanes must be a multiple of {PHASES}, got {lanes!r}")
+    p = check_int("phases", phases, low=1, high=MAX_LANES, limit="MAX_LANES")
+    if check_int("lanes", lanes, low=1, high=MAX_LANES, limit="MAX_LANES") % p:
+        raise LoaderConfigError(f"lanes must be a multiple of phases={phases}, got {lanes!r}")
     check_int("prefetch_depth", prefetch_depth, low=1, high=1024)
     if image_dtype not in ("uint8", "float32", "native"):
         raise LoaderConfigError(f"image_dtype must be 'uint8', 'float32' or 'native', got {image_dtype!r}")

@@ -5,7 +5,7 @@ and ``K`` lanes, never of the number of ranks or workers. It is built so that ea
 ``C = world_size x num_workers`` consumers reads only its own lanes' row groups:
 
 1. the units (row groups) are permuted (``shuffle=True``) and their rows laid end to end;
-2. that sequence is cut into ``K`` lanes of equal rows (+-1), ``P = PHASES`` phases of
+2. that sequence is cut into ``K`` lanes of equal rows (+-1), ``P`` phases of
    ``Q = K / P`` lanes each; lane ``(p, q)`` takes slice ``p*Q + rev(q)`` (``rev`` reverses
    the mixed-radix digits of ``q``, small primes first), so the lanes with ``q = r (mod R)``
    sit side by side for ``R`` in 1, 2, 4, 8, ...;
@@ -35,10 +35,11 @@ import numpy as np
 ORDER_ALGORITHM = "lanes-2"
 """Names this module's order: a resume state records it, and one saved by a build whose order
 differs (an earlier window shuffle, another phase count) is refused instead of skipping other rows.
-Change it whenever the order of any ``(seed, epoch, selection, K, G)`` changes."""
+Change it whenever the order of any ``(seed, epoch, selection, K, P, G)`` changes."""
 
 PHASES = 2
-"""Phases of the lane grid: workers read disjoint row groups when ``num_workers`` divides this."""
+"""Default phases ``P`` of the lane grid (the ``phases=`` option): workers read disjoint row groups when
+``num_workers`` divides ``P``, ranks when ``world_size`` divides ``K / P``."""
 
 _UNITS, _ROWS = 1, 2  # stream ids of the seed sequence: unit order, row order of lane window k
 
@@ -96,7 +97,7 @@ class LaneOrder:
 
 
 def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, lanes: int,
-               buffer_rows: int, step_rows: int) -> LaneOrder:
+               buffer_rows: int, step_rows: int, phases: int = PHASES) -> LaneOrder:
     """Plan the order of an epoch (see the module docstring).
 
     Args:
@@ -104,10 +105,11 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
         seed: Shuffle seed.
         epoch: Epoch number.
         shuffle: Permute units and rows; otherwise plan order in one lane.
-        lanes: ``K``, a multiple of :data:`PHASES` (ignored without shuffling).
+        lanes: ``K``, a multiple of ``phases`` (ignored without shuffling).
         buffer_rows: Rows shuffled together overall; a lane window holds at least
             ``ceil(buffer_rows / K)`` rows (whole pieces); ``<= 0``: one piece per window.
         step_rows: ``G``, rows of one global step (``world_size x batch_size``).
+        phases: ``P``, phases of the lane grid (:data:`PHASES` by default).
     """
     rows = np.asarray(unit_rows, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
@@ -118,39 +120,39 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
     units = units[rows[units] > 0]
     perm = np.concatenate([np.arange(offsets[u], offsets[u + 1], dtype=np.int64) for u in units])
     unit_end = np.cumsum(rows[units])  # piece boundaries in perm
-    n_rows, q_lanes = len(perm), lanes // PHASES
-    starts, positions = _lane_grid(n_rows, lanes)
+    n_rows, q_lanes = len(perm), lanes // phases
+    starts, positions = _lane_grid(n_rows, lanes, phases)
     min_window = -(-buffer_rows // lanes) if buffer_rows > 0 else 0
     rng = _rng(seed, epoch, _ROWS)  # draws for the lanes' windows, lane slice by lane slice
     shuffled = np.arange(n_rows, dtype=np.int64)  # lanes hold laid-out positions, mapped to refs at the end
     for a, b in itertools.pairwise(_window_bounds(starts.tolist(), unit_end.tolist(), min_window)):
         rng.shuffle(shuffled[a:b])
-    phases = [shuffled[pos] for pos in positions]
-    full = [len(v) // step_rows for v in phases]
-    tail = np.concatenate([v[f * step_rows:] for v, f in zip(phases, full, strict=True)])
+    seqs = [shuffled[pos] for pos in positions]
+    full = [len(v) // step_rows for v in seqs]
+    tail = np.concatenate([v[f * step_rows:] for v, f in zip(seqs, full, strict=True)])
     lane_of = np.searchsorted(starts, tail, side="right") - 1  # the tail by rev(q), then phase, then position
-    tail = tail[np.argsort(((lane_of % q_lanes) * PHASES + lane_of // q_lanes) * n_rows + tail, kind="stable")]
-    return _assemble([perm[v] for v in phases], PHASES, step_rows, lanes, perm[tail])
+    tail = tail[np.argsort(((lane_of % q_lanes) * phases + lane_of // q_lanes) * n_rows + tail, kind="stable")]
+    return _assemble([perm[v] for v in seqs], phases, step_rows, lanes, perm[tail])
 
 
 @functools.lru_cache(maxsize=2)
-def _lane_grid(n_rows: int, lanes: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+def _lane_grid(n_rows: int, lanes: int, phases: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """What does not change from epoch to epoch: the start of each lane slice (laid-out positions)
     and, per phase, the laid-out position of each place of ``V_p`` (row by row of its lanes)."""
-    q_lanes = lanes // PHASES
+    q_lanes = lanes // phases
     base, extra = divmod(n_rows, lanes)
     rev = _digit_reversal(q_lanes)
-    sizes = np.full((PHASES, q_lanes), base, dtype=np.int64)
-    for p in range(PHASES):
+    sizes = np.full((phases, q_lanes), base, dtype=np.int64)
+    for p in range(phases):
         sizes[p, :max(0, min(q_lanes, extra - p * q_lanes))] += 1
     by_slice = np.empty(lanes, dtype=np.int64)
-    for p in range(PHASES):
+    for p in range(phases):
         by_slice[p * q_lanes + rev] = sizes[p]
     starts = np.concatenate([[0], np.cumsum(by_slice)])
     padded = np.full((lanes, base + 1), -1, dtype=np.int64)  # slice s in row s, padded with -1
     padded[np.arange(base + 1)[None, :] < by_slice[:, None]] = np.arange(n_rows, dtype=np.int64)
     positions = []
-    for p in range(PHASES):
+    for p in range(phases):
         flat = padded[p * q_lanes + rev].T.reshape(-1)  # row by row of its lanes
         positions.append(flat[flat >= 0])
     for array in (starts, *positions):
@@ -277,23 +279,23 @@ def worker_batches(num_batches: int, *, worker: int, num_workers: int, start: in
     return np.arange(start + worker, num_batches, num_workers, dtype=np.int64)
 
 
-def phase_rows(num_rows: int, *, lanes: int, shuffle: bool) -> list[int]:
-    """Rows of each phase sequence ``V_p`` (no data needed: the sizes follow from ``N`` and ``K``)."""
+def phase_rows(num_rows: int, *, lanes: int, shuffle: bool, phases: int = PHASES) -> list[int]:
+    """Rows of each phase sequence ``V_p`` (no data needed: the sizes follow from ``N``, ``K`` and ``P``)."""
     if not shuffle:
         return [num_rows]
-    q_lanes = lanes // PHASES
+    q_lanes = lanes // phases
     base, extra = divmod(num_rows, lanes)
-    return [q_lanes * base + max(0, min(q_lanes, extra - p * q_lanes)) for p in range(PHASES)]
+    return [q_lanes * base + max(0, min(q_lanes, extra - p * q_lanes)) for p in range(phases)]
 
 
 def rank_steps(num_rows: int, *, lanes: int, shuffle: bool, batch_size: int, rank: int, world_size: int,
-               drop_last: bool) -> tuple[int, np.ndarray]:
+               drop_last: bool, phases: int = PHASES) -> tuple[int, np.ndarray]:
     """``(body steps, tail ranges)`` of one rank: it yields ``body + len(tail ranges)`` batches.
 
     The tail ranges are :func:`rank_batches` of the tail ``E`` (``[start, stop)`` into ``E``).
     """
     g = batch_size * world_size
-    sizes = phase_rows(num_rows, lanes=lanes, shuffle=shuffle)
+    sizes = phase_rows(num_rows, lanes=lanes, shuffle=shuffle, phases=phases)
     body = sum(m // g for m in sizes)
     tail = sum(m % g for m in sizes)
     return body, rank_batches(tail, batch_size=batch_size, rank=rank, world_size=world_size, drop_last=drop_last)

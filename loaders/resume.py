@@ -59,15 +59,15 @@ class Resume:
     inherited: bool
 
 
-def parse_state(state: Mapping[str, Any], *, seed: int, version: int, lanes: int, uri: str,
+def parse_state(state: Mapping[str, Any], *, seed: int, version: int, lanes: int, phases: int, uri: str,
                 inherited: bool) -> Resume:
     """A :class:`Resume` from a ``state_dict`` (a dataset's or a worker's) or ``{"epoch", "batches_consumed"}``.
 
     Raises:
-        LoaderConfigError: the state is for another seed, table version or lane count, was saved by a
+        LoaderConfigError: the state is for another seed, table version, lane or phase count, was saved by a
             build with another order (a full state without this build's ``order``), or has no epoch.
     """
-    for key, mine in (("seed", seed), ("version", version), ("lanes", lanes)):
+    for key, mine in (("seed", seed), ("version", version), ("lanes", lanes), ("phases", phases)):
         if key in state and state[key] != mine:
             raise LoaderConfigError(f"{uri}: cannot resume: state has {key} {state[key]}, this dataset {mine}")
     if "seed" in state and state.get("order") != ORDER_ALGORITHM:

@@ -25,7 +25,6 @@ import torch
 
 from idxlake.loaders.decode import Batch, UnitReader
 from idxlake.loaders.misuse import StreamBatch
-from idxlake.loaders.order import PHASES
 from idxlake.loaders.plan import Plan
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE
@@ -271,16 +270,16 @@ def pass_arena(plan: Plan, cache: Arena | None, slots: Arena | None, live: int) 
     return Arena(plan, cache=False, slots=live)
 
 
-def log_reads(plan: Plan, world: World, sched: Schedule, *, lanes: int, shuffle: bool,
+def log_reads(plan: Plan, world: World, sched: Schedule, *, lanes: int, phases: int, shuffle: bool,
               seen: set[tuple[int, int, int, int]]) -> None:
     """Say at INFO what this consumer reads, once per topology (``seen`` remembers them)."""
     key = (world.rank, world.world_size, world.worker, world.num_workers)
     if key in seen:
         return
     seen.add(key)
-    disjoint = shuffle and PHASES % world.num_workers == 0 and (lanes // PHASES) % world.world_size == 0
+    disjoint = shuffle and phases % world.num_workers == 0 and (lanes // phases) % world.world_size == 0
     logger.info("%s: consumer %d of %d (%s) reads %d of %d row groups%s", plan.describe(), world.consumer,
                 world.consumers, world, len(sched.order), len(plan.units),
                 "" if disjoint or world.consumers == 1 else
-                f"; its lanes are not disjoint from the others' (lanes={lanes}: use num_workers dividing "
-                f"{PHASES} and world_size dividing {lanes // PHASES})")
+                f"; its lanes are not disjoint from the others' (lanes={lanes}, phases={phases}: use num_workers "
+                f"dividing phases and world_size dividing lanes / phases = {lanes // phases})")

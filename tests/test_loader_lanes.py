@@ -105,6 +105,29 @@ def test_workers_of_two_ranks_decode_only_their_share(many_groups, decoded) -> N
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+def test_four_phases_give_four_workers_disjoint_reads(many_groups, decoded) -> None:
+    units = ROWS // GROUP
+    reference = steps(many_groups, 1, 0, 64, phases=4)
+    assert sorted(i for s in reference for i in s) == list(range(ROWS))
+    for ranks, workers in ((1, 4), (2, 2), (3, 4)):  # W divides 4, R divides 48 / 4 = 12
+        assert steps(many_groups, ranks, workers, 192 if ranks == 3 else 64, phases=4) == (
+            reference if ranks != 3 else steps(many_groups, 1, 0, 192, phases=4)), (ranks, workers)
+    assert steps(many_groups, 1, 0, 64) != reference  # another P: another order
+    for phases, readers in ((4, 4), (2, 2)):  # with the default 2 phases, 4 workers share 2 phases' reads
+        ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=1, cache_bytes=0,
+                                  shuffle_buffer=64, phases=phases)
+        before = len(reads(decoded))
+        ids = [i for b in DataLoader(ds, batch_size=None, num_workers=4) for i in b["id"].tolist()]
+        assert sorted(ids) == list(range(ROWS))
+        per_pid = Counter(pid for pid, _ in reads(decoded)[before:])
+        assert len(per_pid) == 4
+        tail = lane_order(np.full(units, GROUP), seed=1, epoch=0, shuffle=True, lanes=48, buffer_rows=64,
+                          step_rows=64, phases=phases).tail
+        assert max(per_pid.values()) <= units / readers + 4 + len(tail), (phases, per_pid)
+        assert min(per_pid.values()) >= units / readers - 4, (phases, per_pid)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 @pytest.mark.parametrize(("ranks", "workers"), [(5, 0), (7, 2), (2, 3)])
 def test_consumers_not_dividing_lanes_stay_exactly_once(many_groups, caplog, ranks: int, workers: int) -> None:
     caplog.set_level(logging.INFO, logger="idxlake.loaders.stream")
@@ -151,7 +174,8 @@ def test_prefetch_depth_and_lanes_options(many_groups) -> None:
     assert run(prefetch_depth=64) == reference
     other = run(lanes=8)  # another K: another order, still exactly once
     assert other != reference and sorted(i for b in other for i in b) == list(range(ROWS))
-    for bad, match in (({"lanes": 7}, "multiple of 2"), ({"lanes": 0}, "lanes must be"),
+    for bad, match in (({"lanes": 7}, "multiple of phases=2"), ({"lanes": 0}, "lanes must be"),
+                       ({"lanes": 48, "phases": 5}, "multiple of phases=5"), ({"phases": 0}, "phases must be"),
                        ({"prefetch_depth": 0}, "prefetch_depth must be")):
         with pytest.raises(ValueError, match=match):
             DeltaIterableDataset(many_groups, **bad)
