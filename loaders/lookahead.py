@@ -4,12 +4,11 @@ A cold pass (no cache) over a small table needs most of its row groups before it
 batches: the lanes advance together, so the first global steps touch every lane's window.
 Decoding them only when the pass starts leaves the reader threads idle at the end of every
 epoch and the consumer idle at the start of the next. Training loops ask for epoch ``e + 1``
-right after ``e``, so once a pass whose epoch is above the previous pass's (in this process: a
-first pass, or an epoch iterated again, never reads ahead) has submitted every read it needs, it
-plans the same
-consumer's full pass over ``e + 1`` (the order is a pure function of its parameters) and reads
-that pass's first row groups, keeping at most ``prefetch_depth`` reads in flight or done
-ahead. The next pass takes them when it is that pass (same epoch, topology and first batch);
+right after ``e``. So when a pass's epoch is above the previous pass's in this process (a first
+pass, or an epoch iterated again, never reads ahead), once it has submitted every read it needs,
+it plans the same consumer's full pass over ``e + 1`` (the order is a pure function of its
+parameters) and reads that pass's first row groups, keeping at most ``prefetch_depth`` reads in
+flight or done ahead. The next pass takes them when it is that pass (same epoch, topology and first batch);
 any other pass (a resume, another epoch) discards them. What a pass yields never changes:
 only when its row groups are decoded.
 """
