@@ -23,7 +23,7 @@ from idxlake.loaders.options import check_options, pin_snapshot
 from idxlake.loaders.order import ORDER_ALGORITHM, PHASES, rank_steps, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, PinnedPlan, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
-from idxlake.loaders.ring import send
+from idxlake.loaders.ring import Ring, send
 from idxlake.loaders.samples import SampleTransform, finish_batch
 from idxlake.loaders.stream import READ_THREADS, Arena, Progress, consume, fits_cache, log_reads, pass_arena
 from idxlake.loaders.world import World
@@ -113,7 +113,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         self.transform, self.cache_bytes, self.prefetch = transform, cache_bytes, prefetch
         self.lanes, self.phases, self.prefetch_depth = lanes, phases, prefetch_depth
         self._logged: set[tuple[int, int, int, int]] = set()
-        self._ring: list[Any] | None = None  # set by RingDataLoader while it starts its workers
+        self._ring: Ring | None = None  # set by RingDataLoader while it starts its workers
         self.sample_transform = sample_transform
         self._rank, self._world_size = rank, world_size
         self._parent_dist: tuple[int, int] | None = None

@@ -7,22 +7,33 @@ plus a fresh shared-memory segment per batch (measured: 125k samples/s for MNIST
 slots per worker in shared memory (``share_memory_()``, inherited by forked workers, sent once
 to spawned ones), each of :data:`GROUP_ROWS` rows. A worker packs its next ``GROUP_ROWS //
 batch_size`` batches end to end into its next slot (round robin) and yields only
-``(worker, slot, places)``: fewer, larger transfers. The main process copies each slot column
-out once, into one fresh tensor whose views are the batches, and hands the batches on in the
-plain DataLoader's order (one of each worker in turn, :func:`in_order`). No torch
-setting changes: the sharing strategy stays the process's own. Keys a ``transform`` adds, or
-tensors whose shape or dtype do not fit the slot, travel the usual way.
+``(worker, slot, places)``: fewer, larger transfers. The main process hands the batches on in the
+plain DataLoader's order (one of each worker in turn, :func:`in_order`) as views of the slot
+itself, *leased*: the slot goes back to its worker only when the last tensor viewing it (a batch,
+or anything sliced from one) is freed, which a ``weakref.finalize`` on the numpy array under the
+views' storage reports. At most :data:`LEASES` slots of a worker are leased at a time; beyond that
+(a loop that keeps its batches), and for pinned batches, each slot column is copied out once into
+one fresh tensor whose views are the batches, and the slot is free again at once. Each slot has a
+state in shared memory (:data:`FREE`, :data:`SENT`, :data:`LEASED`): a worker writes only into a
+free slot; when it starts a pass it takes back its slots still marked sent, whose tokens belong to
+an abandoned pass (torch drops a persistent worker's outstanding results when the next epoch
+starts, and a new worker's predecessors are gone), so they are never read. No torch setting changes: the
+sharing strategy stays the process's own. Keys a ``transform`` adds, or tensors whose shape or
+dtype do not fit the slot, travel the usual way.
 
-Why ``prefetch_factor + 2`` slots are enough: a worker yields a token only for a task the
-main process sent, and at most ``prefetch_factor`` of its tasks are outstanding; when the
-main process takes a token (and copies its slot out at once), it has sent one more task, so
-the worker may be writing one more slot while the taken one is copied.
+Why ``prefetch_factor + 2 + LEASES`` slots are enough: a worker yields a token only for a task the
+main process sent, and at most ``prefetch_factor`` of its tasks are outstanding; the main process
+leases or copies a slot as soon as its token arrives. So at most ``prefetch_factor`` slots wait in
+the queue, ``LEASES`` are leased and one is being written: one is always free.
 """
 
 from __future__ import annotations
 
+import time
+import weakref
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -64,12 +75,57 @@ def group_size(dataset: Any) -> int:
     return max(1, GROUP_ROWS // max(int(dataset.batch_size), 1))
 
 
-def make_ring(dataset: Any, workers: int, slots: int) -> list[Slots]:
+LEASES = 2
+"""Slots of one worker that the main process may lend out at once (batches handed on as views of
+the slot); a further token is copied out instead."""
+
+FREE, SENT, LEASED = 0, 1, 2
+"""Slot states: writable by its worker; holding a token on its way; lent out as views."""
+
+WAIT_S = 60.0
+"""Longest a worker waits for a free slot (one is always free unless the protocol is broken)."""
+
+
+@dataclass
+class Ring:
+    """The slots of every worker and their flags (1: free), all in shared memory.
+
+    Attributes:
+        slots: Per worker, its slots (column name -> tensor of :func:`group_size` batches).
+        state: ``uint8 [workers, slots]``: :data:`FREE`, :data:`SENT` or :data:`LEASED`.
+        leased: Per worker, slots lent out now (main process only).
+    """
+
+    slots: list[Slots]
+    state: torch.Tensor
+    leased: list[int]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"slots": self.slots, "state": self.state, "leased": [0] * len(self.slots)}
+
+
+def make_ring(dataset: Any, workers: int, slots: int) -> Ring:
     """``slots`` shared-memory slots of :func:`group_size` batches for each of ``workers`` workers."""
     group = group_size(dataset)
     layout = slot_layout(dataset)
-    return [[{k: torch.empty((shape[0] * group, *shape[1:]), dtype=dtype).share_memory_()
-              for k, (shape, dtype) in layout.items()} for _ in range(slots)] for _ in range(workers)]
+    return Ring([[{k: torch.empty((shape[0] * group, *shape[1:]), dtype=dtype).share_memory_()
+                   for k, (shape, dtype) in layout.items()} for _ in range(slots)] for _ in range(workers)],
+                torch.full((workers, slots), FREE, dtype=torch.uint8).share_memory_(), [0] * workers)
+
+
+def _acquire(flags: np.ndarray, start: int) -> int:
+    """Worker side: a free slot (the first from ``start`` on, round robin), marked sent."""
+    deadline = None
+    while True:
+        for i in range(len(flags)):
+            k = (start + i) % len(flags)
+            if flags[k] == FREE:
+                flags[k] = SENT
+                return k
+        deadline = deadline or time.monotonic() + WAIT_S
+        if time.monotonic() > deadline:  # pragma: no cover - a broken protocol, not a slow consumer
+            raise RuntimeError(f"RingDataLoader worker: no free slot of {len(flags)} after {WAIT_S:.0f} s")
+        time.sleep(50e-6)
 
 
 def _pack(slot: dict[str, torch.Tensor], batches: list[Batch]) -> tuple[list[list[tuple[str, int, int]]],
@@ -94,40 +150,70 @@ def _pack(slot: dict[str, torch.Tensor], batches: list[Batch]) -> tuple[list[lis
     return places, extras
 
 
-def send(ring: list[Slots], batches: Iterator[Batch]) -> Iterator[Any]:
-    """Worker side: pack each :data:`GROUP_ROWS` worth of batches into the next slot of this
+def send(ring: Ring, batches: Iterator[Batch]) -> Iterator[Any]:
+    """Worker side: pack each :data:`GROUP_ROWS` worth of batches into a free slot of this
     worker and yield one token for them."""
     info = get_worker_info()
     assert info is not None
-    mine, k, group, pending = ring[info.id], 0, group_size(info.dataset), []
+    mine, flags, group = ring.slots[info.id], ring.state[info.id].numpy(), group_size(info.dataset)
+    flags[flags == SENT] = FREE  # tokens of an abandoned pass: never read (see the module docstring)
+    k, pending = -1, []
     for batch in batches:
         pending.append(batch)
         if len(pending) == group:
+            k = _acquire(flags, k + 1)
             places, extras = _pack(mine[k], pending)
             yield {RING_KEY: (info.id, k, places), "extra": extras}
-            k, pending = (k + 1) % len(mine), []
+            pending = []
     if pending:
+        k = _acquire(flags, k + 1)
         places, extras = _pack(mine[k], pending)
         yield {RING_KEY: (info.id, k, places), "extra": extras}
 
 
-def receive(ring: list[Slots], item: Any, *, pin: bool = False) -> tuple[int, list[Any]]:
-    """Main side: a token back into ``(worker, batches of fresh tensors)`` (anything else: ``(-1, [item])``).
+class _Lease:
+    """A slot lent out: free again (its flag set, the worker's count down) when the numpy arrays
+    under every column's views are gone."""
 
-    Each slot column is copied out once, in one piece (pinned with ``pin``: that copy is also
-    the pinning copy, the DataLoader's pin thread only saw the token); the batches are views of it.
+    def __init__(self, ring: Ring, worker: int, k: int, columns: int) -> None:
+        self.ring, self.worker, self.k, self.left = ring, worker, k, columns
+        ring.leased[worker] += 1
+
+    def drop(self) -> None:
+        self.left -= 1
+        if not self.left:
+            self.ring.leased[self.worker] -= 1
+            self.ring.state[self.worker, self.k] = FREE
+
+
+def receive(ring: Ring, item: Any, *, pin: bool = False) -> tuple[int, list[Any]]:
+    """Main side: a token back into ``(worker, batches)`` (anything else: ``(-1, [item])``).
+
+    The batches are views of the slot, leased (see the module docstring), or, with ``pin`` or
+    when the worker has :data:`LEASES` slots lent out already, views of one copy of each slot
+    column (pinned with ``pin``: that copy is also the pinning copy, the DataLoader's pin thread
+    only saw the token), the slot freed at once.
     """
     if not isinstance(item, dict) or RING_KEY not in item:
         return -1, [item]
     worker, k, places = item[RING_KEY]
-    slot, out = ring[worker][k], []
+    slot, out = ring.slots[worker][k], []
     ends = {name: max((at + n for rows in places for nm, at, n in rows if nm == name), default=0) for name in slot}
-    fresh = {}
-    for name, end in ends.items():
-        if end:
+    used = {name: end for name, end in ends.items() if end}
+    fresh: dict[str, torch.Tensor] = {}
+    if not pin and used and ring.leased[worker] < LEASES:
+        lease = _Lease(ring, worker, k, len(used))
+        ring.state[worker, k] = LEASED
+        for name, end in used.items():
+            array = slot[name][:end].numpy()  # the storage of the views below holds this array
+            weakref.finalize(array, lease.drop)
+            fresh[name] = torch.from_numpy(array)
+    else:
+        for name, end in used.items():
             src = slot[name][:end]
             fresh[name] = (torch.empty(src.shape, dtype=src.dtype, pin_memory=True).copy_(src) if pin
                            else src.clone())
+        ring.state[worker, k] = FREE
     for rows, extra in zip(places, item["extra"], strict=True):
         batch = StreamBatch({name: fresh[name][at:at + n] for name, at, n in rows})
         batch.update(extra)
@@ -135,7 +221,7 @@ def receive(ring: list[Slots], item: Any, *, pin: bool = False) -> tuple[int, li
     return worker, out
 
 
-def in_order(items: Iterator[Any], ring: list[Slots], workers: int, *, pin: bool) -> Iterator[Any]:
+def in_order(items: Iterator[Any], ring: Ring, workers: int, *, pin: bool) -> Iterator[Any]:
     """The batches in the plain DataLoader's order: one of each worker in turn, skipping the
     workers that are done (a worker's token holds several of its consecutive batches)."""
     queues: list[deque[Any]] = [deque() for _ in range(workers)]
@@ -190,17 +276,18 @@ class RingDataLoader(DataLoader):
             prefetch_factor = 2
         super().__init__(dataset, batch_size=None, num_workers=num_workers, prefetch_factor=prefetch_factor,
                          **kwargs)
-        self._ring = make_ring(dataset, num_workers, (prefetch_factor or 0) + 2) if num_workers else []
+        self._ring = make_ring(dataset, num_workers, (prefetch_factor or 0) + 2 + LEASES) if num_workers else None
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         ds: Any = self.dataset
         if not self.num_workers:  # the dataset's own iterator: no per-batch fetcher/sampler/profiler hooks
             pin = self.pin_memory and torch.accelerator.is_available()
             return (pin_batch(b) for b in ds) if pin else iter(ds)
-        ds._ring = self._ring or None  # workers (forked or spawned) take it from the dataset
+        ds._ring = self._ring  # workers (forked or spawned) take it from the dataset
         try:
             it = super().__iter__()
         finally:
             ds._ring = None
         pin = bool(getattr(it, "_pin_memory", False))  # what torch decided (no accelerator: no pinning)
+        assert self._ring is not None  # made with the workers
         return in_order(it, self._ring, self.num_workers, pin=pin)
