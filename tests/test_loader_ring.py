@@ -18,6 +18,15 @@ def ids_of(batches) -> list[list[int]]:
     return [b["id"].tolist() for b in batches]
 
 
+def assert_plain_epoch(table: str, epoch: int, got: list, images: np.ndarray) -> None:
+    """``got`` holds the plain DataLoader's batches of ``epoch``, with the source's pixels."""
+    ref = DeltaIterableDataset(table, **KW)
+    ref.set_epoch(epoch)
+    assert ids_of(got) == ids_of(DataLoader(ref, batch_size=None))
+    for b in got:
+        assert RING_KEY not in b and np.array_equal(b["image"][:, 0].numpy(), images[b["id"].numpy()])
+
+
 @pytest.mark.parametrize(("persistent", "group_rows", "workers"), [(False, 1024, 2), (True, 1024, 2),
                                                                     (False, 24, 2), (True, 72, 3)])
 def test_ring_gives_the_plain_batches_as_fresh_tensors(synthetic_table, monkeypatch, persistent: bool,
@@ -83,15 +92,10 @@ def test_factory_gives_the_ring_to_the_streaming_dataset_with_workers(synthetic_
     assert loader.prefetch_factor == 3 and all(len(w) == 7 for w in loader._ring.slots)  # prefetch_factor + 2 + LEASES
     for epoch in range(2):
         ds.set_epoch(epoch)
-        kept = list(loader)
-        ref = DeltaIterableDataset(table, **KW)
-        ref.set_epoch(epoch)
-        assert ids_of(kept) == ids_of(DataLoader(ref, batch_size=None))
-        for b in kept:
-            assert RING_KEY not in b and np.array_equal(b["image"][:, 0].numpy(), images[b["id"].numpy()])
+        assert_plain_epoch(table, epoch, list(loader), images)
     direct = ds.dataloader()  # no workers: the dataset's own iterator, the same batches
     assert isinstance(direct, RingDataLoader) and direct.num_workers == 0
-    assert ids_of(direct) == ids_of(DataLoader(ref, batch_size=None))
+    assert_plain_epoch(table, 1, list(direct), images)
     ds.set_epoch(0)
     custom = ds.dataloader(num_workers=1, collate_fn=lambda b: b)  # a custom collate: the plain DataLoader
     assert not isinstance(custom, RingDataLoader) and ids_of(custom) == ids_of(DeltaIterableDataset(table, **KW))
@@ -164,9 +168,4 @@ def test_abandoned_passes_give_their_slots_back(synthetic_table, monkeypatch) ->
         del it
     for epoch in (100, 101):
         ds.set_epoch(epoch)
-        got = list(loader)
-        ref = DeltaIterableDataset(table, **KW)
-        ref.set_epoch(epoch)
-        assert ids_of(got) == ids_of(DataLoader(ref, batch_size=None))
-        for b in got:
-            assert np.array_equal(b["image"][:, 0].numpy(), images[b["id"].numpy()])
+        assert_plain_epoch(table, epoch, list(loader), images)
