@@ -23,8 +23,9 @@ from idxlake.loaders.options import check_options, pin_snapshot
 from idxlake.loaders.order import ORDER_ALGORITHM, PHASES, rank_steps, worker_batches
 from idxlake.loaders.plan import OUTPUT_COLUMNS, PinnedPlan, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
-from idxlake.loaders.ring import Ring, send
+from idxlake.loaders.ring import Ring
 from idxlake.loaders.samples import SampleTransform, finish_batch
+from idxlake.loaders.slotwriter import SlotWriter
 from idxlake.loaders.stream import READ_THREADS, Arena, Progress, consume, fits_cache, log_reads, pass_arena
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableSnapshot
@@ -110,12 +111,11 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
                                     "use image_dtype='float32' or 'native'")
         self.batch_size, self.shuffle, self.seed = batch_size, bool(shuffle), int(seed)
         self.shuffle_buffer, self.drop_last, self.image_dtype = shuffle_buffer, bool(drop_last), image_dtype
-        self.transform, self.cache_bytes, self.prefetch = transform, cache_bytes, prefetch
-        self.lanes, self.phases, self.prefetch_depth = lanes, phases, prefetch_depth
+        self.transform, self.sample_transform = transform, sample_transform
+        self.cache_bytes, self.prefetch, self.prefetch_depth = cache_bytes, prefetch, prefetch_depth
+        self.lanes, self.phases, self._rank, self._world_size = lanes, phases, rank, world_size
         self._logged: set[tuple[int, int, int, int]] = set()
         self._ring: Ring | None = None  # set by RingDataLoader while it starts its workers
-        self.sample_transform = sample_transform
-        self._rank, self._world_size = rank, world_size
         self._parent_dist: tuple[int, int] | None = None
         self._normalize = Normalizer(snap.meta) if image_dtype == "float32" else None
         self._shared = SharedState()  # the epoch and resume flags, seen by (persistent) workers too
@@ -198,8 +198,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         body, tail = self._steps(*self._dist())
         return body + len(tail)
 
-    def __len__(self) -> int:  # batches this rank yields per full epoch, over all of its DataLoader workers
-        return self.batches_per_rank()
+    __len__ = batches_per_rank  # batches this rank yields per full epoch, over all of its DataLoader workers
 
     def state_dict(self) -> dict[str, Any]:
         """Where this consumer stands in the epoch (torchdata ``StatefulDataLoader`` protocol).
@@ -245,8 +244,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
                                    uri=self.snapshot.uri, inherited=main)
         self._progress = None
         if main:
-            self._shared.resume_used = False
-            self._shared.workers_read = False
+            self._shared.resume_used = self._shared.workers_read = False
             watch(self)
 
     def settle_resume(self) -> None:
@@ -274,7 +272,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
             self.settle_resume()
             self._shared.workers_read = False
         body, tail = self._steps(world.rank, world.world_size)
-        total = body + len(tail)
+        total = body + len(tail)  # batches of this rank
         pending = self._resume  # taken by this pass: applied if it is for this epoch, else dropped
         resume = pending if pending is not None and applies(pending, world=world, epoch=epoch, batches=total,
                                                             where=self.plan.describe()) else None
@@ -320,11 +318,13 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         self._cache = self._cache or (Arena(self.plan, cache=True) if fits_cache(self.plan, self.cache_bytes) else None)
         arena, self._slots = pass_arena(self.plan, self._cache, self._slots, ahead.sched.live), None  # concurrent: own
         finish = self._finish if self._normalize or self.transform or self.sample_transform else None
+        ring = SlotWriter(self._ring) if self._ring is not None and get_worker_info() else None  # a ring's worker
         batches_out = consume(self.plan, self._reader, ahead.sched, arena, progress=progress, depth=self.prefetch_depth,
                               finish=finish, readers=self._thread_pool(), pending=ahead.take(),
-                              lookahead=following if advancing else None)  # not on a first/repeated epoch
-        try:  # in a worker of a RingDataLoader: through its shared-memory ring
-            yield from send(self._ring, batches_out) if self._ring is not None and get_worker_info() else batches_out
+                              lookahead=following if advancing else None,  # not on a first/repeated epoch
+                              dest=ring.dest if ring is not None and finish is None else None)
+        try:
+            yield from batches_out if ring is None else ring.send(batches_out)
         finally:
             if not arena.cache:
                 self._slots = arena

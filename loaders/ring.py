@@ -1,25 +1,24 @@
 """Batches from DataLoader workers through a per-worker shared-memory ring of reusable slots.
 
 torch sends every tensor a worker yields through its sharing strategy: with the default
-``file_descriptor`` strategy that is a socket connection and a handshake per tensor storage,
-plus a fresh shared-memory segment per batch (measured: 125k samples/s for MNIST batches).
-:class:`RingDataLoader` allocates, before it starts its workers, ``prefetch_factor + 2``
-slots per worker in shared memory (``share_memory_()``, inherited by forked workers, sent once
-to spawned ones), each of :data:`GROUP_ROWS` rows. A worker packs its next ``GROUP_ROWS //
-batch_size`` batches end to end into its next slot (round robin) and yields only
-``(worker, slot, places)``: fewer, larger transfers. The main process hands the batches on in the
-plain DataLoader's order (one of each worker in turn, :func:`in_order`) as views of the slot
-itself, *leased*: the slot goes back to its worker only when the last tensor viewing it (a batch,
-or anything sliced from one) is freed, which a ``weakref.finalize`` on the numpy array under the
-views' storage reports. At most :data:`LEASES` slots of a worker are leased at a time; beyond that
-(a loop that keeps its batches), and for pinned batches, each slot column is copied out once into
-one fresh tensor whose views are the batches, and the slot is free again at once. Each slot has a
-state in shared memory (:data:`FREE`, :data:`SENT`, :data:`LEASED`): a worker writes only into a
-free slot; when it starts a pass it takes back its slots still marked sent, whose tokens belong to
-an abandoned pass (torch drops a persistent worker's outstanding results when the next epoch
-starts, and a new worker's predecessors are gone), so they are never read. No torch setting changes: the
-sharing strategy stays the process's own. Keys a ``transform`` adds, or tensors whose shape or
-dtype do not fit the slot, travel the usual way.
+``file_descriptor`` strategy that is a socket connection and a handshake per tensor storage, plus a
+fresh shared-memory segment per batch (measured: 125k samples/s for MNIST batches).
+:class:`RingDataLoader` allocates, before it starts its workers, ``prefetch_factor + 2`` slots per
+worker in shared memory (``share_memory_()``, inherited by forked workers, sent once to spawned ones),
+each of :data:`GROUP_ROWS` rows. A worker packs its next ``GROUP_ROWS // batch_size`` batches end to end
+into its next slot (round robin; gathered straight into it, :mod:`idxlake.loaders.slotwriter`) and
+yields only ``(worker, slot, places)``: fewer, larger transfers. The main process hands the batches on
+in the plain DataLoader's order (one of each worker in turn, :func:`in_order`) as views of the slot
+itself, *leased*: the slot goes back to its worker only when the last tensor viewing it (a batch, or
+anything sliced from one) is freed, which a ``weakref.finalize`` on the numpy array under the views'
+storage reports. At most :data:`LEASES` slots of a worker are leased at a time; beyond that (a loop that
+keeps its batches), and for pinned batches, each slot column is copied out once into one fresh tensor
+whose views are the batches, and the slot is free again at once. Each slot has a state in shared memory
+(:data:`FREE`, :data:`SENT`, :data:`LEASED`): a worker writes only into a free slot; when it starts a
+pass it takes back its slots still marked sent, whose tokens belong to an abandoned pass (torch drops a
+persistent worker's outstanding results when the next epoch starts, and a new worker's predecessors are
+gone), so they are never read. No torch setting changes: the sharing strategy stays the process's own.
+Keys a ``transform`` adds, or tensors whose shape or dtype do not fit the slot, travel the usual way.
 
 Why ``prefetch_factor + 2 + LEASES`` slots are enough: a worker yields a token only for a task the
 main process sent, and at most ``prefetch_factor`` of its tasks are outstanding; the main process
@@ -29,7 +28,6 @@ the queue, ``LEASES`` are leased and one is being written: one is always free.
 
 from __future__ import annotations
 
-import time
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -38,9 +36,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, get_worker_info
+from torch.utils.data import DataLoader
 
-from idxlake.loaders.decode import Batch
 from idxlake.loaders.misuse import StreamBatch
 from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError
 
@@ -82,10 +79,6 @@ the slot); a further token is copied out instead."""
 FREE, SENT, LEASED = 0, 1, 2
 """Slot states: writable by its worker; holding a token on its way; lent out as views."""
 
-WAIT_S = 60.0
-"""Longest a worker waits for a free slot (one is always free unless the protocol is broken)."""
-
-
 @dataclass
 class Ring:
     """The slots of every worker and their flags (1: free), all in shared memory.
@@ -111,64 +104,6 @@ def make_ring(dataset: Any, workers: int, slots: int) -> Ring:
     return Ring([[{k: torch.empty((shape[0] * group, *shape[1:]), dtype=dtype).share_memory_()
                    for k, (shape, dtype) in layout.items()} for _ in range(slots)] for _ in range(workers)],
                 torch.full((workers, slots), FREE, dtype=torch.uint8).share_memory_(), [0] * workers)
-
-
-def _acquire(flags: np.ndarray, start: int) -> int:
-    """Worker side: a free slot (the first from ``start`` on, round robin), marked sent."""
-    deadline = None
-    while True:
-        for i in range(len(flags)):
-            k = (start + i) % len(flags)
-            if flags[k] == FREE:
-                flags[k] = SENT
-                return k
-        deadline = deadline or time.monotonic() + WAIT_S
-        if time.monotonic() > deadline:  # pragma: no cover - a broken protocol, not a slow consumer
-            raise RuntimeError(f"RingDataLoader worker: no free slot of {len(flags)} after {WAIT_S:.0f} s")
-        time.sleep(50e-6)
-
-
-def _pack(slot: dict[str, torch.Tensor], batches: list[Batch]) -> tuple[list[list[tuple[str, int, int]]],
-                                                                      list[dict[str, Any]]]:
-    """Copy ``batches`` end to end into ``slot``: per batch its ``(name, offset, rows)`` and extras."""
-    used = dict.fromkeys(slot, 0)
-    places, extras = [], []
-    for batch in batches:
-        rows, extra = [], {}
-        for name, value in batch.items():
-            target = slot.get(name)
-            if (target is not None and isinstance(value, torch.Tensor) and value.dtype == target.dtype
-                    and value.shape[1:] == target.shape[1:] and used[name] + len(value) <= len(target)):
-                at = used[name]
-                target[at:at + len(value)].copy_(value)
-                used[name] = at + len(value)
-                rows.append((name, at, len(value)))
-            else:
-                extra[name] = value
-        places.append(rows)
-        extras.append(extra)
-    return places, extras
-
-
-def send(ring: Ring, batches: Iterator[Batch]) -> Iterator[Any]:
-    """Worker side: pack each :data:`GROUP_ROWS` worth of batches into a free slot of this
-    worker and yield one token for them."""
-    info = get_worker_info()
-    assert info is not None
-    mine, flags, group = ring.slots[info.id], ring.state[info.id].numpy(), group_size(info.dataset)
-    flags[flags == SENT] = FREE  # tokens of an abandoned pass: never read (see the module docstring)
-    k, pending = -1, []
-    for batch in batches:
-        pending.append(batch)
-        if len(pending) == group:
-            k = _acquire(flags, k + 1)
-            places, extras = _pack(mine[k], pending)
-            yield {RING_KEY: (info.id, k, places), "extra": extras}
-            pending = []
-    if pending:
-        k = _acquire(flags, k + 1)
-        places, extras = _pack(mine[k], pending)
-        yield {RING_KEY: (info.id, k, places), "extra": extras}
 
 
 class _Lease:

@@ -152,7 +152,8 @@ def schedule(plan: Plan, refs: list[np.ndarray], *, cached: bool = False) -> Sch
 def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, progress: Progress,
             finish: Callable[[Batch], Batch] | None, readers: ThreadPoolExecutor | None,
             depth: int, pending: dict[int, Future[Batch]] | None = None,
-            lookahead: Callable[[], Any] | None = None) -> Iterator[Batch]:
+            lookahead: Callable[[], Any] | None = None,
+            dest: Callable[[int, Batch], Batch | None] | None = None) -> Iterator[Batch]:
     """Yield a consumer's batches.
 
     Args:
@@ -168,6 +169,8 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
         lookahead: Called once, when every read of this pass is submitted (streaming arenas
             only): plans the next pass and returns it (an :class:`~idxlake.loaders.lookahead.PassPlan`,
             or ``None``); its first units are then read ahead, ``depth`` reads at most.
+        dest: Where batch rows go: ``dest(rows, arena columns)`` gives a tensor per column that
+            the gather writes into (``None``: new tensors). Only without ``finish``.
     """
     units = plan.units
     pending = {} if pending is None else pending
@@ -196,11 +199,15 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                 upcoming.pending[u] = readers.submit(reader.read, units[u])
                 upcoming.submitted += 1
 
+    def gather(index: torch.Tensor) -> StreamBatch:
+        out = dest(len(index), arena.tensors) if dest is not None else None
+        if out is None:
+            return StreamBatch({c: t.index_select(0, index) for c, t in items})
+        return StreamBatch({c: torch.index_select(t, 0, index, out=out[c]) for c, t in items})
+
     if full is not None:  # warm (all resident: a filled cache): no reads, no releases, one split index
         for index in torch.split(full, np.diff(bounds).tolist()):
-            batch = StreamBatch()
-            for c, t in items:
-                batch[c] = t.index_select(0, index)
+            batch = gather(index)
             progress.yielded += 1
             yield batch if finish is None else finish(batch)
         return
@@ -220,7 +227,7 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
             if not items:
                 items = list(arena.tensors.items())
             index = torch.from_numpy(sched.refs[lo:hi] + arena.shift[sched.units[lo:hi]])
-            batch = StreamBatch({c: t.index_select(0, index) for c, t in items})
+            batch = gather(index)
             for u in ends[b]:
                 arena.release(u)
             progress.yielded += 1

@@ -50,6 +50,34 @@ def test_ring_gives_the_plain_batches_as_fresh_tensors(synthetic_table, monkeypa
     assert ds._ring is None  # only set while the workers start
 
 
+@pytest.mark.parametrize("transform", [False, True])
+def test_workers_gather_batches_straight_into_their_slots(synthetic_table, monkeypatch, transform: bool) -> None:
+    """Without a transform every column of every batch is gathered in place (no batch tensor, no copy into
+    the slot), on the streaming pass and on the warm (cached) one; a transformed batch is copied in."""
+    from idxlake.loaders import slotwriter
+
+    counts = torch.zeros(2, dtype=torch.int64).share_memory_()  # [columns gathered in place, columns sent]
+    real = slotwriter.SlotWriter.send
+
+    def counting(self, batches):  # forked workers inherit the patch and write into the shared counts
+        for token in real(self, batches):
+            counts[1] += sum(len(rows) for rows in token[RING_KEY][2])
+            yield token
+        counts[0] += self.direct
+
+    monkeypatch.setattr(slotwriter.SlotWriter, "send", counting)
+    table, source = synthetic_table
+    images, _ = source.arrays["train"]
+    ds = DeltaIterableDataset(table, transform=(lambda b: b) if transform else None, **KW)
+    loader = RingDataLoader(ds, num_workers=2, persistent_workers=True)
+    for epoch in range(2):  # the first pass streams (and fills the cache), the second is warm
+        ds.set_epoch(epoch)
+        got = list(loader)
+        assert_plain_epoch(table, epoch, got, images)
+        assert int(counts[1]) == 3 * len(got) * (epoch + 1)
+    assert int(counts[0]) == (0 if transform else int(counts[1]))
+
+
 def test_ring_carries_what_a_transform_adds_and_float_images(synthetic_table) -> None:
     table, _ = synthetic_table
 
