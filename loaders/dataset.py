@@ -190,8 +190,8 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         self._remember_dist()
 
     def _steps(self, rank: int, world_size: int) -> tuple[int, np.ndarray]:
-        return rank_steps(self.num_rows, lanes=self.lanes, phases=self.phases, shuffle=self.shuffle,
-                          batch_size=self.batch_size, rank=rank, world_size=world_size, drop_last=self.drop_last)
+        return rank_steps(self.num_rows, batch_size=self.batch_size, rank=rank, world_size=world_size,
+                          drop_last=self.drop_last)
 
     def batches_per_rank(self) -> int:
         """Batches every rank yields per epoch (the same on all ranks)."""
@@ -296,7 +296,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         return plan_pass(self.plan, key, world=world, tail=tail, batches=batches, cached=cached)
 
     def _stream(self, world: World, tail: np.ndarray, batches: np.ndarray, progress: Progress, total: int, *,
-                mark_used: bool) -> Iterator[Batch]:
+                mark_used: bool) -> Iterator[Any]:  # batches, or in a ring's worker its tokens
         if mark_used:  # runs at the first batch asked: every worker of this pass has been started
             self._shared.resume_used = True
         if self._owner != os.getpid():  # forked: the parent's reads ahead never complete here

@@ -5,10 +5,13 @@ and ``K`` lanes, never of the number of ranks or workers. It is built so that ea
 ``C = world_size x num_workers`` consumers reads only its own lanes' row groups:
 
 1. the units (row groups) are permuted (``shuffle=True``) and their rows laid end to end;
-2. that sequence is cut into ``K`` lanes of equal rows (+-1), ``P`` phases of
-   ``Q = K / P`` lanes each; lane ``(p, q)`` takes slice ``p*Q + rev(q)`` (``rev`` reverses
-   the mixed-radix digits of ``q``, small primes first), so the lanes with ``q = r (mod R)``
-   sit side by side for ``R`` in 1, 2, 4, 8, ...;
+2. that sequence is cut into ``P`` phases of ``Q = K / P`` lanes each. Global step ``s``
+   (``G = world_size x batch_size`` rows) belongs to phase ``s mod P``, so phase ``p`` holds
+   ``G`` rows for each of its steps, and the phase whose turn comes after the last full step,
+   ``(N // G) mod P``, also the ``N mod G`` rows left (the tail); its ``Q`` lanes have equal rows
+   (+-1). Lane ``(p, q)`` takes slice ``p*Q + rev(q)`` (``rev`` reverses the mixed-radix digits
+   of ``q``, small primes first), so the lanes with ``q = r (mod R)`` sit side by side for ``R``
+   in 1, 2, 4, 8, ...;
 3. each lane is cut into windows of whole row-group pieces (at least ``ceil(buffer / K)``
    rows) whose rows are permuted;
 4. phase ``p``'s sequence ``V_p`` interleaves its lanes row by row (position ``v`` is row
@@ -16,10 +19,12 @@ and ``K`` lanes, never of the number of ranks or workers. It is built so that ea
    global batch ``G = world_size x batch_size``. Rank ``r`` takes the step's positions
    ``= r (mod R)``: only lanes ``q = r (mod R)`` when ``R`` divides ``Q``. The DataLoader gives
    rank batch ``j`` to worker ``j % W``: only phases ``p = w (mod W)`` when ``W`` divides ``P``;
-5. the rows left in each phase after its full steps (fewer than ``G`` per phase) form the
-   tail ``E``, sorted by ``rev(q)`` (so rank ``r``'s part of its last round lies mostly in its own
-   lanes), read as before: full steps of ``G``, then a last round split evenly over the
-   ranks (padded only when it has fewer rows than ranks, or dropped with ``drop_last``).
+5. the rows of the tail phase after its full steps (fewer than ``G``) form the tail ``E``,
+   sorted by ``rev(q)`` (so rank ``r``'s part of its last round lies mostly in its own lanes),
+   read as the last round, split evenly over the ranks (padded only when it has fewer rows than
+   ranks, or dropped with ``drop_last``). That round is rank batch ``N // G``, so with ``W``
+   dividing ``P`` it goes to the worker already reading the tail phase: no worker reads another
+   phase's row groups for it.
 
 Without shuffling there is one lane and one phase: plan order, ranks striding each step.
 """
@@ -32,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-ORDER_ALGORITHM = "lanes-2"
+ORDER_ALGORITHM = "lanes-3"
 """Names this module's order: a resume state records it, and one saved by a build whose order
 differs (an earlier window shuffle, another phase count) is refused instead of skipping other rows.
 Change it whenever the order of any ``(seed, epoch, selection, K, P, G)`` changes."""
@@ -121,7 +126,7 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
     perm = np.concatenate([np.arange(offsets[u], offsets[u + 1], dtype=np.int64) for u in units])
     unit_end = np.cumsum(rows[units])  # piece boundaries in perm
     n_rows, q_lanes = len(perm), lanes // phases
-    starts, positions = _lane_grid(n_rows, lanes, phases)
+    starts, positions = _lane_grid(phase_sizes(n_rows, step_rows=step_rows, phases=phases), lanes)
     min_window = -(-buffer_rows // lanes) if buffer_rows > 0 else 0
     rng = _rng(seed, epoch, _ROWS)  # draws for the lanes' windows, lane slice by lane slice
     shuffled = np.arange(n_rows, dtype=np.int64)  # lanes hold laid-out positions, mapped to refs at the end
@@ -135,22 +140,30 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
     return _assemble([perm[v] for v in seqs], phases, step_rows, lanes, perm[tail])
 
 
+def phase_sizes(num_rows: int, *, step_rows: int, phases: int) -> tuple[int, ...]:
+    """Rows of each phase: ``G`` per full step ``s`` of phase ``s mod P``, and the ``N mod G`` rows
+    left in phase ``(N // G) mod P`` (module docstring, step 2)."""
+    steps, rest = divmod(num_rows, step_rows)
+    sizes = [max(0, -(-(steps - p) // phases)) * step_rows for p in range(phases)]
+    sizes[steps % phases] += rest
+    return tuple(sizes)
+
+
 @functools.lru_cache(maxsize=2)
-def _lane_grid(n_rows: int, lanes: int, phases: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+def _lane_grid(sizes: tuple[int, ...], lanes: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
     """What does not change from epoch to epoch: the start of each lane slice (laid-out positions)
     and, per phase, the laid-out position of each place of ``V_p`` (row by row of its lanes)."""
-    q_lanes = lanes // phases
-    base, extra = divmod(n_rows, lanes)
+    phases = len(sizes)
+    q_lanes, n_rows = lanes // phases, sum(sizes)
     rev = _digit_reversal(q_lanes)
-    sizes = np.full((phases, q_lanes), base, dtype=np.int64)
-    for p in range(phases):
-        sizes[p, :max(0, min(q_lanes, extra - p * q_lanes))] += 1
     by_slice = np.empty(lanes, dtype=np.int64)
-    for p in range(phases):
-        by_slice[p * q_lanes + rev] = sizes[p]
+    for p, m in enumerate(sizes):
+        base, extra = divmod(m, q_lanes)
+        by_slice[p * q_lanes + rev] = base + (np.arange(q_lanes) < extra)
     starts = np.concatenate([[0], np.cumsum(by_slice)])
-    padded = np.full((lanes, base + 1), -1, dtype=np.int64)  # slice s in row s, padded with -1
-    padded[np.arange(base + 1)[None, :] < by_slice[:, None]] = np.arange(n_rows, dtype=np.int64)
+    width = int(by_slice.max()) if lanes else 0
+    padded = np.full((lanes, width), -1, dtype=np.int64)  # slice s in row s, padded with -1
+    padded[np.arange(width)[None, :] < by_slice[:, None]] = np.arange(n_rows, dtype=np.int64)
     positions = []
     for p in range(phases):
         flat = padded[p * q_lanes + rev].T.reshape(-1)  # row by row of its lanes
@@ -279,23 +292,12 @@ def worker_batches(num_batches: int, *, worker: int, num_workers: int, start: in
     return np.arange(start + worker, num_batches, num_workers, dtype=np.int64)
 
 
-def phase_rows(num_rows: int, *, lanes: int, shuffle: bool, phases: int = PHASES) -> list[int]:
-    """Rows of each phase sequence ``V_p`` (no data needed: the sizes follow from ``N``, ``K`` and ``P``)."""
-    if not shuffle:
-        return [num_rows]
-    q_lanes = lanes // phases
-    base, extra = divmod(num_rows, lanes)
-    return [q_lanes * base + max(0, min(q_lanes, extra - p * q_lanes)) for p in range(phases)]
-
-
-def rank_steps(num_rows: int, *, lanes: int, shuffle: bool, batch_size: int, rank: int, world_size: int,
-               drop_last: bool, phases: int = PHASES) -> tuple[int, np.ndarray]:
+def rank_steps(num_rows: int, *, batch_size: int, rank: int, world_size: int,
+               drop_last: bool) -> tuple[int, np.ndarray]:
     """``(body steps, tail ranges)`` of one rank: it yields ``body + len(tail ranges)`` batches.
 
-    The tail ranges are :func:`rank_batches` of the tail ``E`` (``[start, stop)`` into ``E``).
+    Every order (any ``K`` and ``P``, shuffled or not) has ``N // G`` full steps and a tail ``E`` of
+    ``N mod G`` rows; the tail ranges are :func:`rank_batches` of ``E`` (``[start, stop)`` into ``E``).
     """
-    g = batch_size * world_size
-    sizes = phase_rows(num_rows, lanes=lanes, shuffle=shuffle, phases=phases)
-    body = sum(m // g for m in sizes)
-    tail = sum(m % g for m in sizes)
+    body, tail = divmod(num_rows, batch_size * world_size)
     return body, rank_batches(tail, batch_size=batch_size, rank=rank, world_size=world_size, drop_last=drop_last)

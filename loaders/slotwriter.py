@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
+from torch.utils.data import default_convert, get_worker_info
 
 from idxlake.loaders.decode import Batch
-from idxlake.loaders.ring import FREE, RING_KEY, SENT, Ring, group_size
+from idxlake.loaders.ring import FREE, SENT, Ring, Token, group_size
 
 WAIT_S = 60.0
 """Longest a worker waits for a free slot (one is always free unless the protocol is broken)."""
@@ -77,12 +77,12 @@ class SlotWriter:
         for name, src in sources.items():
             target, at = slot.get(name), self.used.get(name, 0)
             if (target is None or target.dtype != src.dtype or target.shape[1:] != src.shape[1:]
-                    or at + rows > len(target)):
+                    or at + rows > target.shape[0]):
                 return None
             out[name] = target[at:at + rows]
         return out
 
-    def send(self, batches: Iterator[Batch]) -> Iterator[dict[str, Any]]:
+    def send(self, batches: Iterator[Batch]) -> Iterator[Token]:
         """Pack ``batches`` into slots (a copy only for those not gathered into their place) and
         yield a token for every :func:`~idxlake.loaders.ring.group_size` of them."""
         places: list[list[tuple[str, int, int]]] = []
@@ -93,19 +93,20 @@ class SlotWriter:
             rows, extra = [], {}
             for name, value in batch.items():
                 target, at = slot.get(name), self.used.get(name, 0)
-                if (target is not None and isinstance(value, torch.Tensor) and value.dtype == target.dtype
-                        and value.shape[1:] == target.shape[1:] and at + len(value) <= len(target)):
-                    place = target[at:at + len(value)]
+                n = value.shape[0] if isinstance(value, torch.Tensor) and value.dim() else -1
+                if (target is not None and n >= 0 and value.dtype == target.dtype
+                        and value.shape[1:] == target.shape[1:] and at + n <= target.shape[0]):
+                    place = target[at:at + n]
                     if place.data_ptr() != value.data_ptr() or place.shape != value.shape:
                         place.copy_(value)
                     else:
                         self.direct += 1
-                    self.used[name] = at + len(value)
-                    rows.append((name, at, len(value)))
+                    self.used[name] = at + n
+                    rows.append((name, at, n))
                 else:
                     extra[name] = value
             places.append(rows)
-            extras.append(extra)
+            extras.append(default_convert(extra) if extra else extra)  # what a plain DataLoader would do
             if len(places) == self.group:
                 yield self._token(places, extras)
                 places, extras = [], []
@@ -114,6 +115,6 @@ class SlotWriter:
         elif self.used is not None:  # a slot taken for a batch that never came: free again
             self.flags[self.k], self.used = FREE, None
 
-    def _token(self, places: list[list[tuple[str, int, int]]], extras: list[dict[str, Any]]) -> dict[str, Any]:
+    def _token(self, places: list[list[tuple[str, int, int]]], extras: list[dict[str, Any]]) -> Token:
         self.used = None  # the next batch starts the next slot
-        return {RING_KEY: (self.worker, self.k, places), "extra": extras}
+        return Token(self.worker, self.k, places, extras)

@@ -108,7 +108,7 @@ def evaluate(model: nn.Module, table: str, *, version: int, batch_size: int = 10
     return correct / max(total, 1)
 
 
-def train(table: str, *, epochs: int = 2, batch_size: int = 128, workers: int = 0, limit: int | None = None,
+def train(table: str, *, epochs: int = 2, batch_size: int = 64, workers: int = 0, limit: int | None = None,
           seed: int = 0, version: int | None = None, storage_options: Mapping[str, str] | None = None,
           lr: float = 1e-3, log: Callable[[str], None] = print) -> TrainResult:
     """Train :class:`SmallCNN` on the ``train`` split with Adam, then evaluate on ``test``.

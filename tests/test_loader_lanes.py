@@ -82,7 +82,7 @@ def test_each_rank_decodes_only_its_share(many_groups, decoded, consumers: int) 
         mine = reads(decoded)[before:]
         assert len(mine) == len(set(mine))  # each row group decoded once per epoch
         # its share, plus the row groups cut by the ends of its two runs of lanes (4), plus at
-        # most one row group per row of its part of the tail (fewer than 2 x 64 rows in all)
+        # most one row group per row of its part of the tail (fewer than 64 rows, all in one phase)
         assert len(mine) <= units / consumers + 4 + len(tail) / consumers, (r, len(mine))
     assert sorted(seen) == list(range(ROWS))
 
@@ -125,6 +125,29 @@ def test_four_phases_give_four_workers_disjoint_reads(many_groups, decoded) -> N
                           step_rows=64, phases=phases).tail
         assert max(per_pid.values()) <= units / readers + 4 + len(tail), (phases, per_pid)
         assert min(per_pid.values()) >= units / readers - 4, (phases, per_pid)
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+@pytest.mark.parametrize(("workers", "phases"), [(2, 2), (4, 4)])
+def test_the_last_short_round_is_read_by_the_worker_of_its_phase(tmp_path, source_factory, decoded, workers: int,
+                                                                  phases: int) -> None:
+    """``N mod G`` rows left (a short last batch): they all lie in the phase whose turn comes next, so the
+    worker yielding that batch reads no row group of another phase for it (before: one per lane end)."""
+    rows = ROWS + 40  # 40 rows after the last full global batch of 64
+    src = source_factory("tailed", rows={"train": rows, "test": 10}, seed=6)
+    table = str(tmp_path / "tailed")
+    ingest(src.root, table, row_group_rows=GROUP)
+    units = -(-rows // GROUP)
+    ds = DeltaIterableDataset(table, split="train", batch_size=64, seed=1, cache_bytes=0, shuffle_buffer=64,
+                              phases=phases)
+    got = [b["id"].tolist() for b in DataLoader(ds, batch_size=None, num_workers=workers)]
+    assert sorted(i for b in got for i in b) == list(range(rows)) and len(got[-1]) == 40
+    per_pid = Counter(pid for pid, _ in reads(decoded))
+    assert len(per_pid) == workers
+    assert max(per_pid.values()) <= units / workers + 4, per_pid  # its share and the ends of its lane runs
+    order = lane_order(np.full(units, GROUP).clip(max=rows - GROUP * np.arange(units)), seed=1, epoch=0,
+                       shuffle=True, lanes=48, buffer_rows=64, step_rows=64, phases=phases)
+    assert len(order.tail) == 40 and order.body_steps == rows // 64
 
 
 @pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")

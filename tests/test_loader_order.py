@@ -13,7 +13,7 @@ from idxlake.loaders.order import (
     _digit_reversal,
     lane_order,
     padding,
-    phase_rows,
+    phase_sizes,
     rank_batches,
     rank_steps,
     source_positions,
@@ -53,7 +53,7 @@ def test_lane_order_is_a_deterministic_permutation_of_all_rows(rows: list[int], 
     assert sorted(every(a)) == list(range(sum(rows))) and a.num_rows == sum(rows)
     body = [a.phases[p][k * step_rows:(k + 1) * step_rows] for p, k in a.steps]
     assert sorted(np.concatenate([*body, a.tail]).tolist()) == list(range(sum(rows)))
-    assert all(len(s) == step_rows for s in body) and len(a.tail) < 2 * step_rows
+    assert all(len(s) == step_rows for s in body) and len(a.tail) < step_rows
     assert [p for p, _ in a.steps] == [i % 2 for i in range(len(a.steps))]  # phases alternate
 
 
@@ -87,10 +87,10 @@ def test_lanes_are_slices_of_the_unit_order_and_rank_lanes_sit_together() -> Non
                                                                   (1000, 8, 64, 1, 4), (7, 48, 8, 1, 2)])
 def test_rank_steps_count_matches_the_order(n: int, lanes: int, g: int, rank: int, world: int) -> None:
     order = lane_order([n], seed=0, epoch=0, shuffle=True, lanes=lanes, buffer_rows=0, step_rows=g)
-    body, tail = rank_steps(n, lanes=lanes, shuffle=True, batch_size=g // world, rank=rank, world_size=world,
-                            drop_last=False)
-    assert body == order.body_steps and (tail[-1, 1] if len(tail) else 0) <= len(order.tail) + world
-    assert sum(phase_rows(n, lanes=lanes, shuffle=True)) == n
+    body, tail = rank_steps(n, batch_size=g // world, rank=rank, world_size=world, drop_last=False)
+    assert body == order.body_steps == n // g and len(order.tail) == n % g
+    assert (tail[-1, 1] if len(tail) else 0) <= len(order.tail) + world
+    assert sum(phase_sizes(n, step_rows=g, phases=2)) == n
 
 
 @pytest.mark.parametrize("n", [1, 2, 5, 63, 64, 65, 300, 1000])

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from idxlake.loaders import DeltaIterableDataset, RingDataLoader
-from idxlake.loaders.ring import RING_KEY
+from idxlake.loaders.ring import Token
 from idxlake.schemas import LoaderConfigError
 
 KW = dict(split="train", batch_size=24, seed=4, shuffle_buffer=100)
@@ -24,7 +24,7 @@ def assert_plain_epoch(table: str, epoch: int, got: list, images: np.ndarray) ->
     ref.set_epoch(epoch)
     assert ids_of(got) == ids_of(DataLoader(ref, batch_size=None))
     for b in got:
-        assert RING_KEY not in b and np.array_equal(b["image"][:, 0].numpy(), images[b["id"].numpy()])
+        assert not isinstance(b, Token) and np.array_equal(b["image"][:, 0].numpy(), images[b["id"].numpy()])
 
 
 @pytest.mark.parametrize(("persistent", "group_rows", "workers"), [(False, 1024, 2), (True, 1024, 2),
@@ -45,7 +45,7 @@ def test_ring_gives_the_plain_batches_as_fresh_tensors(synthetic_table, monkeypa
         ref.set_epoch(epoch)
         assert ids_of(kept) == ids_of(DataLoader(ref, batch_size=None))
         for b in kept:
-            assert RING_KEY not in b and set(b) == {"image", "label", "id"}
+            assert not isinstance(b, Token) and set(b) == {"image", "label", "id"}
             assert np.array_equal(b["image"][:, 0].numpy(), images[b["id"].numpy()])
     assert ds._ring is None  # only set while the workers start
 
@@ -61,7 +61,7 @@ def test_workers_gather_batches_straight_into_their_slots(synthetic_table, monke
 
     def counting(self, batches):  # forked workers inherit the patch and write into the shared counts
         for token in real(self, batches):
-            counts[1] += sum(len(rows) for rows in token[RING_KEY][2])
+            counts[1] += sum(len(rows) for rows in token.places)
             yield token
         counts[0] += self.direct
 

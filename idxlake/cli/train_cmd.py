@@ -17,8 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "`torchrun --nproc_per_node=N` it trains with DDP (gloo on CPU); only rank 0 prints.")
     parser.add_argument("table", help="table path or URI")
     parser.add_argument("--epochs", type=int, default=2, metavar="N", help="epochs (default 2)")
-    parser.add_argument("--batch-size", type=int, default=128, metavar="N",
-                        help="rows per batch and rank (default 128)")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+                        help="rows per batch and rank (default 64, as PyTorch's examples/mnist)")
     parser.add_argument("--workers", type=int, default=0, metavar="N",
                         help="DataLoader workers per rank (default 0: read in the training process)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
