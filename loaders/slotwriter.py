@@ -59,6 +59,7 @@ class SlotWriter:
         self.flags[self.flags == SENT] = FREE
         self.k = -1
         self.used: dict[str, int] | None = None  # the slot being filled: rows used per column
+        self._given: Batch | None = None  # the places :meth:`dest` gave the next batch
         self.direct = 0  # columns of batches gathered straight into a slot (instrumentation and tests)
 
     def _slot(self) -> dict[str, torch.Tensor]:
@@ -80,6 +81,7 @@ class SlotWriter:
                     or at + rows > target.shape[0]):
                 return None
             out[name] = target[at:at + rows]
+        self._given = out
         return out
 
     def send(self, batches: Iterator[Batch]) -> Iterator[Token]:
@@ -91,6 +93,14 @@ class SlotWriter:
             slot = self._slot()
             assert self.used is not None
             rows, extra = [], {}
+            given, self._given = self._given, None
+            if given is not None and len(given) == len(batch) and all(batch.get(k) is v for k, v in given.items()):
+                for name, value in given.items():  # gathered into the places dest() gave: nothing to check
+                    at = self.used[name]
+                    self.used[name] = at + value.shape[0]
+                    rows.append((name, at, value.shape[0]))
+                self.direct += len(given)
+                batch = {}
             for name, value in batch.items():
                 target, at = slot.get(name), self.used.get(name, 0)
                 n = value.shape[0] if isinstance(value, torch.Tensor) and value.dim() else -1
