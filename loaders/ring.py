@@ -21,13 +21,18 @@ gone), so they are never read. No torch setting changes: the sharing strategy st
 Keys a ``transform`` adds, or tensors whose shape or dtype do not fit the slot, travel the usual way.
 
 Why ``prefetch_factor + 2 + LEASES`` slots are enough: a worker yields a token only for a task the
-main process sent, and at most ``prefetch_factor`` of its tasks are outstanding; the main process
-leases or copies a slot as soon as its token arrives. So at most ``prefetch_factor`` slots wait in
-the queue, ``LEASES`` are leased and one is being written: one is always free.
+main process sent; usually at most ``prefetch_factor`` of its tasks are outstanding (torch may give one
+worker more once the others are done). The main process leases or copies a slot as soon as its token
+arrives, and it takes tokens off the queue whatever worker's turn it waits for, so at most the queued
+tokens, ``LEASES`` leased slots and one being written are in use: a worker that finds no free slot
+waits only until the main process takes the next token. Each live iterator has its own ring: a second
+iterator started while the first is still alive (non-persistent workers) gets a spare ring, so its
+workers never write into slots the first one has not handed on.
 """
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -61,6 +66,13 @@ class Token:
     slot: int
     places: list[list[tuple[str, int, int]]]
     extras: list[dict[str, Any]]
+
+    def pin_memory(self) -> Token:
+        """What the DataLoader's pin thread calls (``pin_memory=True`` on an accelerator): the extras
+        pinned as a plain ``DataLoader`` pins a batch; the slot columns are pinned by :func:`receive`."""
+        from torch.utils.data._utils.pin_memory import pin_memory  # the DataLoader's own (nested data)
+
+        return Token(self.worker, self.slot, self.places, [pin_memory(e) if e else e for e in self.extras])
 
 Slots = list[dict[str, torch.Tensor]]
 
@@ -230,17 +242,36 @@ class RingDataLoader(DataLoader):
         super().__init__(dataset, batch_size=None, num_workers=num_workers, prefetch_factor=prefetch_factor,
                          **kwargs)
         self._ring = make_ring(dataset, num_workers, (prefetch_factor or 0) + 2 + LEASES) if num_workers else None
+        self._spares: list[Ring] = []  # rings of further iterators live at the same time
+        self._users: dict[int, weakref.ref[Iterator[Any]]] = {}  # id(ring) -> the iterator reading it
+
+    def _idle_ring(self) -> Ring:
+        """The ring of a new iterator: the loader's own, unless an iterator still alive reads it (two live
+        iterators with non-persistent workers, as a plain ``DataLoader`` allows: their workers must not
+        share slots), then a spare no live iterator reads, made when there is none. Persistent workers
+        keep the ring they started with (torch resets their single iterator)."""
+        assert self._ring is not None  # made with the workers
+        if self.persistent_workers:
+            return self._ring
+        for ring in (self._ring, *self._spares):
+            user = self._users.get(id(ring))
+            gen = user() if user is not None else None
+            if gen is None or inspect.getgeneratorstate(gen) == inspect.GEN_CLOSED:  # type: ignore[arg-type]
+                return ring
+        self._spares.append(make_ring(self.dataset, self.num_workers, len(self._ring.slots[0])))
+        return self._spares[-1]
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         ds: Any = self.dataset
         if not self.num_workers:  # the dataset's own iterator: no per-batch fetcher/sampler/profiler hooks
             pin = self.pin_memory and torch.accelerator.is_available()
             return (pin_batch(b) for b in ds) if pin else iter(ds)
-        ds._ring = self._ring  # workers (forked or spawned) take it from the dataset
+        ring = ds._ring = self._idle_ring()  # workers (forked or spawned) take it from the dataset
         try:
             it = super().__iter__()
         finally:
             ds._ring = None
         pin = bool(getattr(it, "_pin_memory", False))  # what torch decided (no accelerator: no pinning)
-        assert self._ring is not None  # made with the workers
-        return in_order(it, self._ring, self.num_workers, pin=pin)
+        gen = in_order(it, ring, self.num_workers, pin=pin)
+        self._users[id(ring)] = weakref.ref(gen)
+        return gen

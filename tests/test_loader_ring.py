@@ -197,3 +197,65 @@ def test_abandoned_passes_give_their_slots_back(synthetic_table, monkeypatch) ->
     for epoch in (100, 101):
         ds.set_epoch(epoch)
         assert_plain_epoch(table, epoch, list(loader), images)
+
+
+@pytest.mark.parametrize("group_rows", [24, None])  # one batch per token; the default (several per token)
+def test_two_live_iterators_of_one_loader_do_not_share_slots(tmp_path, source_factory, monkeypatch,
+                                                             group_rows: int | None) -> None:
+    """A plain DataLoader with non-persistent workers allows two live iterators; the second one's workers
+    get a spare ring instead of overwriting the slots the first one has not handed on yet."""
+    from idxlake import ingest
+    from idxlake.loaders import ring
+
+    if group_rows:
+        monkeypatch.setattr(ring, "GROUP_ROWS", group_rows)
+    src = source_factory("two_live", rows={"train": 6000, "test": 10}, seed=5)
+    table = str(tmp_path / "two_live")
+    ingest(src.root, table, row_group_rows=500)
+    images, _ = src.arrays["train"]
+    kw = {**KW, "batch_size": 24 if group_rows else 256}
+    ds = DeltaIterableDataset(table, **kw)
+    loader = RingDataLoader(ds, num_workers=2)
+    a = iter(loader)
+    got_a = [next(a), next(a)]  # both workers of the first iterator have started their pass over epoch 0
+    ds.set_epoch(1)
+    got_b = list(iter(loader))
+    got_a += list(a)
+
+    def reference(epoch: int) -> list[list[int]]:
+        ref = DeltaIterableDataset(table, **kw)
+        ref.set_epoch(epoch)
+        return ids_of(DataLoader(ref, batch_size=None))
+
+    assert ids_of(got_a) == reference(0) and ids_of(got_b) == reference(1)
+    for b in got_a + got_b:
+        assert np.array_equal(b["image"][:, 0].numpy(), images[b["id"].numpy()])
+    assert len(loader._spares) == 1  # made for the second live iterator, reused from now on
+    assert ids_of(iter(loader)) == reference(1) and len(loader._spares) == 1
+
+
+def test_the_pin_thread_pins_what_travels_outside_the_slot(synthetic_table, monkeypatch) -> None:
+    """``pin_memory=True`` on an accelerator: torch's pin thread pins a token's extras (keys a transform adds,
+    misfits) as it pins a plain batch; the slot columns are pinned by ``receive``. No accelerator here:
+    ``Tensor.pin_memory`` / ``is_pinned`` are stood in for by a registry of pinned storages."""
+    from torch.utils.data._utils.pin_memory import pin_memory as pin_thread_step
+
+    from idxlake.loaders import ring
+
+    pinned: set[int] = set()
+
+    def fake_pin(self, *args, **kwargs):
+        out = self.clone()
+        pinned.add(out.data_ptr())
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    monkeypatch.setattr(torch.Tensor, "is_pinned", lambda self, *a, **k: self.data_ptr() in pinned)
+    table, _ = synthetic_table
+    r = ring.make_ring(DeltaIterableDataset(table, **KW), 1, 2)
+    token = Token(0, 0, [[]], [{"double": torch.arange(24, dtype=torch.float64), "names": ["a"]}])
+    through = pin_thread_step(token)  # what the DataLoader's pin thread does with each item
+    assert isinstance(through, Token) and through.places == token.places
+    _, (batch,) = ring.receive(r, through, pin=True)
+    assert batch["double"].is_pinned() and torch.equal(batch["double"], torch.arange(24, dtype=torch.float64))
+    assert batch["names"] == ["a"]
