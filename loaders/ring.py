@@ -3,7 +3,7 @@
 torch sends every tensor a worker yields through its sharing strategy: with the default
 ``file_descriptor`` strategy that is a socket connection and a handshake per tensor storage, plus a
 fresh shared-memory segment per batch (measured: 125k samples/s for MNIST batches).
-:class:`RingDataLoader` allocates, before it starts its workers, ``prefetch_factor + 2`` slots per
+:class:`RingDataLoader` allocates, before it starts its workers, :func:`slot_count` slots per
 worker in shared memory (``share_memory_()``, inherited by forked workers, sent once to spawned ones),
 each of :data:`GROUP_ROWS` rows. A worker packs its next ``GROUP_ROWS // batch_size`` batches end to end
 into its next slot (round robin; gathered straight into it, :mod:`idxlake.loaders.slotwriter`) and
@@ -20,14 +20,12 @@ persistent worker's outstanding results when the next epoch starts, and a new wo
 gone), so they are never read. No torch setting changes: the sharing strategy stays the process's own.
 Keys a ``transform`` adds, or tensors whose shape or dtype do not fit the slot, travel the usual way.
 
-Why ``prefetch_factor + 2 + LEASES`` slots are enough: a worker yields a token only for a task the
-main process sent; usually at most ``prefetch_factor`` of its tasks are outstanding (torch may give one
-worker more once the others are done). The main process leases or copies a slot as soon as its token
-arrives, and it takes tokens off the queue whatever worker's turn it waits for, so at most the queued
-tokens, ``LEASES`` leased slots and one being written are in use: a worker that finds no free slot
-waits only until the main process takes the next token. Each live iterator has its own ring: a second
-iterator started while the first is still alive (non-persistent workers) gets a spare ring, so its
-workers never write into slots the first one has not handed on.
+Why :func:`slot_count` slots are enough: a worker yields a token only for a task the main process sent,
+torch keeps at most ``prefetch_factor x workers`` tasks outstanding (one worker may hold all of them
+once the others are done), and the main process leases or copies a slot as soon as its token arrives (at
+most :data:`LEASES` leased per worker), so a worker always finds a free slot. Each live iterator has its
+own ring: a second iterator started while the first is still alive (non-persistent workers) gets a spare
+ring, so its workers never write into slots the first one has not handed on.
 """
 
 from __future__ import annotations
@@ -96,10 +94,25 @@ GROUP_ROWS = 4096
 """Rows a worker packs into one slot: ``max(1, GROUP_ROWS // batch_size)`` consecutive batches of
 the worker travel as one token (fewer, larger transfers: the per-item queue cost is paid once)."""
 
+GROUP_BYTES = 16 << 20
+"""At most this many bytes of rows per slot (larger records: fewer batches per token, at least one)."""
+
 
 def group_size(dataset: Any) -> int:
-    """Batches per token for ``dataset``."""
-    return max(1, GROUP_ROWS // max(int(dataset.batch_size), 1))
+    """Batches per token for ``dataset``: :data:`GROUP_ROWS` rows, fewer for records so large that
+    those would exceed :data:`GROUP_BYTES`, at least one batch."""
+    row_bytes = sum(int(np.prod(shape[1:], dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+                    for shape, dtype in slot_layout(dataset).values())
+    rows = min(GROUP_ROWS, GROUP_BYTES // max(row_bytes, 1))
+    return max(1, rows // max(int(dataset.batch_size), 1))
+
+
+def slot_count(prefetch_factor: int, workers: int) -> int:
+    """Slots per worker: ``max(prefetch_factor + 2, prefetch_factor x workers) + LEASES``. torch keeps at
+    most ``prefetch_factor x workers`` tasks outstanding in all, and once the other workers are done one
+    worker may hold all of them: each of its tokens in flight needs a slot, and :data:`LEASES` more may be
+    lent out, so a worker always finds a free slot (it never waits on a paused training loop)."""
+    return max(prefetch_factor + 2, prefetch_factor * workers) + LEASES
 
 
 LEASES = 2
@@ -241,7 +254,8 @@ class RingDataLoader(DataLoader):
             prefetch_factor = 2
         super().__init__(dataset, batch_size=None, num_workers=num_workers, prefetch_factor=prefetch_factor,
                          **kwargs)
-        self._ring = make_ring(dataset, num_workers, (prefetch_factor or 0) + 2 + LEASES) if num_workers else None
+        slots = slot_count(prefetch_factor or 0, num_workers)
+        self._ring = make_ring(dataset, num_workers, slots) if num_workers else None
         self._spares: list[Ring] = []  # rings of further iterators live at the same time
         self._users: dict[int, weakref.ref[Iterator[Any]]] = {}  # id(ring) -> the iterator reading it
 

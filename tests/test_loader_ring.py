@@ -117,7 +117,7 @@ def test_factory_gives_the_ring_to_the_streaming_dataset_with_workers(synthetic_
     ds = DeltaIterableDataset(table, **KW)
     loader = ds.dataloader(num_workers=2, prefetch_factor=3)
     assert isinstance(loader, RingDataLoader) and loader.batch_size is None and loader.persistent_workers
-    assert loader.prefetch_factor == 3 and all(len(w) == 7 for w in loader._ring.slots)  # prefetch_factor + 2 + LEASES
+    assert loader.prefetch_factor == 3 and all(len(w) == 8 for w in loader._ring.slots)  # max(3 + 2, 3 x 2) + LEASES
     for epoch in range(2):
         ds.set_epoch(epoch)
         assert_plain_epoch(table, epoch, list(loader), images)
@@ -259,3 +259,21 @@ def test_the_pin_thread_pins_what_travels_outside_the_slot(synthetic_table, monk
     _, (batch,) = ring.receive(r, through, pin=True)
     assert batch["double"].is_pinned() and torch.equal(batch["double"], torch.arange(24, dtype=torch.float64))
     assert batch["names"] == ["a"]
+
+
+def test_slots_cover_every_outstanding_task_and_large_records_travel_in_fewer_batches(synthetic_table,
+                                                                                      monkeypatch) -> None:
+    from idxlake.loaders import ring
+
+    # torch keeps prefetch_factor x workers tasks outstanding; one worker may hold them all at the end
+    assert [ring.slot_count(2, w) for w in (1, 2, 3, 4, 8)] == [6, 6, 8, 10, 18]
+    assert ring.slot_count(3, 2) == 8
+    table, _ = synthetic_table
+    ds = DeltaIterableDataset(table, **KW)  # 24 rows per batch, rows of 8x8 uint8 + 3 int64 columns
+    assert ring.group_size(ds) == 4096 // 24
+    row = sum(int(np.prod(shape[1:])) * torch.empty(0, dtype=dtype).element_size()
+              for shape, dtype in ring.slot_layout(ds).values())
+    monkeypatch.setattr(ring, "GROUP_BYTES", 100 * row)  # records "too large" for 4096 rows a slot
+    assert ring.group_size(ds) == 100 // 24
+    monkeypatch.setattr(ring, "GROUP_BYTES", row)  # not even one batch fits: one batch a token
+    assert ring.group_size(ds) == 1
