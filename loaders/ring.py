@@ -20,17 +20,19 @@ persistent worker's outstanding results when the next epoch starts, and a new wo
 gone), so they are never read. No torch setting changes: the sharing strategy stays the process's own.
 Keys a ``transform`` adds, or tensors whose shape or dtype do not fit the slot, travel the usual way.
 
-Why :func:`slot_count` slots are enough: a worker yields a token only for a task the main process sent,
-torch keeps at most ``prefetch_factor x workers`` tasks outstanding (one worker may hold all of them
-once the others are done), and the main process leases or copies a slot as soon as its token arrives (at
-most :data:`LEASES` leased per worker), so a worker always finds a free slot. Each live iterator has its
-own ring: a second iterator started while the first is still alive (non-persistent workers) gets a spare
-ring, so its workers never write into slots the first one has not handed on.
+Why :func:`slot_count` slots are enough: a worker yields a token only for a task the main process sent;
+usually at most ``prefetch_factor`` of its tasks are outstanding, and the main process leases or copies
+a slot as soon as its token arrives (at most :data:`LEASES` leased per worker). torch may give one
+worker up to ``prefetch_factor x workers`` tasks once the others are done; that worker may then wait for
+a slot (:mod:`idxlake.loaders.slotwriter`: as long as the main process lives), but never holds up the
+main process: torch hands results on in task order, the task it waits for is the oldest of some worker,
+and that worker's slots are free or leased (its earlier tokens were handed on). A ring is never shared
+by two sets of workers: an iterator started while workers of an earlier one may still write (two live
+iterators with non-persistent workers, or one ended by a worker's error) gets a spare ring.
 """
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from collections import deque
 from collections.abc import Iterator
@@ -107,12 +109,9 @@ def group_size(dataset: Any) -> int:
     return max(1, rows // max(int(dataset.batch_size), 1))
 
 
-def slot_count(prefetch_factor: int, workers: int) -> int:
-    """Slots per worker: ``max(prefetch_factor + 2, prefetch_factor x workers) + LEASES``. torch keeps at
-    most ``prefetch_factor x workers`` tasks outstanding in all, and once the other workers are done one
-    worker may hold all of them: each of its tokens in flight needs a slot, and :data:`LEASES` more may be
-    lent out, so a worker always finds a free slot (it never waits on a paused training loop)."""
-    return max(prefetch_factor + 2, prefetch_factor * workers) + LEASES
+def slot_count(prefetch_factor: int) -> int:
+    """Slots per worker: ``prefetch_factor + 2 + LEASES`` (see the module docstring)."""
+    return prefetch_factor + 2 + LEASES
 
 
 LEASES = 2
@@ -254,23 +253,24 @@ class RingDataLoader(DataLoader):
             prefetch_factor = 2
         super().__init__(dataset, batch_size=None, num_workers=num_workers, prefetch_factor=prefetch_factor,
                          **kwargs)
-        slots = slot_count(prefetch_factor or 0, num_workers)
-        self._ring = make_ring(dataset, num_workers, slots) if num_workers else None
+        self._ring = make_ring(dataset, num_workers, slot_count(prefetch_factor or 0)) if num_workers else None
         self._spares: list[Ring] = []  # rings of further iterators live at the same time
-        self._users: dict[int, weakref.ref[Iterator[Any]]] = {}  # id(ring) -> the iterator reading it
+        self._users: dict[int, weakref.ref[Any]] = {}  # id(ring) -> the torch iterator whose workers use it
 
     def _idle_ring(self) -> Ring:
-        """The ring of a new iterator: the loader's own, unless an iterator still alive reads it (two live
-        iterators with non-persistent workers, as a plain ``DataLoader`` allows: their workers must not
-        share slots), then a spare no live iterator reads, made when there is none. Persistent workers
-        keep the ring they started with (torch resets their single iterator)."""
+        """The ring of a new iterator: the loader's own, unless workers of an earlier iterator may still
+        write into it, then a spare no such workers use, made when there is none. That is two iterators
+        alive at once (non-persistent workers, as a plain ``DataLoader`` allows), or one ended by a
+        worker's error whose other workers run until torch shuts them down (when the iterator is freed,
+        possibly only by the cyclic GC: the exception's traceback holds it). Persistent workers keep
+        the ring they started with (torch resets their single iterator)."""
         assert self._ring is not None  # made with the workers
         if self.persistent_workers:
             return self._ring
         for ring in (self._ring, *self._spares):
             user = self._users.get(id(ring))
-            gen = user() if user is not None else None
-            if gen is None or inspect.getgeneratorstate(gen) == inspect.GEN_CLOSED:  # type: ignore[arg-type]
+            it = user() if user is not None else None
+            if it is None or getattr(it, "_shutdown", False):  # freed, or its workers shut down
                 return ring
         self._spares.append(make_ring(self.dataset, self.num_workers, len(self._ring.slots[0])))
         return self._spares[-1]
@@ -286,6 +286,5 @@ class RingDataLoader(DataLoader):
         finally:
             ds._ring = None
         pin = bool(getattr(it, "_pin_memory", False))  # what torch decided (no accelerator: no pinning)
-        gen = in_order(it, ring, self.num_workers, pin=pin)
-        self._users[id(ring)] = weakref.ref(gen)
-        return gen
+        self._users[id(ring)] = weakref.ref(it)
+        return in_order(it, ring, self.num_workers, pin=pin)

@@ -10,6 +10,7 @@ what does not fit the slot (keys a transform adds, other shapes or dtypes) trave
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -21,23 +22,28 @@ from torch.utils.data import default_convert, get_worker_info
 from idxlake.loaders.decode import Batch
 from idxlake.loaders.ring import FREE, SENT, Ring, Token, group_size
 
-WAIT_S = 60.0
-"""Longest a worker waits for a free slot (one is always free unless the protocol is broken)."""
+WAIT_MAX_S = 0.005
+"""Longest pause between two looks at the slot flags while a worker waits (it starts at 50 us)."""
 
 
 def _acquire(flags: np.ndarray, start: int) -> int:
-    """A free slot (the first from ``start`` on, round robin), marked sent."""
-    deadline = None
+    """A free slot (the first from ``start`` on, round robin), marked sent.
+
+    A worker waits only when torch gave it more tasks than it has slots (once the other workers are
+    done) and the training loop pauses: it waits as long as that takes (a paused loop is no error),
+    looking less often the longer it waits, and gives up only if the main process is gone.
+    """
+    pause, parent = 50e-6, os.getppid()
     while True:
         for i in range(len(flags)):
             k = (start + i) % len(flags)
             if flags[k] == FREE:
                 flags[k] = SENT
                 return k
-        deadline = deadline or time.monotonic() + WAIT_S
-        if time.monotonic() > deadline:  # pragma: no cover - a broken protocol, not a slow consumer
-            raise RuntimeError(f"RingDataLoader worker: no free slot of {len(flags)} after {WAIT_S:.0f} s")
-        time.sleep(50e-6)
+        if os.getppid() != parent:  # pragma: no cover - the main process died
+            raise RuntimeError("RingDataLoader worker: the main process is gone")
+        time.sleep(pause)
+        pause = min(2 * pause, WAIT_MAX_S)
 
 
 class SlotWriter:
