@@ -91,8 +91,9 @@ class SlotWriter:
         return out
 
     def send(self, batches: Iterator[Batch]) -> Iterator[Token]:
-        """Pack ``batches`` into slots (a copy only for those not gathered into their place) and
-        yield a token for every :func:`~idxlake.loaders.ring.group_size` of them."""
+        """Pack ``batches`` into slots (the ones gathered into the places :meth:`dest` gave are there
+        already; the others are copied in) and yield a token for every
+        :func:`~idxlake.loaders.ring.group_size` of them."""
         places: list[list[tuple[str, int, int]]] = []
         extras: list[dict[str, Any]] = []
         for batch in batches:
@@ -112,11 +113,7 @@ class SlotWriter:
                 n = value.shape[0] if isinstance(value, torch.Tensor) and value.dim() else -1
                 if (target is not None and n >= 0 and value.dtype == target.dtype
                         and value.shape[1:] == target.shape[1:] and at + n <= target.shape[0]):
-                    place = target[at:at + n]
-                    if place.data_ptr() != value.data_ptr() or place.shape != value.shape:
-                        place.copy_(value)
-                    else:
-                        self.direct += 1
+                    target[at:at + n].copy_(value)  # made elsewhere (a transform, float32 output)
                     self.used[name] = at + n
                     rows.append((name, at, n))
                 else:
