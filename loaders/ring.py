@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -134,9 +134,19 @@ class Ring:
     slots: list[Slots]
     state: torch.Tensor
     leased: list[int]
+    _views: tuple[np.ndarray, list[list[dict[str, np.ndarray]]]] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"slots": self.slots, "state": self.state, "leased": [0] * len(self.slots)}
+        return {"slots": self.slots, "state": self.state, "leased": [0] * len(self.slots), "_views": None}
+
+    def views(self) -> tuple[np.ndarray, list[list[dict[str, np.ndarray]]]]:
+        """Numpy views of the flags and of every slot column, made once per process: setting a
+        flag through the tensor costs ~100 us of torch indexing per token, slicing a tensor column
+        and taking ``.numpy()`` ~30 us (measured in the main process), a numpy view ~0.2 us."""
+        if self._views is None:
+            self._views = (self.state.numpy(), [[{k: v.numpy() for k, v in slot.items()} for slot in worker]
+                                                for worker in self.slots])
+        return self._views
 
 
 def make_ring(dataset: Any, workers: int, slots: int) -> Ring:
@@ -160,7 +170,7 @@ class _Lease:
         self.left -= 1
         if not self.left:
             self.ring.leased[self.worker] -= 1
-            self.ring.state[self.worker, self.k] = FREE
+            self.ring.views()[0][self.worker, self.k] = FREE
 
 
 def receive(ring: Ring, item: Any, *, pin: bool = False) -> tuple[int, list[Any]]:
@@ -174,28 +184,46 @@ def receive(ring: Ring, item: Any, *, pin: bool = False) -> tuple[int, list[Any]
     if not isinstance(item, Token):
         return -1, [item]
     worker, k, places = item.worker, item.slot, item.places
-    slot, out = ring.slots[worker][k], []
-    ends = {name: max((at + n for rows in places for nm, at, n in rows if nm == name), default=0) for name in slot}
-    used = {name: end for name, end in ends.items() if end}
+    flags, arrays = ring.views()
+    spans: dict[str, list[tuple[int, int]]] = {}  # per column, (first row, rows) of each batch
+    for rows in places:
+        for name, at, n in rows:
+            spans.setdefault(name, []).append((at, n))
+    ends = {name: max(at + n for at, n in cols) for name, cols in spans.items()}
     fresh: dict[str, torch.Tensor] = {}
-    if not pin and used and ring.leased[worker] < LEASES:
-        lease = _Lease(ring, worker, k, len(used))
-        ring.state[worker, k] = LEASED
-        for name, end in used.items():
-            array = slot[name][:end].numpy()  # the storage of the views below holds this array
+    if not pin and ends and ring.leased[worker] < LEASES:
+        lease = _Lease(ring, worker, k, len(ends))
+        flags[worker, k] = LEASED
+        for name, end in ends.items():
+            array = arrays[worker][k][name][:end]  # the storage of the views below holds this array
             weakref.finalize(array, lease.drop)
             fresh[name] = torch.from_numpy(array)
     else:
-        for name, end in used.items():
+        slot = ring.slots[worker][k]
+        for name, end in ends.items():
             src = slot[name][:end]
             fresh[name] = (torch.empty(src.shape, dtype=src.dtype, pin_memory=True).copy_(src) if pin
                            else src.clone())
-        ring.state[worker, k] = FREE
+        flags[worker, k] = FREE
+    views = {name: iter(_views(fresh[name], cols)) for name, cols in spans.items()}
+    out = []
     for rows, extra in zip(places, item.extras, strict=True):
-        batch = StreamBatch({name: fresh[name][at:at + n] for name, at, n in rows})
+        batch = StreamBatch({name: next(views[name]) for name, _, _ in rows})
         batch.update(extra)
         out.append(batch)
     return worker, out
+
+
+def _views(column: torch.Tensor, spans: list[tuple[int, int]]) -> Sequence[torch.Tensor]:
+    """The batches' views of one slot column: one ``torch.split`` when they lie end to end from row 0
+    (as a worker packs them), else a slice each."""
+    at = 0
+    for first, n in spans:
+        if first != at:
+            return [column[first:first + n] for first, n in spans]
+        at += n
+    return torch.split(column, [n for _, n in spans]) if at == column.shape[0] else [
+        column[first:first + n] for first, n in spans]
 
 
 def in_order(items: Iterator[Any], ring: Ring, workers: int, *, pin: bool) -> Iterator[Any]:

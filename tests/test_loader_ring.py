@@ -343,3 +343,33 @@ def test_an_iterator_after_a_failed_one_does_not_share_its_workers_ring(tmp_path
         assert len(loader._spares) == 1
     finally:
         SLOW = True
+
+
+def test_batch_views_of_a_slot_column_split_end_to_end_or_slice_each() -> None:
+    """``_views``: batches packed end to end from row 0 become one ``torch.split``; any other
+    layout (a gap, a start past 0, rows left unused) gets a slice per batch; either way each view
+    is exactly its batch's rows, a view of the column (no copy)."""
+    from idxlake.loaders.ring import _views
+
+    column = torch.arange(10)
+    for spans in ([(0, 4), (4, 4), (8, 2)], [(0, 3), (5, 2)], [(2, 3), (5, 5)], [(0, 4), (4, 4)]):
+        views = _views(column, spans)
+        assert [v.tolist() for v in views] == [list(range(at, at + n)) for at, n in spans]
+        assert all(v.untyped_storage().data_ptr() == column.untyped_storage().data_ptr() for v in views)
+
+
+def test_ring_flags_set_through_numpy_views_are_the_shared_state() -> None:
+    """The main side sets slot flags through ``Ring.views()`` (numpy, ~100x cheaper than tensor
+    indexing): they must be the shared ``state`` tensor the workers read, and not travel in a pickle."""
+    import pickle
+
+    from idxlake.loaders.ring import LEASED, Ring
+
+    ring = Ring([[{"label": torch.zeros(4, dtype=torch.int64).share_memory_()}]],
+                torch.zeros((1, 1), dtype=torch.uint8).share_memory_(), [0])
+    flags, arrays = ring.views()
+    flags[0, 0] = LEASED
+    assert int(ring.state[0, 0]) == LEASED
+    arrays[0][0]["label"][1] = 7
+    assert ring.slots[0][0]["label"].tolist() == [0, 7, 0, 0]
+    assert pickle.loads(pickle.dumps(ring))._views is None
