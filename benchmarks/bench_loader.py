@@ -212,8 +212,8 @@ def peak_rss(config: dict, tables: dict[str, str], epochs: int = 3) -> dict:
 
 
 PEERS_AT_256 = {"Daft": 0.057, "Petastorm": 0.029, "HF datasets": 0.016, "Ray Data": 0.008, "Mosaic": 0.002}
-"""Peers' warm bs-256 ratio to the in-memory limit, quoted from issue 10 (measured there the same way;
-not re-measured here: the peers are not installed in this environment)."""
+"""Peers' warm bs-256 ratio to the in-memory limit, as issue 10 quotes them (printed for reference;
+``bench_peers.py`` measures the peers themselves, each in its own venv, in one run)."""
 
 
 def _timed(run, epoch: int) -> float:
