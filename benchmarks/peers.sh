@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The peers' venvs for bench_peers.py, in benchmarks/.peers/ (git-ignored): they cannot live beside
 # idxlake (Petastorm needs pyarrow < 15 and numpy < 2) nor beside each other (Mosaic Streaming pins
-# transformers < 5, whose huggingface_hub breaks HF datasets 5). Each gets the CPU torch 2.13.0 first,
-# and a constraint keeps every later install on it (a bare torch requirement would pull a CUDA build).
+# transformers < 5, whose huggingface_hub breaks HF datasets 5). Each gets torch 2.13.0 first (the CPU
+# wheel on this project's machines, as for the project itself; elsewhere add
+# --index-url https://download.pytorch.org/whl/cpu), and a constraint keeps every later install on it
+# (a bare torch requirement would pull a CUDA build).
 set -euo pipefail
 cd "$(dirname "$0")"
 rm -rf .peers && mkdir -p .peers && echo "torch==2.13.0" > .peers/constraints.txt

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import weakref
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,9 +140,8 @@ class Ring:
         return {"slots": self.slots, "state": self.state, "leased": [0] * len(self.slots), "_views": None}
 
     def views(self) -> tuple[np.ndarray, list[list[dict[str, np.ndarray]]]]:
-        """Numpy views of the flags and of every slot column, made once per process: setting a
-        flag through the tensor costs ~100 us of torch indexing per token, slicing a tensor column
-        and taking ``.numpy()`` ~30 us (measured in the main process), a numpy view ~0.2 us."""
+        """Numpy views of the flags and of every slot column, made once per process (a numpy flag
+        set or slice costs ~0.2 us; the tensor indexing and ``.numpy()`` it replaces a few us)."""
         if self._views is None:
             self._views = (self.state.numpy(), [[{k: v.numpy() for k, v in slot.items()} for slot in worker]
                                                 for worker in self.slots])
@@ -192,10 +191,10 @@ def receive(ring: Ring, item: Any, *, pin: bool = False) -> tuple[int, list[Any]
     ends = {name: max(at + n for at, n in cols) for name, cols in spans.items()}
     fresh: dict[str, torch.Tensor] = {}
     if not pin and ends and ring.leased[worker] < LEASES:
-        lease = _Lease(ring, worker, k, len(ends))
+        parts = {name: arrays[worker][k][name][:end] for name, end in ends.items()}  # before leasing
+        lease = _Lease(ring, worker, k, len(parts))
         flags[worker, k] = LEASED
-        for name, end in ends.items():
-            array = arrays[worker][k][name][:end]  # the storage of the views below holds this array
+        for name, array in parts.items():  # the storage of the views below holds each array
             weakref.finalize(array, lease.drop)
             fresh[name] = torch.from_numpy(array)
     else:
@@ -214,16 +213,11 @@ def receive(ring: Ring, item: Any, *, pin: bool = False) -> tuple[int, list[Any]
     return worker, out
 
 
-def _views(column: torch.Tensor, spans: list[tuple[int, int]]) -> Sequence[torch.Tensor]:
-    """The batches' views of one slot column: one ``torch.split`` when they lie end to end from row 0
-    (as a worker packs them), else a slice each."""
-    at = 0
-    for first, n in spans:
-        if first != at:
-            return [column[first:first + n] for first, n in spans]
-        at += n
-    return torch.split(column, [n for _, n in spans]) if at == column.shape[0] else [
-        column[first:first + n] for first, n in spans]
+def _views(column: torch.Tensor, spans: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """The batches' views of one slot column, a slice each (not ``torch.split``: its outputs are
+    multi-output views, on which autograd refuses in-place ops with an operand that requires grad,
+    which a plain ``DataLoader``'s fresh tensors allow)."""
+    return [column[first:first + n] for first, n in spans]
 
 
 def in_order(items: Iterator[Any], ring: Ring, workers: int, *, pin: bool) -> Iterator[Any]:

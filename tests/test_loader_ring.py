@@ -345,10 +345,10 @@ def test_an_iterator_after_a_failed_one_does_not_share_its_workers_ring(tmp_path
         SLOW = True
 
 
-def test_batch_views_of_a_slot_column_split_end_to_end_or_slice_each() -> None:
-    """``_views``: batches packed end to end from row 0 become one ``torch.split``; any other
-    layout (a gap, a start past 0, rows left unused) gets a slice per batch; either way each view
-    is exactly its batch's rows, a view of the column (no copy)."""
+def test_batch_views_of_a_slot_column_are_plain_slices_that_allow_in_place_ops() -> None:
+    """``_views``: each batch's view is exactly its rows, a view of the slot column (no copy), on any
+    layout; and, like a plain ``DataLoader``'s fresh tensors, it takes an in-place op whose operand
+    requires grad (``torch.split``'s multi-output views refuse that)."""
     from idxlake.loaders.ring import _views
 
     column = torch.arange(10)
@@ -356,6 +356,21 @@ def test_batch_views_of_a_slot_column_split_end_to_end_or_slice_each() -> None:
         views = _views(column, spans)
         assert [v.tolist() for v in views] == [list(range(at, at + n)) for at, n in spans]
         assert all(v.untyped_storage().data_ptr() == column.untyped_storage().data_ptr() for v in views)
+    batch = _views(torch.zeros(8, 2), [(0, 4), (4, 4)])[0]
+    batch.mul_(torch.ones(2, requires_grad=True))  # raises on a torch.split output
+    assert batch.requires_grad
+
+
+def test_a_token_naming_a_column_the_slot_lacks_leaves_no_lease() -> None:
+    """``receive`` looks every column up before it leases the slot: a bad token raises with the slot
+    still free and nothing counted as lent."""
+    from idxlake.loaders.ring import FREE, Ring, receive
+
+    ring = Ring([[{"label": torch.zeros(4, dtype=torch.int64).share_memory_()}]],
+                torch.zeros((1, 1), dtype=torch.uint8).share_memory_(), [0])
+    with pytest.raises(KeyError):
+        receive(ring, Token(0, 0, [[("label", 0, 2), ("image", 0, 2)]], [{}]))
+    assert int(ring.state[0, 0]) == FREE and ring.leased == [0]
 
 
 def test_ring_flags_set_through_numpy_views_are_the_shared_state() -> None:
