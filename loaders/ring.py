@@ -184,11 +184,10 @@ def receive(ring: Ring, item: Any, *, pin: bool = False) -> tuple[int, list[Any]
         return -1, [item]
     worker, k, places = item.worker, item.slot, item.places
     flags, arrays = ring.views()
-    spans: dict[str, list[tuple[int, int]]] = {}  # per column, (first row, rows) of each batch
+    ends: dict[str, int] = {}  # rows of each column the batches use
     for rows in places:
         for name, at, n in rows:
-            spans.setdefault(name, []).append((at, n))
-    ends = {name: max(at + n for at, n in cols) for name, cols in spans.items()}
+            ends[name] = max(ends.get(name, 0), at + n)
     fresh: dict[str, torch.Tensor] = {}
     if not pin and ends and ring.leased[worker] < LEASES:
         parts = {name: arrays[worker][k][name][:end] for name, end in ends.items()}  # before leasing
@@ -204,20 +203,12 @@ def receive(ring: Ring, item: Any, *, pin: bool = False) -> tuple[int, list[Any]
             fresh[name] = (torch.empty(src.shape, dtype=src.dtype, pin_memory=True).copy_(src) if pin
                            else src.clone())
         flags[worker, k] = FREE
-    views = {name: iter(_views(fresh[name], cols)) for name, cols in spans.items()}
     out = []
-    for rows, extra in zip(places, item.extras, strict=True):
-        batch = StreamBatch({name: next(views[name]) for name, _, _ in rows})
+    for rows, extra in zip(places, item.extras, strict=True):  # slices: torch.split's multi-output views
+        batch = StreamBatch({name: fresh[name][at:at + n] for name, at, n in rows})  # refuse grad in-place ops
         batch.update(extra)
         out.append(batch)
     return worker, out
-
-
-def _views(column: torch.Tensor, spans: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """The batches' views of one slot column, a slice each (not ``torch.split``: its outputs are
-    multi-output views, on which autograd refuses in-place ops with an operand that requires grad,
-    which a plain ``DataLoader``'s fresh tensors allow)."""
-    return [column[first:first + n] for first, n in spans]
 
 
 def in_order(items: Iterator[Any], ring: Ring, workers: int, *, pin: bool) -> Iterator[Any]:

@@ -345,20 +345,25 @@ def test_an_iterator_after_a_failed_one_does_not_share_its_workers_ring(tmp_path
         SLOW = True
 
 
-def test_batch_views_of_a_slot_column_are_plain_slices_that_allow_in_place_ops() -> None:
-    """``_views``: each batch's view is exactly its rows, a view of the slot column (no copy), on any
-    layout; and, like a plain ``DataLoader``'s fresh tensors, it takes an in-place op whose operand
-    requires grad (``torch.split``'s multi-output views refuse that)."""
-    from idxlake.loaders.ring import _views
+def test_received_batches_are_slot_views_that_allow_in_place_ops_with_grad() -> None:
+    """``receive``: each batch is exactly its rows, a view of the slot (no copy), on any layout
+    (end to end, gapped, offset); and, like a plain ``DataLoader``'s fresh tensors, it takes an
+    in-place op whose operand requires grad (``torch.split``'s multi-output views refuse that)."""
+    from idxlake.loaders.ring import FREE, Ring, receive
 
-    column = torch.arange(10)
-    for spans in ([(0, 4), (4, 4), (8, 2)], [(0, 3), (5, 2)], [(2, 3), (5, 5)], [(0, 4), (4, 4)]):
-        views = _views(column, spans)
-        assert [v.tolist() for v in views] == [list(range(at, at + n)) for at, n in spans]
-        assert all(v.untyped_storage().data_ptr() == column.untyped_storage().data_ptr() for v in views)
-    batch = _views(torch.zeros(8, 2), [(0, 4), (4, 4)])[0]
-    batch.mul_(torch.ones(2, requires_grad=True))  # raises on a torch.split output
-    assert batch.requires_grad
+    for spans in ([(0, 4), (4, 4), (8, 2)], [(0, 3), (5, 2)], [(2, 3), (5, 5)]):
+        column = torch.arange(10, dtype=torch.float32).share_memory_()
+        ring = Ring([[{"image": column}]], torch.zeros((1, 1), dtype=torch.uint8).share_memory_(), [0])
+        _, batches = receive(ring, Token(0, 0, [[("image", at, n)] for at, n in spans], [{} for _ in spans]))
+        assert [b["image"].tolist() for b in batches] == [list(range(at, at + n)) for at, n in spans]
+        assert all(b["image"].untyped_storage().data_ptr() == column.untyped_storage().data_ptr() for b in batches)
+        batches[0]["image"].mul_(torch.ones(1, requires_grad=True))  # raises on a torch.split output
+        assert batches[0]["image"].requires_grad
+        del batches
+        import gc
+
+        gc.collect()
+        assert int(ring.state[0, 0]) == FREE and ring.leased == [0]  # the lease ends with the views
 
 
 def test_a_token_naming_a_column_the_slot_lacks_leaves_no_lease() -> None:
