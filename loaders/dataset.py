@@ -7,10 +7,11 @@ on the number of workers or ranks; equal batch counts on every rank; resumable m
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -18,15 +19,16 @@ import pyarrow.dataset as pads
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
-from idxlake.loaders.lookahead import OrderKey, PassPlan, pass_key, plan_pass
+from idxlake.loaders.lookahead import OrderKey, PassPlan, choose, pass_key, plan_pass, planned, spare_core
 from idxlake.loaders.options import check_options, pin_snapshot
-from idxlake.loaders.order import ORDER_ALGORITHM, PHASES, rank_steps, worker_batches
+from idxlake.loaders.order import PHASES
 from idxlake.loaders.plan import OUTPUT_COLUMNS, PinnedPlan, Plan, build_plan
-from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, watch
+from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, state_of, watch
 from idxlake.loaders.ring import Ring
 from idxlake.loaders.samples import SampleTransform, finish_batch
+from idxlake.loaders.shares import rank_steps, worker_batches
 from idxlake.loaders.slotwriter import SlotWriter
-from idxlake.loaders.stream import READ_THREADS, Arena, Progress, consume, fits_cache, log_reads, pass_arena
+from idxlake.loaders.stream import Arena, Progress, consume, fits_cache, log_reads, pass_arena, reader_pool
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableSnapshot
 from idxlake.schemas.versions import Timestamp
@@ -128,6 +130,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
     def _init_process_state(self) -> None:
         self._reader = UnitReader(self.plan)
         self._next: PassPlan | None = None  # the next epoch's pass, its first reads submitted (lookahead.py)
+        self._warm: Future[PassPlan] | None = None  # the next warm pass, planned in a reader thread
         self._last_epoch: int | None = None  # epoch of this process's previous pass
         self._owner = os.getpid()  # the process _next and _last_epoch belong to (a forked worker: not its own)
         self._cache: Arena | None = None  # the cache arena (whole selection), kept across epochs
@@ -136,18 +139,14 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
 
     def _thread_pool(self) -> ThreadPoolExecutor | None:
         """Decode threads of this process, kept across epochs (created lazily)."""
-        if not self.prefetch:
-            return None
-        if self._pools is None or self._pools[0] != os.getpid():  # none yet, or forked: threads are gone
-            threads = READ_THREADS if get_worker_info() is None else 1  # workers: one decode thread each
-            self._pools = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="idxlake-read"))
-        return self._pools[1]
+        self._pools = reader_pool(self._pools) if self.prefetch else None
+        return self._pools[1] if self._pools else None
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickled into spawned workers: the topology this process sees now, no per-process state."""
         self.settle_resume()
         state = dict(self.__dict__)
-        for key in ("_reader", "_next", "_last_epoch", "_owner", "_cache", "_slots", "_progress", "_pools"):
+        for key in ("_reader", "_next", "_warm", "_last_epoch", "_owner", "_cache", "_slots", "_progress", "_pools"):
             state.pop(key, None)
         if self._rank is None:
             state["_parent_dist"] = self._dist()
@@ -214,18 +213,9 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
             self.settle_resume()
             if self._shared.workers_read:
                 raise LoaderConfigError(f"{self.snapshot.uri}: {UNKNOWN_PROGRESS}")
-        world = self._world or World(*self._dist())
-        epoch, progress, resume = self.epoch, self._progress, self._resume
-        start = yielded = 0
-        if resume is not None and resume.epoch == epoch:
-            start, yielded = resume.start, resume.skip
-        elif progress is not None and progress.epoch == epoch:
-            start, yielded = progress.start, progress.yielded
-        return {"epoch": epoch, "seed": self.seed, "version": self.version, "order": ORDER_ALGORITHM,
-                "lanes": self.lanes, "phases": self.phases, "rank": world.rank,
-                "world_size": world.world_size, "worker": world.worker, "num_workers": world.num_workers,
-                "start": start, "yielded": yielded,
-                "batches_consumed": start + yielded if world.num_workers == 1 else None}
+        return state_of(self._world or World(*self._dist()), epoch=self.epoch, resume=self._resume,
+                        progress=self._progress, seed=self.seed, version=self.version, lanes=self.lanes,
+                        phases=self.phases)
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume: the next pass over ``state["epoch"]`` skips what was consumed.
@@ -300,19 +290,23 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         if mark_used:  # runs at the first batch asked: every worker of this pass has been started
             self._shared.resume_used = True
         if self._owner != os.getpid():  # forked: the parent's reads ahead never complete here
-            self._owner, self._next, self._last_epoch = os.getpid(), None, None
+            self._owner, self._next, self._warm, self._last_epoch = os.getpid(), None, None, None
         key, ahead, self._next = pass_key(progress.epoch, world, batches), self._next, None
         cached = self._cache is not None and bool(self._cache.resident.all())
-        if ahead is None or ahead.key != key or cached:  # not the pass planned ahead: plan it now
-            if ahead is not None:
-                ahead.cancel()
-            ahead = self._pass_plan(progress.epoch, world, tail, batches, cached=cached)
-        def following() -> PassPlan:  # this consumer's full pass over the next epoch, its reads ahead
-            self._next = self._pass_plan(progress.epoch + 1, world, tail, worker_batches(
-                total, worker=world.worker, num_workers=world.num_workers))
+        warm, self._warm = planned(self._warm, key) if cached else None, None
+        ahead = choose(ahead, warm, key, cached=cached,
+                       plan=lambda: self._pass_plan(progress.epoch, world, tail, batches, cached=cached))
+        upcoming = functools.partial(self._pass_plan, progress.epoch + 1, world, tail, worker_batches(
+            total, worker=world.worker, num_workers=world.num_workers))  # this consumer's pass over the next epoch
+
+        def following() -> PassPlan:  # the next pass, its first reads submitted ahead
+            self._next = upcoming()
             return self._next
 
         advancing, self._last_epoch = self._last_epoch is not None and progress.epoch > self._last_epoch, progress.epoch
+        pool = self._thread_pool()
+        if cached and advancing and pool is not None and spare_core():  # plan the next warm pass off this thread
+            self._warm = pool.submit(upcoming, cached=True)
         log_reads(self.plan, world, ahead.sched, lanes=self.lanes, phases=self.phases, shuffle=self.shuffle,
                   seen=self._logged)
         self._cache = self._cache or (Arena(self.plan, cache=True) if fits_cache(self.plan, self.cache_bytes) else None)
@@ -320,7 +314,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         finish = self._finish if self._normalize or self.transform or self.sample_transform else None
         ring = SlotWriter(self._ring) if self._ring is not None and get_worker_info() else None  # a ring's worker
         batches_out = consume(self.plan, self._reader, ahead.sched, arena, progress=progress, depth=self.prefetch_depth,
-                              finish=finish, readers=self._thread_pool(), pending=ahead.take(),
+                              finish=finish, readers=pool, pending=ahead.take(),
                               lookahead=following if advancing else None,  # not on a first/repeated epoch
                               dest=ring.dest if ring is not None and finish is None else None)
         try:

@@ -11,14 +11,22 @@ parameters) and reads that pass's first row groups, keeping at most ``prefetch_d
 flight or done ahead. The next pass takes them when it is that pass (same epoch, topology and first batch);
 any other pass (a resume, another epoch) discards them. What a pass yields never changes:
 only when its row groups are decoded.
+
+A warm pass (every unit in the cache) reads nothing, so its planning, the order of the epoch, is
+the one cost a pass adds to the gathers. When torch's intra-op threads leave a CPU of this process
+free (:func:`spare_core`), a warm pass over an advancing epoch plans the next pass in a reader
+thread while it yields; the next pass takes that plan if it is that pass.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from idxlake.loaders.decode import Batch
 from idxlake.loaders.order import consumer_rows, lane_order
@@ -86,12 +94,40 @@ def plan_pass(plan: Plan, order: OrderKey, *, world: World, tail: np.ndarray, ba
         plan: The plan.
         order: The order's parameters.
         world: The consumer.
-        tail: The rank's tail ranges (:func:`~idxlake.loaders.order.rank_steps`).
+        tail: The rank's tail ranges (:func:`~idxlake.loaders.shares.rank_steps`).
         batches: Rank batches of this pass.
         cached: Every unit is in the cache arena already.
     """
     lanes = lane_order(plan.unit_rows, seed=order.seed, epoch=order.epoch, shuffle=order.shuffle,
                        lanes=order.lanes, buffer_rows=order.buffer_rows, step_rows=order.step_rows,
                        phases=order.phases)
-    refs = consumer_rows(lanes, batches, rank=world.rank, world_size=world.world_size, tail_ranges=tail)
-    return PassPlan(pass_key(order.epoch, world, batches), schedule(plan, refs, cached=cached))
+    refs, sizes = consumer_rows(lanes, batches, rank=world.rank, world_size=world.world_size, tail_ranges=tail)
+    return PassPlan(pass_key(order.epoch, world, batches), schedule(plan, refs, sizes, cached=cached))
+
+
+def spare_core() -> bool:
+    """Whether this process may use more CPUs than torch's intra-op threads (work in another thread
+    then runs beside the consumer's gathers instead of taking turns with them)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cpus = os.cpu_count() or 1
+    return torch.get_num_threads() < cpus
+
+
+def planned(future: Future[PassPlan] | None, key: PassKey) -> PassPlan | None:
+    """The pass planned in the background (waiting for it), if it is the pass ``key`` names."""
+    if future is None:
+        return None
+    plan = future.result()
+    return plan if plan.key == key else None
+
+
+def choose(ahead: PassPlan | None, warm: PassPlan | None, key: PassKey, *, cached: bool,
+           plan: Callable[[], PassPlan]) -> PassPlan:
+    """The plan of the pass ``key``: the one read ahead if it is that pass (and not cached), else the
+    warm plan made in the background, else ``plan()``; a plan read ahead and not used is cancelled."""
+    if ahead is not None and (cached or ahead.key != key):
+        ahead.cancel()
+        ahead = None
+    return ahead or warm or plan()

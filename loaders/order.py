@@ -37,6 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from idxlake.loaders.shares import source_positions
+
 ORDER_ALGORITHM = "lanes-3"
 """Names this module's order: a resume state records it, and one saved by a build whose order
 differs (an earlier window shuffle, another phase count) is refused instead of skipping other rows.
@@ -77,23 +79,32 @@ class LaneOrder:
     units' selected rows (``unit_offsets[u] + i``).
 
     Attributes:
-        phases: ``V_p`` of each phase (row refs).
+        laid: The refs laid out (step 1), each lane window's rows permuted in place (step 3).
+        positions: Per phase, the place in ``laid`` of each position of ``V_p`` (the same every epoch).
         steps: ``(phase, k)`` of each full body step, in step order.
         tail: ``E``: the rows after the body steps.
         step_rows: ``G``.
         lanes: Lane count ``K`` actually used (1 without shuffling).
+        grid: ``(phase sizes, K, shuffled)``: what ``positions`` and ``steps`` follow from.
     """
 
-    phases: tuple[np.ndarray, ...]
+    laid: np.ndarray
+    positions: tuple[np.ndarray, ...]
     steps: tuple[tuple[int, int], ...]
     tail: np.ndarray
     step_rows: int
     lanes: int
+    grid: tuple[tuple[int, ...], int, bool]
+
+    @property
+    def phases(self) -> tuple[np.ndarray, ...]:
+        """``V_p`` of each phase (row refs)."""
+        return tuple(self.laid[p] for p in self.positions)
 
     @property
     def num_rows(self) -> int:
         """``N``."""
-        return sum(len(v) for v in self.phases)
+        return len(self.laid)
 
     @property
     def body_steps(self) -> int:
@@ -119,25 +130,29 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
     rows = np.asarray(unit_rows, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
     if not shuffle:
-        seq = np.arange(int(offsets[-1]), dtype=np.int64)
-        return _assemble([seq], 1, step_rows, 1)
+        n = int(offsets[-1])
+        return _assemble(np.arange(n, dtype=np.int64), _plain_positions(n), ((n,), 1, False), step_rows)
     units = _rng(seed, epoch, _UNITS).permutation(len(rows))
     units = units[rows[units] > 0]
-    perm = np.concatenate([np.arange(offsets[u], offsets[u + 1], dtype=np.int64) for u in units])
-    unit_end = np.cumsum(rows[units])  # piece boundaries in perm
-    n_rows, q_lanes = len(perm), lanes // phases
-    starts, positions = _lane_grid(phase_sizes(n_rows, step_rows=step_rows, phases=phases), lanes)
+    laid = np.concatenate([np.arange(offsets[u], offsets[u + 1], dtype=np.int64) for u in units])
+    unit_end = np.cumsum(rows[units])  # piece boundaries in laid
+    n_rows, q_lanes = len(laid), lanes // phases
+    sizes = phase_sizes(n_rows, step_rows=step_rows, phases=phases)
+    starts, positions = _lane_grid(sizes, lanes)
     min_window = -(-buffer_rows // lanes) if buffer_rows > 0 else 0
     rng = _rng(seed, epoch, _ROWS)  # draws for the lanes' windows, lane slice by lane slice
-    shuffled = np.arange(n_rows, dtype=np.int64)  # lanes hold laid-out positions, mapped to refs at the end
     for a, b in itertools.pairwise(_window_bounds(starts.tolist(), unit_end.tolist(), min_window)):
-        rng.shuffle(shuffled[a:b])
-    seqs = [shuffled[pos] for pos in positions]
-    full = [len(v) // step_rows for v in seqs]
-    tail = np.concatenate([v[f * step_rows:] for v, f in zip(seqs, full, strict=True)])
-    lane_of = np.searchsorted(starts, tail, side="right") - 1  # the tail by rev(q), then phase, then position
-    tail = tail[np.argsort(((lane_of % q_lanes) * phases + lane_of // q_lanes) * n_rows + tail, kind="stable")]
-    return _assemble([perm[v] for v in seqs], phases, step_rows, lanes, perm[tail])
+        rng.shuffle(laid[a:b])  # a shuffle's moves depend on the draws and the length only
+    full = [len(v) // step_rows for v in positions]
+    places = np.concatenate([v[f * step_rows:] for v, f in zip(positions, full, strict=True)])
+    tail = laid[places]
+    unit = np.searchsorted(offsets, tail, side="right") - 1
+    unit_start = np.zeros(len(rows), dtype=np.int64)
+    unit_start[units] = unit_end - rows[units]
+    laid_out = unit_start[unit] + tail - offsets[unit]  # where each tail row was laid out (step 1)
+    lane_of = np.searchsorted(starts, laid_out, side="right") - 1  # the tail by rev(q), then phase, then place
+    key = ((lane_of % q_lanes) * phases + lane_of // q_lanes) * n_rows + laid_out
+    return _assemble(laid, positions, (sizes, lanes, True), step_rows, tail[np.argsort(key, kind="stable")])
 
 
 def phase_sizes(num_rows: int, *, step_rows: int, phases: int) -> tuple[int, ...]:
@@ -195,18 +210,46 @@ def _window_bounds(starts: list[int], unit_end: list[int], min_window: int) -> l
     return bounds
 
 
-def _assemble(phases: list[np.ndarray], num_phases: int, step_rows: int, lanes: int,
-              tail: np.ndarray | None = None) -> LaneOrder:
-    full = [len(v) // step_rows for v in phases]
-    steps = tuple((p, k) for k in range(max(full, default=0)) for p in range(num_phases) if k < full[p])
+def _assemble(laid: np.ndarray, positions: tuple[np.ndarray, ...], grid: tuple[tuple[int, ...], int, bool],
+              step_rows: int, tail: np.ndarray | None = None) -> LaneOrder:
+    full = [len(v) // step_rows for v in positions]
     if tail is None:
-        tail = np.concatenate([v[f * step_rows:] for v, f in zip(phases, full, strict=True)])
-    return LaneOrder(tuple(phases), steps, tail, step_rows, lanes)
+        tail = np.concatenate([laid[v[f * step_rows:]] for v, f in zip(positions, full, strict=True)])
+    return LaneOrder(laid, positions, _steps(tuple(full)), tail, step_rows, grid[1], grid)
+
+
+@functools.lru_cache(maxsize=4)
+def _plain_positions(n: int) -> tuple[np.ndarray]:
+    positions = np.arange(n, dtype=np.int64)
+    positions.flags.writeable = False
+    return (positions,)
+
+
+@functools.lru_cache(maxsize=8)
+def _steps(full: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
+    """Body steps in step order: phase ``p`` has ``full[p]`` of them, the phases taking turns."""
+    return tuple((p, k) for k in range(max(full, default=0)) for p in range(len(full)) if k < full[p])
+
+
+@functools.lru_cache(maxsize=4)
+def _body_places(grid: tuple[tuple[int, ...], int, bool], step_rows: int, batches: bytes, rank: int,
+                 world_size: int) -> np.ndarray:
+    """Places in ``laid`` of a rank's body batches (``[batches, B]``): step ``(p, k)`` is
+    ``V_p[k*G + rank :: world_size][:B]``. The same every epoch, so kept for the next ones."""
+    sizes, lanes, shuffled = grid
+    positions = _lane_grid(sizes, lanes)[1] if shuffled else _plain_positions(sizes[0])
+    steps = np.asarray(_steps(tuple(s // step_rows for s in sizes)), dtype=np.int64).reshape(-1, 2)
+    steps = steps[np.frombuffer(batches, dtype=np.int64)]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    first = starts[steps[:, 0]] + steps[:, 1] * step_rows + rank
+    places = np.concatenate(positions)[first[:, None] + world_size * np.arange(step_rows // world_size)]
+    places.flags.writeable = False
+    return places
 
 
 def consumer_rows(order: LaneOrder, batches: np.ndarray, *, rank: int, world_size: int,
-                  tail_ranges: np.ndarray) -> list[np.ndarray]:
-    """Row refs of the given rank batches.
+                  tail_ranges: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Row refs of the given rank batches, end to end, and the rows of each batch.
 
     Args:
         order: The epoch's order.
@@ -218,86 +261,14 @@ def consumer_rows(order: LaneOrder, batches: np.ndarray, *, rank: int, world_siz
     g, body, tail = order.step_rows, order.body_steps, order.tail
     batches = np.asarray(batches, dtype=np.int64)
     in_body = batches[batches < body]
-    out: list[np.ndarray] = []
-    if len(in_body):  # one gather for all body batches: step (p, k) is V_p[k*g + rank :: world_size][:B]
-        steps = np.asarray(order.steps, dtype=np.int64).reshape(-1, 2)[in_body]
-        starts = np.concatenate([[0], np.cumsum([len(v) for v in order.phases])]).astype(np.int64)
-        first = starts[steps[:, 0]] + steps[:, 1] * g + rank
-        rows = np.concatenate(order.phases)[first[:, None] + world_size * np.arange(g // world_size)]
-        out.extend(rows)
+    parts: list[np.ndarray] = []
+    sizes: list[int] = []
+    if len(in_body):  # one gather for all body batches
+        parts.append(order.laid[_body_places(order.grid, g, in_body.tobytes(), rank, world_size)].reshape(-1))
+        sizes.extend([g // world_size] * len(in_body))
     for j in batches[len(in_body):].tolist():  # body batches come first: the rest are tail batches
         a, b = tail_ranges[j - body]
-        out.append(tail[source_positions(int(a), int(b), len(tail))])
-    return out
-
-
-def rank_batches(num_rows: int, *, batch_size: int, rank: int, world_size: int,
-                 drop_last: bool) -> np.ndarray:
-    """The batches of one rank as ``[start, stop)`` ranges of the padded epoch sequence.
-
-    Positions ``>= num_rows`` are padding (see :func:`source_positions`). Every rank gets
-    the same number of batches.
-
-    Args:
-        num_rows: ``N``, rows of the epoch sequence.
-        batch_size: Rows per batch ``B``.
-        rank: This rank ``r``.
-        world_size: Number of ranks ``R``.
-        drop_last: Drop the incomplete last round instead of splitting (and maybe padding) it.
-
-    Returns:
-        ``int64`` array of shape ``[K, 2]``.
-    """
-    per_round = batch_size * world_size
-    if drop_last:
-        rounds, last = num_rows // per_round, 0
-    else:
-        rounds = -(-num_rows // per_round)
-        last = num_rows - (rounds - 1) * per_round if rounds else 0
-    full = rounds - (1 if last else 0)
-    starts = (np.arange(full, dtype=np.int64) * world_size + rank) * batch_size
-    out = np.stack([starts, starts + batch_size], axis=1) if full else np.empty((0, 2), np.int64)
-    if last:
-        total = max(last, world_size)  # pad only when a rank would otherwise get no row
-        q, extra = divmod(total, world_size)
-        begin = full * per_round + rank * q + min(rank, extra)
-        out = np.concatenate([out, [[begin, begin + q + (rank < extra)]]]).astype(np.int64)
-    return out
-
-
-def padding(num_rows: int, *, batch_size: int, world_size: int, drop_last: bool) -> int:
-    """Rows repeated per epoch to give every rank the same number of batches."""
-    if drop_last or num_rows == 0:
-        return 0
-    last = num_rows - (-(-num_rows // (batch_size * world_size)) - 1) * batch_size * world_size
-    return max(0, world_size - last)
-
-
-def source_positions(start: int, stop: int, num_rows: int) -> np.ndarray:
-    """Positions of ``S`` that padded positions ``[start, stop)`` read: themselves, or for
-    padding (``>= num_rows``) the epoch's first rows again, cyclically."""
-    pos = np.arange(start, stop, dtype=np.int64)
-    return np.where(pos < num_rows, pos, (pos - num_rows) % max(num_rows, 1))
-
-
-def worker_batches(num_batches: int, *, worker: int, num_workers: int, start: int = 0) -> np.ndarray:
-    """Indices of the rank's batches that ``worker`` yields: ``start + worker``, ``+ num_workers``...
-
-    Args:
-        num_batches: ``K``, batches of the rank.
-        worker: This worker.
-        num_workers: Workers of the rank.
-        start: First batch of this pass (batches before it were consumed before a resume).
-    """
-    return np.arange(start + worker, num_batches, num_workers, dtype=np.int64)
-
-
-def rank_steps(num_rows: int, *, batch_size: int, rank: int, world_size: int,
-               drop_last: bool) -> tuple[int, np.ndarray]:
-    """``(body steps, tail ranges)`` of one rank: it yields ``body + len(tail ranges)`` batches.
-
-    Every order (any ``K`` and ``P``, shuffled or not) has ``N // G`` full steps and a tail ``E`` of
-    ``N mod G`` rows; the tail ranges are :func:`rank_batches` of ``E`` (``[start, stop)`` into ``E``).
-    """
-    body, tail = divmod(num_rows, batch_size * world_size)
-    return body, rank_batches(tail, batch_size=batch_size, rank=rank, world_size=world_size, drop_last=drop_last)
+        parts.append(tail[source_positions(int(a), int(b), len(tail))])
+        sizes.append(len(parts[-1]))
+    refs = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    return refs, sizes

@@ -27,7 +27,8 @@ from typing import Any, Protocol
 
 import torch
 
-from idxlake.loaders.order import ORDER_ALGORITHM, worker_batches
+from idxlake.loaders.order import ORDER_ALGORITHM
+from idxlake.loaders.shares import worker_batches
 from idxlake.loaders.world import World
 from idxlake.schemas import LoaderConfigError
 
@@ -85,6 +86,21 @@ def parse_state(state: Mapping[str, Any], *, seed: int, version: int, lanes: int
     world_size = state.get("world_size")
     return Resume(int(state["epoch"]), start, skip, None if workers is None else int(workers),
                   None if world_size is None else int(world_size), inherited)
+
+
+def state_of(world: World, *, epoch: int, resume: Resume | None, progress: Any, seed: int, version: int,
+             lanes: int, phases: int) -> dict[str, Any]:
+    """A consumer's ``state_dict``: where it stands in ``epoch`` (a pending resume of that epoch, else
+    the progress of its pass over it, else the start), with what the state is only valid for."""
+    start = yielded = 0
+    if resume is not None and resume.epoch == epoch:
+        start, yielded = resume.start, resume.skip
+    elif progress is not None and progress.epoch == epoch:
+        start, yielded = progress.start, progress.yielded
+    return {"epoch": epoch, "seed": seed, "version": version, "order": ORDER_ALGORITHM, "lanes": lanes,
+            "phases": phases, "rank": world.rank, "world_size": world.world_size, "worker": world.worker,
+            "num_workers": world.num_workers, "start": start, "yielded": yielded,
+            "batches_consumed": start + yielded if world.num_workers == 1 else None}
 
 
 def applies(resume: Resume, *, world: World, epoch: int, batches: int, where: str) -> bool:

@@ -13,6 +13,7 @@ keeps every unit at its plan offset and later epochs decode nothing.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from idxlake.loaders.decode import Batch, UnitReader
 from idxlake.loaders.misuse import StreamBatch
@@ -109,44 +111,45 @@ class Schedule:
     arrive: list[list[int]]  # units first used by batch b
     ends: list[list[int]]  # units whose last use is batch b
     live: int  # most units in use at once
+    split: tuple[torch.Tensor, ...] = ()  # cached: each batch's refs as an index tensor (views of ``refs``)
 
     def __len__(self) -> int:
         return len(self.bounds) - 1
 
 
-def schedule(plan: Plan, refs: list[np.ndarray], *, cached: bool = False) -> Schedule:
+def schedule(plan: Plan, refs: np.ndarray, sizes: list[int], *, cached: bool = False) -> Schedule:
     """The units each batch touches, their first and last use, and the peak of units in use.
 
-    ``cached``: every unit is in the cache arena already; only the rows are needed.
+    Args:
+        plan: The plan.
+        refs: Row refs of the consumer's batches, end to end.
+        sizes: Rows of each batch.
+        cached: Every unit is in the cache arena already; only the rows are needed.
     """
-    if cached:
-        flat = np.concatenate(refs) if refs else np.empty(0, np.int64)
-        bounds = [0, *np.cumsum([len(r) for r in refs]).tolist()]
-        return Schedule(flat, np.empty(0, np.int64), bounds, np.empty(0, np.int64), [[] for _ in refs],
-                        [[] for _ in refs], 0)
+    bounds = [0, *itertools.accumulate(sizes)]
+    if cached:  # the arena holds every unit at its plan offset: the refs are the arena rows
+        return Schedule(refs, np.empty(0, np.int64), bounds, np.empty(0, np.int64), [[] for _ in sizes],
+                        [[] for _ in sizes], 0, torch.split(torch.from_numpy(refs), sizes))
     offsets = np.concatenate([[0], np.cumsum(plan.unit_rows)]).astype(np.int64)
-    sizes = [len(r) for r in refs]
-    flat = np.concatenate(refs) if refs else np.empty(0, np.int64)
-    units = np.searchsorted(offsets, flat, side="right") - 1
-    batch = np.repeat(np.arange(len(refs), dtype=np.int64), sizes)
+    units = np.searchsorted(offsets, refs, side="right") - 1
+    batch = np.repeat(np.arange(len(sizes), dtype=np.int64), sizes)
     n_units = len(plan.units)
-    first = np.full(n_units, len(refs), dtype=np.int64)
+    first = np.full(n_units, len(sizes), dtype=np.int64)
     last = np.full(n_units, -1, dtype=np.int64)
     last[units] = batch  # batch is non-decreasing: the last write of each unit is its last use
     first[units[::-1]] = batch[::-1]
     used = np.flatnonzero(last >= 0)
     order = used[np.argsort(first[used], kind="stable")]
-    ends: list[list[int]] = [[] for _ in refs]
-    arrive: list[list[int]] = [[] for _ in refs]
+    ends: list[list[int]] = [[] for _ in sizes]
+    arrive: list[list[int]] = [[] for _ in sizes]
     for u in used.tolist():
         ends[int(last[u])].append(u)
         arrive[int(first[u])].append(u)
-    delta = np.zeros(len(refs) + 1, dtype=np.int64)
+    delta = np.zeros(len(sizes) + 1, dtype=np.int64)
     np.add.at(delta, first[used], 1)
     np.add.at(delta, last[used] + 1, -1)
     live = int(np.cumsum(delta).max()) if len(used) else 0
-    bounds = [0, *np.cumsum(sizes).tolist()]
-    return Schedule(flat, units, bounds, order, arrive, ends, live)
+    return Schedule(refs, units, bounds, order, arrive, ends, live)
 
 
 def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, progress: Progress,
@@ -175,9 +178,10 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
     units = plan.units
     pending = {} if pending is None else pending
     todo = [u for u in sched.order.tolist() if not arena.resident[u] and u not in pending]
-    full = None
+    split: tuple[torch.Tensor, ...] | None = None
     if not todo and not pending:  # warm: every unit resident
-        full = torch.from_numpy(sched.refs if arena.cache else sched.refs + arena.shift[sched.units])
+        split = sched.split if arena.cache and sched.split else torch.split(torch.from_numpy(
+            sched.refs if arena.cache else sched.refs + arena.shift[sched.units]), np.diff(sched.bounds).tolist())
     items = list(arena.tensors.items())
     bounds, ends = sched.bounds, sched.ends
     nxt, upcoming = 0, None
@@ -205,8 +209,8 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
             return StreamBatch({c: t.index_select(0, index) for c, t in items})
         return StreamBatch({c: torch.index_select(t, 0, index, out=out[c]) for c, t in items})
 
-    if full is not None:  # warm (all resident: a filled cache): no reads, no releases, one split index
-        for index in torch.split(full, np.diff(bounds).tolist()):
+    if split is not None:  # warm (all resident: a filled cache): no reads, no releases, one split index
+        for index in split:
             batch = gather(index)
             progress.yielded += 1
             yield batch if finish is None else finish(batch)
@@ -235,6 +239,15 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
     finally:
         for future in pending.values():
             future.cancel()
+
+
+def reader_pool(pools: tuple[int, ThreadPoolExecutor] | None) -> tuple[int, ThreadPoolExecutor]:
+    """``(pid, pool)``: the decode threads of this process, new when ``pools`` is ``None`` or belongs to
+    the parent of a forked process (its threads are gone); :data:`READ_THREADS`, one in a DataLoader worker."""
+    if pools is None or pools[0] != os.getpid():
+        threads = READ_THREADS if get_worker_info() is None else 1
+        pools = (os.getpid(), ThreadPoolExecutor(threads, thread_name_prefix="idxlake-read"))
+    return pools
 
 
 CACHE_FRACTION = 0.25

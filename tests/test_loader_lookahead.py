@@ -132,3 +132,61 @@ def test_forked_one_shot_workers_read_nothing_ahead(many_groups, decoded) -> Non
     ds.set_epoch(1)
     list(DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context="fork"))
     assert len(reads(decoded)) - before == share  # each worker reads its lanes; nothing for an epoch 2 never run
+
+
+def cached_ids(table: str, epoch: int) -> list[list[int]]:
+    """A lone pass over ``epoch`` from a filled cache (epoch 0 fills it), planned in place."""
+    ds = DeltaIterableDataset(table, split="train", batch_size=64, seed=4, prefetch=False)
+    epoch_ids(ds, 0)
+    return epoch_ids(ds, epoch)
+
+
+def test_a_warm_pass_plans_the_next_one_in_a_reader_thread(many_groups, monkeypatch) -> None:  # noqa: F811
+    import idxlake.loaders.dataset as dataset_module
+    from idxlake.loaders import lookahead
+
+    planned_in: list[str] = []
+    real = lookahead.plan_pass
+
+    def plan_pass(*args, **kwargs):
+        planned_in.append(__import__("threading").current_thread().name)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "plan_pass", plan_pass)
+    monkeypatch.setattr(dataset_module, "spare_core", lambda: True)
+    ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4)  # the cache fits
+    epoch_ids(ds, 0)  # fills the cache: no warm plan yet
+    assert ds._warm is None
+    assert epoch_ids(ds, 1) == cached_ids(many_groups, 1)  # warm, advancing: plans epoch 2 off this thread
+    assert ds._warm is not None and ds._warm.result().key[0] == 2
+    expected = cached_ids(many_groups, 2)
+    planned_in.clear()
+    assert epoch_ids(ds, 2) == expected  # takes that plan: the same batches
+    ds._warm.result()
+    assert len(planned_in) == 1 and planned_in[0].startswith("idxlake-read"), planned_in  # only epoch 3's, ahead
+    expected = cached_ids(many_groups, 7)
+    planned_in.clear()
+    assert epoch_ids(ds, 7) == expected  # epoch 3 was planned: 7 is planned again, same batches
+    ds._warm.result()
+    assert planned_in[0] == "MainThread" and len(planned_in) == 2, planned_in  # 7 here, 8 ahead
+    ds.load_state_dict({"epoch": 8, "batches_consumed": 5})
+    ds.set_epoch(8)
+    assert [b["id"].tolist() for b in ds] == cached_ids(many_groups, 8)[5:]  # a resume: not the pass planned
+
+
+def test_no_warm_plan_ahead_without_a_spare_core(many_groups, monkeypatch) -> None:  # noqa: F811
+    from idxlake.loaders.lookahead import spare_core
+
+    cpus = len(os.sched_getaffinity(0))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(cpus)
+        assert not spare_core()  # torch's threads use every CPU: planning would take turns with the gathers
+        ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4)
+        for epoch in range(3):
+            epoch_ids(ds, epoch)
+        assert ds._warm is None
+        torch.set_num_threads(1)
+        assert spare_core() == (cpus > 1)
+    finally:
+        torch.set_num_threads(threads)

@@ -9,16 +9,8 @@ import pytest
 
 from idxlake.loaders import World, parse_filter
 from idxlake.loaders.filters import as_expression
-from idxlake.loaders.order import (
-    _digit_reversal,
-    lane_order,
-    padding,
-    phase_sizes,
-    rank_batches,
-    rank_steps,
-    source_positions,
-    worker_batches,
-)
+from idxlake.loaders.order import _digit_reversal, lane_order, phase_sizes
+from idxlake.loaders.shares import padding, rank_batches, rank_steps, source_positions, worker_batches
 from idxlake.schemas import LoaderConfigError
 
 
@@ -192,3 +184,26 @@ def test_expression_filters_are_checked_against_the_columns() -> None:
         as_expression(pads.field("pixels") == 1, FILTER_SCHEMA)
     with pytest.raises(LoaderConfigError, match=r"string or a pyarrow\.dataset\.Expression"):
         as_expression(42, FILTER_SCHEMA)  # type: ignore[arg-type]
+
+
+def test_the_order_is_pinned_by_its_algorithm_name() -> None:
+    """The rows every consumer reads for a few fixed cases, hashed: a change of the order (even a
+    faster way to the same numbers that is not the same) fails here, and must come with a new
+    ``ORDER_ALGORITHM`` so that a saved resume state is refused instead of skipping other rows."""
+    import hashlib
+
+    from idxlake.loaders.order import ORDER_ALGORITHM, consumer_rows
+
+    h = hashlib.sha256()
+    for rows, ws, bs, shuffle in (([8192] * 7 + [2656], 1, 256, True), ([8192] * 7 + [2656], 2, 128, True),
+                                  ([300, 0, 517, 64, 1000], 3, 10, True), ([300, 517], 2, 7, False)):
+        order = lane_order(np.array(rows), seed=11, epoch=3, shuffle=shuffle, lanes=48, buffer_rows=4 * 8192,
+                           step_rows=ws * bs, phases=2)
+        for rank in range(ws):
+            body, tail = rank_steps(sum(rows), batch_size=bs, rank=rank, world_size=ws, drop_last=False)
+            refs, sizes = consumer_rows(order, worker_batches(body + len(tail), worker=0, num_workers=1), rank=rank,
+                                        world_size=ws, tail_ranges=tail)
+            assert sum(sizes) == len(refs)
+            h.update(refs.astype("<i8").tobytes())
+    assert ORDER_ALGORITHM == "lanes-3"
+    assert h.hexdigest() == "6db5d42d95025d54b14d94540ff05d98f957595c925f4ea105fd0ee7854532bc"
