@@ -293,7 +293,8 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
             self._owner, self._next, self._warm, self._last_epoch = os.getpid(), None, None, None
         key, ahead, self._next = pass_key(progress.epoch, world, batches), self._next, None
         cached = self._cache is not None and bool(self._cache.resident.all())
-        warm, self._warm = planned(self._warm, key) if cached else None, None
+        future, self._warm = self._warm, None
+        warm = planned(future, key) if cached else None
         ahead = choose(ahead, warm, key, cached=cached,
                        plan=lambda: self._pass_plan(progress.epoch, world, tail, batches, cached=cached))
         upcoming = functools.partial(self._pass_plan, progress.epoch + 1, world, tail, worker_batches(

@@ -20,6 +20,7 @@ thread while it yields; the next pass takes that plan if it is that pass.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -27,12 +28,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from idxlake.loaders.decode import Batch
 from idxlake.loaders.order import consumer_rows, lane_order
 from idxlake.loaders.plan import Plan
 from idxlake.loaders.stream import Schedule, schedule
 from idxlake.loaders.world import World
+
+logger = logging.getLogger(__name__)
 
 PassKey = tuple[int, int, int, int, int, int, int]
 
@@ -106,20 +110,40 @@ def plan_pass(plan: Plan, order: OrderKey, *, world: World, tail: np.ndarray, ba
 
 
 def spare_core() -> bool:
-    """Whether this process may use more CPUs than torch's intra-op threads (work in another thread
-    then runs beside the consumer's gathers instead of taking turns with them)."""
+    """Whether a CPU of this machine is left over by the threads that read here: torch's intra-op
+    threads (in a DataLoader worker: one per worker of the loader). Work in another thread then runs
+    beside the consumer's gathers instead of taking turns with them."""
+    info = get_worker_info()
+    busy = torch.get_num_threads() * (info.num_workers if info is not None else 1)
+    return busy < usable_cpus()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota (containers)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         cpus = os.cpu_count() or 1
-    return torch.get_num_threads() < cpus
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as fh:
+            quota, period = fh.read().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return cpus
 
 
 def planned(future: Future[PassPlan] | None, key: PassKey) -> PassPlan | None:
-    """The pass planned in the background (waiting for it), if it is the pass ``key`` names."""
+    """The pass planned in the background (waiting for it), if it is the pass ``key`` names; ``None``
+    (the pass plans in place) if it is another pass or the planning failed."""
     if future is None:
         return None
-    plan = future.result()
+    try:
+        plan = future.result()
+    except Exception:  # e.g. MemoryError while the gathers ran: planning in place raises it if it recurs
+        logger.debug("planning the next pass in the background failed; planning in place", exc_info=True)
+        return None
     return plan if plan.key == key else None
 
 

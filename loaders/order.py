@@ -218,11 +218,8 @@ def _assemble(laid: np.ndarray, positions: tuple[np.ndarray, ...], grid: tuple[t
     return LaneOrder(laid, positions, _steps(tuple(full)), tail, step_rows, grid[1], grid)
 
 
-@functools.lru_cache(maxsize=4)
 def _plain_positions(n: int) -> tuple[np.ndarray]:
-    positions = np.arange(n, dtype=np.int64)
-    positions.flags.writeable = False
-    return (positions,)
+    return (np.arange(n, dtype=np.int64),)
 
 
 @functools.lru_cache(maxsize=8)
@@ -231,20 +228,35 @@ def _steps(full: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
     return tuple((p, k) for k in range(max(full, default=0)) for p in range(len(full)) if k < full[p])
 
 
-@functools.lru_cache(maxsize=4)
-def _body_places(grid: tuple[tuple[int, ...], int, bool], step_rows: int, batches: bytes, rank: int,
+BODY_CACHE_ROWS = 1 << 22
+"""Consumers with at most this many body rows keep their places (8 bytes a row) for the next epochs."""
+
+
+def _body_places(grid: tuple[tuple[int, ...], int, bool], step_rows: int, batches: np.ndarray, rank: int,
                  world_size: int) -> np.ndarray:
     """Places in ``laid`` of a rank's body batches (``[batches, B]``): step ``(p, k)`` is
-    ``V_p[k*G + rank :: world_size][:B]``. The same every epoch, so kept for the next ones."""
-    sizes, lanes, shuffled = grid
-    positions = _lane_grid(sizes, lanes)[1] if shuffled else _plain_positions(sizes[0])
-    steps = np.asarray(_steps(tuple(s // step_rows for s in sizes)), dtype=np.int64).reshape(-1, 2)
-    steps = steps[np.frombuffer(batches, dtype=np.int64)]
-    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    first = starts[steps[:, 0]] + steps[:, 1] * step_rows + rank
-    places = np.concatenate(positions)[first[:, None] + world_size * np.arange(step_rows // world_size)]
+    ``V_p[k*G + rank :: world_size][:B]``. The same every epoch: kept for the next ones when small."""
+    if len(batches) * (step_rows // world_size) <= BODY_CACHE_ROWS:
+        return _cached_body_places(grid, step_rows, batches.tobytes(), rank, world_size)
+    return _compute_body_places(grid, step_rows, batches, rank, world_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_body_places(grid: tuple[tuple[int, ...], int, bool], step_rows: int, batches: bytes, rank: int,
+                        world_size: int) -> np.ndarray:
+    places = _compute_body_places(grid, step_rows, np.frombuffer(batches, dtype=np.int64), rank, world_size)
     places.flags.writeable = False
     return places
+
+
+def _compute_body_places(grid: tuple[tuple[int, ...], int, bool], step_rows: int, batches: np.ndarray, rank: int,
+                         world_size: int) -> np.ndarray:
+    sizes, lanes, shuffled = grid
+    steps = np.asarray(_steps(tuple(s // step_rows for s in sizes)), dtype=np.int64).reshape(-1, 2)[batches]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    places = (starts[steps[:, 0]] + steps[:, 1] * step_rows + rank)[:, None] + world_size * np.arange(
+        step_rows // world_size)  # positions of V_0, V_1, ... end to end
+    return np.concatenate(_lane_grid(sizes, lanes)[1])[places] if shuffled else places  # plain: positions = places
 
 
 def consumer_rows(order: LaneOrder, batches: np.ndarray, *, rank: int, world_size: int,
@@ -264,7 +276,7 @@ def consumer_rows(order: LaneOrder, batches: np.ndarray, *, rank: int, world_siz
     parts: list[np.ndarray] = []
     sizes: list[int] = []
     if len(in_body):  # one gather for all body batches
-        parts.append(order.laid[_body_places(order.grid, g, in_body.tobytes(), rank, world_size)].reshape(-1))
+        parts.append(order.laid[_body_places(order.grid, g, in_body, rank, world_size)].reshape(-1))
         sizes.extend([g // world_size] * len(in_body))
     for j in batches[len(in_body):].tolist():  # body batches come first: the rest are tail batches
         a, b = tail_ranges[j - body]

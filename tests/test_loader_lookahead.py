@@ -190,3 +190,82 @@ def test_no_warm_plan_ahead_without_a_spare_core(many_groups, monkeypatch) -> No
         assert spare_core() == (cpus > 1)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_a_failed_background_plan_is_planned_in_place(many_groups, monkeypatch, caplog) -> None:  # noqa: F811
+    import threading
+
+    import idxlake.loaders.dataset as dataset_module
+    from idxlake.loaders import lookahead
+
+    real, fail = lookahead.plan_pass, {"on": False}
+
+    def plan_pass(*args, **kwargs):
+        if fail["on"] and threading.current_thread().name.startswith("idxlake-read"):
+            fail["on"] = False
+            raise MemoryError("transient")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "plan_pass", plan_pass)
+    monkeypatch.setattr(dataset_module, "spare_core", lambda: True)
+    ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4)
+    epoch_ids(ds, 0)
+    fail["on"] = True
+    epoch_ids(ds, 1)  # warm: the background plan of epoch 2 fails
+    with caplog.at_level("DEBUG", logger="idxlake.loaders.lookahead"):
+        for epoch in (2, 9, 9):  # planned in place, then again in the background: never the stored error
+            assert epoch_ids(ds, epoch) == cached_ids(many_groups, epoch)
+    assert "planning the next pass in the background failed" in caplog.text
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_workers_started_while_a_warm_plan_is_pending(many_groups, monkeypatch, context: str) -> None:  # noqa: F811
+    """A warm plan still running in the parent is neither pickled into spawned workers nor waited
+    for by forked ones (its thread does not exist there: waiting would hang)."""
+    import pickle
+    import threading
+
+    import idxlake.loaders.dataset as dataset_module
+    from idxlake.loaders import lookahead
+
+    real, release = lookahead.plan_pass, threading.Event()
+
+    def plan_pass(*args, **kwargs):
+        if threading.current_thread().name.startswith("idxlake-read"):
+            release.wait(30)  # the background plan of epoch 2 stays pending until the workers are done
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "plan_pass", plan_pass)
+    monkeypatch.setattr(dataset_module, "spare_core", lambda: True)
+    ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4)
+    epoch_ids(ds, 0)
+    epoch_ids(ds, 1)
+    try:
+        assert ds._warm is not None and not ds._warm.done()
+        assert pickle.loads(pickle.dumps(ds))._warm is None
+        ds.set_epoch(2)
+        loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context, timeout=60)
+        assert sorted(i for b in loader for i in b["id"].tolist()) == list(range(ROWS))
+    finally:
+        release.set()
+
+
+def test_spare_core_counts_the_workers_of_a_loader(monkeypatch) -> None:
+    from idxlake.loaders import lookahead
+
+    class Info:
+        num_workers = 4
+
+    monkeypatch.setattr(lookahead, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert lookahead.spare_core()  # the main process: 1 thread of 4 CPUs
+    monkeypatch.setattr(lookahead, "get_worker_info", lambda: Info())
+    assert not lookahead.spare_core()  # a worker of 4, each with a thread: no CPU left over
+    Info.num_workers = 3
+    assert lookahead.spare_core()
+
+
+def test_usable_cpus_follows_the_affinity() -> None:
+    from idxlake.loaders.lookahead import usable_cpus
+
+    assert 1 <= usable_cpus() <= len(os.sched_getaffinity(0))

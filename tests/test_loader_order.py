@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -186,24 +188,37 @@ def test_expression_filters_are_checked_against_the_columns() -> None:
         as_expression(42, FILTER_SCHEMA)  # type: ignore[arg-type]
 
 
-def test_the_order_is_pinned_by_its_algorithm_name() -> None:
-    """The rows every consumer reads for a few fixed cases, hashed: a change of the order (even a
-    faster way to the same numbers that is not the same) fails here, and must come with a new
-    ``ORDER_ALGORITHM`` so that a saved resume state is refused instead of skipping other rows."""
+def _order_digest() -> str:
     import hashlib
 
-    from idxlake.loaders.order import ORDER_ALGORITHM, consumer_rows
+    from idxlake.loaders.order import consumer_rows
 
     h = hashlib.sha256()
     for rows, ws, bs, shuffle in (([8192] * 7 + [2656], 1, 256, True), ([8192] * 7 + [2656], 2, 128, True),
                                   ([300, 0, 517, 64, 1000], 3, 10, True), ([300, 517], 2, 7, False)):
         order = lane_order(np.array(rows), seed=11, epoch=3, shuffle=shuffle, lanes=48, buffer_rows=4 * 8192,
                            step_rows=ws * bs, phases=2)
-        for rank in range(ws):
-            body, tail = rank_steps(sum(rows), batch_size=bs, rank=rank, world_size=ws, drop_last=False)
-            refs, sizes = consumer_rows(order, worker_batches(body + len(tail), worker=0, num_workers=1), rank=rank,
-                                        world_size=ws, tail_ranges=tail)
-            assert sum(sizes) == len(refs)
-            h.update(refs.astype("<i8").tobytes())
-    assert ORDER_ALGORITHM == "lanes-3"
-    assert h.hexdigest() == "6db5d42d95025d54b14d94540ff05d98f957595c925f4ea105fd0ee7854532bc"
+        for rank, drop_last, workers, start in itertools.product(range(ws), (False, True), (1, 3), (0, 5)):
+            body, tail = rank_steps(sum(rows), batch_size=bs, rank=rank, world_size=ws, drop_last=drop_last)
+            for worker in range(workers):
+                batches = worker_batches(body + len(tail), worker=worker, num_workers=workers, start=start)
+                refs, sizes = consumer_rows(order, batches, rank=rank, world_size=ws, tail_ranges=tail)
+                assert sum(sizes) == len(refs)
+                h.update(refs.astype("<i8").tobytes() + np.asarray(sizes, dtype="<i8").tobytes())
+    return h.hexdigest()
+
+
+ORDER_DIGEST = "cb3d67f76924de5409fe54e15cc88aa9efe53bdc602a227fdcfe56772090c9fb"
+"""The digest of :func:`_order_digest` for order ``lanes-3``."""
+
+
+def test_the_order_is_pinned_by_its_algorithm_name(monkeypatch) -> None:
+    """The rows (and batch sizes) every consumer reads for a few fixed cases, hashed: a change of the
+    order fails here, and must come with a new ``ORDER_ALGORITHM`` so that a saved resume state is
+    refused instead of skipping other rows. The same with the per-topology places cache off."""
+    from idxlake.loaders import order as order_module
+
+    assert order_module.ORDER_ALGORITHM == "lanes-3"
+    assert _order_digest() == ORDER_DIGEST
+    monkeypatch.setattr(order_module, "BODY_CACHE_ROWS", 0)  # consumers too large to keep their places
+    assert _order_digest() == ORDER_DIGEST
