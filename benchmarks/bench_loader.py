@@ -21,6 +21,9 @@ interleaved block by block in one process so that machine noise hits them alike:
   and on 4x and 8x MNIST tables (memory must stay flat); and without verifying the Parquet
   page checksums (``loaders.plan.PAGE_CHECKSUMS``), to measure what the verification costs.
 
+After each throughput table, warm epochs back to back (:func:`back_to_back`): the limit and the
+cached loader alternating epoch by epoch without pauses, as a training loop runs them.
+
 Ratios are against the in-memory limit and the hand-rolled loader at the same batch
 size. Each point is a block of 3 consecutive epochs (the first starts cold, without the epoch read
 ahead, see ``BLOCK_GAP``), the configurations interleaved block by block with a pause between them.
@@ -222,6 +225,31 @@ def _timed(run, epoch: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def back_to_back(tables: dict[str, str], epochs: int = 40) -> dict:
+    """Warm epochs as a training loop runs them: the limit and the cached loader (iterated directly)
+    alternating epoch by epoch with no pause (``set_epoch(e)`` then a full pass), medians of ``epochs``;
+    also the loader's time to its first batch (where an epoch's planning shows)."""
+    from idxlake.loaders import DeltaIterableDataset
+
+    mem = make_runner(CONFIGS["in-memory"], tables, 256)
+    ds = DeltaIterableDataset(tables["lz4"], split="train", batch_size=256, columns=("image", "label"))
+    ds.set_epoch(0)
+    sum(len(b["label"]) for b in ds)  # fills the cache
+    limit, loader, first = [], [], []
+    for epoch in range(1, epochs + 1):
+        limit.append(_timed(mem, epoch))
+        ds.set_epoch(epoch)
+        start = time.perf_counter()
+        it = iter(ds)
+        n = len(next(it)["label"])
+        first.append(time.perf_counter() - start)
+        n += sum(len(b["label"]) for b in it)
+        loader.append(n / (time.perf_counter() - start))
+    return {"limit M/s": statistics.median(limit) / 1e6, "loader M/s": statistics.median(loader) / 1e6,
+            "ratio": statistics.median(loader) / statistics.median(limit),
+            "first batch ms": statistics.median(first) * 1e3}
+
+
 def scale_sections(tables: dict[str, str], reps: int) -> dict:
     """Workers with a heavy transform, the cost of filling the cache, simulated world sizes 1-8
     on 8x MNIST (row groups decoded by rank 0 and its epoch time), S3 (moto) against local disk."""
@@ -356,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         default_threads = torch.get_num_threads()
+        back: dict[str, dict] = {}
         for threads in args.threads:
             torch.set_num_threads(threads or default_threads)
             print(f"peak RSS measured; throughput (interleaved), {torch.get_num_threads()} torch thread(s):",
@@ -364,12 +393,17 @@ def main(argv: list[str] | None = None) -> int:
                 results[name]["rates"] = rates
                 results[name].setdefault("rates_by_threads", {})[str(torch.get_num_threads())] = rates
             print_table(results, args.batch_sizes)
+            b2b = back_to_back(tables)
+            back[str(torch.get_num_threads())] = b2b
+            print(f"warm epochs back to back, {torch.get_num_threads()} thread(s): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in b2b.items()), flush=True)
             warm = results.get("loader uint8, cached, no DataLoader", {}).get("rates", {}).get("256")
             mem = results.get("in-memory", {}).get("rates", {}).get("256")
             if warm and mem:
                 print("peers (issue 10's bs-256 warm ratios): " + ", ".join(
                     f"{k} {v:.3f}x" for k, v in PEERS_AT_256.items()) + f"; idxlake cached {warm / mem:.2f}x")
         torch.set_num_threads(default_threads)
+        results["back_to_back"] = back
         if not args.no_scale:
             scale = scale_sections(tables, args.reps)
             for key, value in scale.items():
