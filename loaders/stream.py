@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from idxlake.loaders.decode import Batch, UnitReader
+from idxlake.loaders.gather import take_columns
 from idxlake.loaders.misuse import StreamBatch
 from idxlake.loaders.plan import Plan
 from idxlake.loaders.world import World
@@ -79,8 +80,8 @@ class Arena:
         if not self.tensors:
             self.tensors = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in data.items()}
         start = int(self.offsets[unit]) if self.cache else self.free.pop() * self.slot_rows
-        for k, v in data.items():
-            self.tensors[k][start:start + n].copy_(v)
+        for k, v in data.items():  # numpy: one thread, torch's intra-op pool left asleep (``take``)
+            np.copyto(self.tensors[k][start:start + n].numpy(), v.numpy())
         self.shift[unit] = start - int(self.offsets[unit])
         self.resident[unit] = True
         self.decoded += 1
@@ -203,8 +204,12 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                 upcoming.pending[u] = readers.submit(reader.read, units[u])
                 upcoming.submitted += 1
 
+    serial = split is None  # this pass decodes: its gathers leave torch's pool to the readers (``take``)
+
     def gather(index: torch.Tensor) -> StreamBatch:
         out = dest(len(index), arena.tensors) if dest is not None else None
+        if serial:
+            return StreamBatch(take_columns(arena.tensors, index, out))
         if out is None:
             return StreamBatch({c: t.index_select(0, index) for c, t in items})
         return StreamBatch({c: torch.index_select(t, 0, index, out=out[c]) for c, t in items})
