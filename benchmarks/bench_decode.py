@@ -5,7 +5,8 @@ Usage::
     .venv/bin/python benchmarks/bench_decode.py [--reps 5]
 
 Ingests the bundled MNIST into a temporary table, takes its train file's columns and rewrites them in
-other layouts (8192-row row groups, page CRCs written): as stored (LZ4_RAW), uncompressed, and the
+other layouts (8192-row row groups, page CRCs written): as stored (LZ4_RAW), LZ4_RAW at levels 6 and 9
+(LZ4HC, what ``ingest(compression_level=...)`` writes), uncompressed, and the
 image column as ``FIXED_LEN_BYTE_ARRAY`` (a Parquet type Delta has no name for), each read with and
 without page-CRC verification. A point is the CPU time (``thread_time``) of ``read_row_group`` over
 every row group of ``image`` and ``label``, median of ``--reps``. The baseline, measured in the same
@@ -60,10 +61,14 @@ def layouts(train_file: str, out: Path) -> dict[str, str]:
     base = pa.table({"id": table.column("id"), "label": table.column("label"), "image": image})
     fix = base.set_column(2, "image", fixed)
     paths = {"as stored (LZ4_RAW)": train_file}
-    for name, data, codec in (("uncompressed", base, "none"), ("FIXED_LEN_BYTE_ARRAY, LZ4_RAW", fix, "lz4"),
-                              ("FIXED_LEN_BYTE_ARRAY, uncompressed", fix, "none")):
+    for name, data, codec, level in (("LZ4_RAW level 6 (LZ4HC; `--compression-level 6`)", base, "lz4", 6),
+                                     ("LZ4_RAW level 9 (LZ4HC)", base, "lz4", 9),
+                                     ("uncompressed", base, "none", None),
+                                     ("FIXED_LEN_BYTE_ARRAY, LZ4_RAW", fix, "lz4", None),
+                                     ("FIXED_LEN_BYTE_ARRAY, uncompressed", fix, "none", None)):
         path = out / f"{len(paths)}.parquet"
-        pq.write_table(data, path, row_group_size=8192, compression=codec, write_page_checksum=True)
+        pq.write_table(data, path, row_group_size=8192, compression=codec, compression_level=level,
+                       write_page_checksum=True)
         paths[name] = str(path)
     return paths
 
@@ -86,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="repetitions per point (median)")
     args = parser.parse_args(argv)
+    import pyarrow.parquet as pq
+
     from idxlake.pipeline.ingest.job import ingest
     from idxlake.pipeline.ingest.sources import bundled_mnist
 
@@ -96,12 +103,15 @@ def main(argv: list[str] | None = None) -> int:
         limit = limit_epoch_s(args.reps)
         print(f"in-memory limit epoch (batch 256, 1 thread): {limit * 1e3:.1f} ms; a cold epoch at 0.4x of it: "
               f"{2.5 * limit * 1e3:.1f} ms in all\n")
-        print("| layout | page CRCs verified | decode CPU ms | vs the limit's epoch |")
-        print("|---|---|---|---|")
+        print("| layout | image MB | page CRCs verified | decode CPU ms | vs the limit's epoch |")
+        print("|---|---|---|---|---|")
         for name, path in paths.items():
+            meta = pq.ParquetFile(path).metadata
+            size = sum(meta.row_group(r).column(2).total_compressed_size for r in range(meta.num_row_groups))
             for verify in (True, False):
                 cpu = decode_cpu_s(path, verify=verify, reps=args.reps)
-                print(f"| {name} | {'yes' if verify else 'no'} | {cpu * 1e3:.1f} | {cpu / limit:.2f}x |", flush=True)
+                print(f"| {name} | {size / 1e6:.1f} | {'yes' if verify else 'no'} | {cpu * 1e3:.1f} | "
+                      f"{cpu / limit:.2f}x |", flush=True)
     return 0
 
 

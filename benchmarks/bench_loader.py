@@ -17,7 +17,8 @@ interleaved block by block in one process so that machine noise hits them alike:
 * ``loader``: ``DeltaIterableDataset(columns=("image", "label"))`` through
   ``DataLoader(batch_size=None)`` (or iterated directly: "no DataLoader"), cold (decoded
   from Parquet each epoch; the OS page cache is warm) with 0 and 2 (persistent) workers,
-  uint8 and float32, with the decode cache (epochs after the first), on a ZSTD table,
+  uint8 and float32, with the decode cache (epochs after the first), on a ZSTD table and on
+  one written with ``compression_level=6`` (LZ4HC),
   and on 4x and 8x MNIST tables (memory must stay flat); and without verifying the Parquet
   page checksums (``loaders.plan.PAGE_CHECKSUMS``), to measure what the verification costs.
 
@@ -58,6 +59,7 @@ CONFIGS: dict[str, dict] = {
     "loader uint8, cached, no DataLoader": {"kind": "loader", "direct": True, "cache": None},
     "loader uint8, 0 workers, no page checksums": {"kind": "loader", "workers": 0, "checksums": False},
     "loader uint8, 0 workers, ZSTD": {"kind": "loader", "workers": 0, "table": "zstd"},
+    "loader uint8, no DataLoader, LZ4_RAW level 6": {"kind": "loader", "direct": True, "table": "lz4hc"},
     "loader uint8, 0 workers, 4x MNIST": {"kind": "loader", "workers": 0, "table": "x4"},
     "loader uint8, 0 workers, 8x MNIST": {"kind": "loader", "workers": 0, "table": "x8"},
     "loader uint8, cached, 8x MNIST": {"kind": "loader", "workers": 0, "table": "x8", "cache": None},
@@ -339,12 +341,13 @@ def s3_vs_local(table: str) -> dict:
 
 
 def build_tables(root: Path) -> dict[str, str]:
-    """Ingest MNIST as LZ4_RAW (default), ZSTD, and 4x and 8x MNIST by appends."""
+    """Ingest MNIST as LZ4_RAW (default), LZ4_RAW level 6 (LZ4HC), ZSTD, and 4x and 8x MNIST by appends."""
     from idxlake import ingest
 
-    tables = {"lz4": str(root / "mnist_lz4"), "zstd": str(root / "mnist_zstd"),
+    tables = {"lz4": str(root / "mnist_lz4"), "zstd": str(root / "mnist_zstd"), "lz4hc": str(root / "mnist_lz4hc"),
               "x4": str(root / "mnist_x4"), "x8": str(root / "mnist_x8")}
     ingest(None, tables["lz4"], codec="LZ4_RAW")
+    ingest(None, tables["lz4hc"], codec="LZ4_RAW", compression_level=6)
     ingest(None, tables["zstd"], codec="ZSTD")
     for name, copies in (("x4", 4), ("x8", 8)):
         ingest(None, tables[name])

@@ -45,6 +45,10 @@ class MaintenanceError(IdxlakeError, ValueError):
     """A maintenance operation (optimize, vacuum) was refused, e.g. a retention below the table's minimum."""
 
 
+class IngestConfigError(IdxlakeError, ValueError):
+    """An ingest option is invalid, e.g. a compression level outside its codec's range."""
+
+
 class LoaderConfigError(IdxlakeError, ValueError):
     """A loader was configured wrongly: unknown column, empty selection, bad batch size."""
 

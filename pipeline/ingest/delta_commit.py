@@ -32,6 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from idxlake.pipeline.ingest.compression import PYARROW_CODECS, Codec
 from idxlake.schemas import (
     ID,
     IMAGE,
@@ -53,8 +54,6 @@ from idxlake.schemas import (
 
 logger = logging.getLogger(__name__)
 
-Codec = Literal["LZ4_RAW", "ZSTD", "SNAPPY", "UNCOMPRESSED"]
-_PYARROW_CODECS = {"LZ4_RAW": "lz4_raw", "ZSTD": "zstd", "SNAPPY": "snappy", "UNCOMPRESSED": "none"}
 TARGET_FILE_BYTES = 128 << 20
 """Roll to a new data file after about this many uncompressed image bytes."""
 
@@ -135,11 +134,12 @@ def _stats(rows: int, ids: list[int], labels: list[Any]) -> str:
 
 
 def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBatch], *, file_schema: pa.Schema,
-                row_group_rows: int, codec: Codec, target_file_bytes: int = TARGET_FILE_BYTES) -> None:
+                row_group_rows: int, codec: Codec, compression_level: int | None = None,
+                target_file_bytes: int = TARGET_FILE_BYTES) -> None:
     """Write one split's batches (without the ``split`` column) into rolling Parquet files.
 
     Every batch becomes exactly one row group, so batches must hold ``row_group_rows`` rows
-    (the last may be shorter).
+    (the last may be shorter). ``compression_level``: the codec's level (``None``: its default).
     """
     from deltalake.transaction import AddAction
 
@@ -177,7 +177,8 @@ def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBa
                 sink = pending.fs.open_output_stream(path)
                 pending.paths.append(path)  # only files that were created (no warning on a read-only target)
                 writer = pq.ParquetWriter(
-                    sink, file_schema, compression=_PYARROW_CODECS[codec], write_page_checksum=True,
+                    sink, file_schema, compression=PYARROW_CODECS[codec], compression_level=compression_level,
+                    write_page_checksum=True,
                     use_dictionary=[LABEL], write_statistics=[ID, LABEL], store_schema=True)
                 rows, nbytes, ids, labels = 0, 0, [], []
             writer.write_batch(batch, row_group_size=row_group_rows)

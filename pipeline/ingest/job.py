@@ -22,7 +22,14 @@ import numpy as np
 import pyarrow as pa
 
 from idxlake.pipeline.idx.read import IdxFile
-from idxlake.pipeline.ingest.delta_commit import Codec, commit, file_schema, image_array, open_pending, write_split
+from idxlake.pipeline.ingest.compression import Codec, check_compression
+from idxlake.pipeline.ingest.delta_commit import (
+    commit,
+    file_schema,
+    image_array,
+    open_pending,
+    write_split,
+)
 from idxlake.pipeline.ingest.duplicates import already_holds, refuse_duplicate, refuse_duplicate_early, validate_fully
 from idxlake.pipeline.ingest.prefetch import prefetch
 from idxlake.pipeline.ingest.scan import ScannedSplit, SplitAccumulator, identify, named_spec, pixel_scale
@@ -177,6 +184,7 @@ def ingest(
     source_storage_options: Mapping[str, str] | None = None,
     row_group_rows: int = ROW_GROUP_ROWS,
     codec: Codec = DEFAULT_CODEC,
+    compression_level: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     allow_duplicate: bool = False,
@@ -197,6 +205,8 @@ def ingest(
             when the source is on the table's store, else none (the environment only).
         row_group_rows: Rows per Parquet row group (the loader's streaming unit).
         codec: Parquet compression codec.
+        compression_level: The codec's level (``None``: its default). LZ4_RAW 1-12 (3 and above
+            are LZ4HC: slower to write, smaller and faster to decode), ZSTD up to 22.
         progress: Called with the number of image bytes just processed.
         on_total: Called once with the total bytes ``progress`` will report.
         allow_duplicate: Let ``mode="append"`` add an images file the split already holds (same
@@ -207,12 +217,14 @@ def ingest(
 
     Raises:
         IdxFormatError, SourceError: bad input (the table is left unchanged).
+        IngestConfigError: a compression level the codec does not have.
         TableExistsError: ``mode="error"`` and the table exists.
         SchemaMismatchError: the source does not fit the existing table.
         SourceError: also for an append of sources the split already holds (see ``allow_duplicate``).
         CommitConflictError: another writer created the table or committed first; nothing was written.
     """
     t0 = time.perf_counter()
+    check_compression(codec, compression_level)
     if dataset is not None and dataset != GENERIC:
         try:
             get_dataset(dataset)
@@ -253,7 +265,8 @@ def ingest(
         for split, src in sources.items():
             write_split(pending, split, _stream(src, meta, file_schema(schema), scanned, id_offset=offsets[split],
                                                 chunk_records=chunk_records, progress=progress),
-                        file_schema=file_schema(schema), row_group_rows=chunk_records, codec=codec)
+                        file_schema=file_schema(schema), row_group_rows=chunk_records, codec=codec,
+                        compression_level=compression_level)
         spec, verified = identify(scanned, dataset)
         meta = _final_meta(meta, spec, verified, scanned, old, mode, table)
         rows = {k: s.images.count for k, s in scanned.items()}
