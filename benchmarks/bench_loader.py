@@ -20,7 +20,9 @@ interleaved block by block in one process so that machine noise hits them alike:
   uint8 and float32, with the decode cache (epochs after the first), on a ZSTD table and on
   one written with ``compression_level=6`` (LZ4HC),
   and on 4x and 8x MNIST tables (memory must stay flat); and without verifying the Parquet
-  page checksums (``loaders.plan.PAGE_CHECKSUMS``), to measure what the verification costs.
+  page checksums (``loaders.plan.PAGE_CHECKSUMS``), to measure what the verification costs; and with
+  torch's gathers and copies in the passes that decode (``loaders.stream.NUMPY_WHILE_DECODING``), to
+  measure what keeping torch's intra-op pool asleep there gains.
 
 After each throughput table, warm epochs back to back (:func:`back_to_back`): the limit and the
 cached loader alternating epoch by epoch without pauses, as a training loop runs them.
@@ -60,6 +62,8 @@ CONFIGS: dict[str, dict] = {
     "loader uint8, 0 workers, no page checksums": {"kind": "loader", "workers": 0, "checksums": False},
     "loader uint8, 0 workers, ZSTD": {"kind": "loader", "workers": 0, "table": "zstd"},
     "loader uint8, no DataLoader, LZ4_RAW level 6": {"kind": "loader", "direct": True, "table": "lz4hc"},
+    "loader uint8, no DataLoader, torch gathers while decoding": {"kind": "loader", "direct": True,
+                                                                  "numpy_gathers": False},
     "loader uint8, 0 workers, 4x MNIST": {"kind": "loader", "workers": 0, "table": "x4"},
     "loader uint8, 0 workers, 8x MNIST": {"kind": "loader", "workers": 0, "table": "x8"},
     "loader uint8, cached, 8x MNIST": {"kind": "loader", "workers": 0, "table": "x8", "cache": None},
@@ -159,9 +163,11 @@ def make_runner(config: dict, tables: dict[str, str], bs: int):
         loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
 
     import idxlake.loaders.plan as plan
+    import idxlake.loaders.stream as stream
 
     def run(epoch: int) -> int:
         plan.PAGE_CHECKSUMS = config.get("checksums", True)  # read when a file is opened
+        stream.NUMPY_WHILE_DECODING = config.get("numpy_gathers", True)
         ds.set_epoch(epoch)
         return sum(len(b["label"]) for b in loader)
     return run

@@ -34,6 +34,9 @@ from idxlake.schemas import IMAGE
 
 logger = logging.getLogger(__name__)
 
+NUMPY_WHILE_DECODING = True
+"""Passes that decode gather and copy with numpy (:mod:`idxlake.loaders.gather`); ``False``: with torch
+(``benchmarks/bench_loader.py`` compares the two in one run)."""
 READ_THREADS = 2
 """Threads decoding units ahead when reading in the main process; DataLoader workers use one each."""
 
@@ -81,7 +84,10 @@ class Arena:
             self.tensors = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in data.items()}
         start = int(self.offsets[unit]) if self.cache else self.free.pop() * self.slot_rows
         for k, v in data.items():  # numpy: one thread, torch's intra-op pool left asleep (``take``)
-            np.copyto(self.tensors[k][start:start + n].numpy(), v.numpy())
+            if NUMPY_WHILE_DECODING:
+                np.copyto(self.tensors[k][start:start + n].numpy(), v.numpy())
+            else:
+                self.tensors[k][start:start + n].copy_(v)
         self.shift[unit] = start - int(self.offsets[unit])
         self.resident[unit] = True
         self.decoded += 1
@@ -204,7 +210,7 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                 upcoming.pending[u] = readers.submit(reader.read, units[u])
                 upcoming.submitted += 1
 
-    serial = split is None  # this pass decodes: its gathers leave torch's pool to the readers (``take``)
+    serial = split is None and NUMPY_WHILE_DECODING  # decoding: leave torch's pool to the readers (gather.py)
 
     def gather(index: torch.Tensor) -> StreamBatch:
         out = dest(len(index), arena.tensors) if dest is not None else None

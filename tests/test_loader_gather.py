@@ -76,3 +76,14 @@ def test_decoding_passes_stay_off_torchs_pool_and_warm_passes_use_it(synthetic_t
     assert torch_calls["index_select"] == 3 * len(warm)  # image, label, id
     cold.set_epoch(1)
     assert [b["id"].tolist() for b in cold] == [b["id"].tolist() for b in warm]
+
+
+def test_the_benchmarks_switch_puts_torch_back(synthetic_table, torch_calls: Counter,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import idxlake.loaders.stream as stream
+
+    monkeypatch.setattr(stream, "NUMPY_WHILE_DECODING", False)  # what bench_loader.py compares against
+    table, _ = synthetic_table
+    ds = DeltaIterableDataset(table, split="train", batch_size=16, seed=3, cache_bytes=0)
+    batches = list(ds)
+    assert torch_calls["index_select"] == 3 * len(batches) and torch_calls["copy_"] >= 3 * 5  # 5 row groups
