@@ -6,12 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import SyntheticSource, make_source
 
-from idxlake import DeltaIterableDataset, IngestConfigError, ingest, write_idx
+import idxlake.pipeline.ingest.job as job
+from idxlake import DeltaIterableDataset, IngestConfigError, ingest, optimize, snapshot, write_idx
 from idxlake.cli import main
 
 
@@ -59,15 +61,47 @@ def test_lz4hc_level_writes_smaller_pages_and_reads_the_same_rows(tmp_path: Path
     ("LZ4_RAW", 13, r"compression level 13 is outside LZ4_RAW's range 1\.\.12"),
     ("LZ4_RAW", 0, r"compression level 0 is outside LZ4_RAW's range 1\.\.12"),
     ("ZSTD", 23, r"compression level 23 is outside ZSTD's range .*\.\.22"),
-    ("SNAPPY", 3, r"codec SNAPPY has no compression levels; drop --compression-level"),
+    ("SNAPPY", 3, r"codec SNAPPY has no compression levels; give no level, or use LZ4_RAW"),
     ("UNCOMPRESSED", 1, r"codec UNCOMPRESSED has no compression levels"),
+    ("LZ4_RAW", 6.5, r"compression level must be an integer, got 6\.5"),
+    ("LZ4_RAW", "6", r"compression level must be an integer, got '6'"),
+    ("LZ4_RAW", True, r"compression level must be an integer, got True"),
+    ("GZIP", None, r"unknown codec 'GZIP'; use one of LZ4_RAW, SNAPPY, UNCOMPRESSED, ZSTD"),
 ])
 def test_a_level_the_codec_lacks_is_refused_before_writing(tmp_path: Path, synthetic_source, codec: str,
-                                                           level: int, message: str) -> None:
+                                                           level: object, message: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     table = tmp_path / "t"
+    written = []
+    monkeypatch.setattr(job, "write_split", lambda *a, **k: written.append(a))
     with pytest.raises(IngestConfigError, match=message):
         ingest(synthetic_source.root, str(table), codec=codec, compression_level=level)  # type: ignore[arg-type]
-    assert not table.exists()
+    assert not table.exists() and not written  # refused before the first file
+
+
+def test_numpy_integer_levels_are_taken(tmp_path: Path, smooth_source) -> None:
+    table = str(tmp_path / "t")
+    ingest(smooth_source.root, table, row_group_rows=64, compression_level=np.int64(9))  # type: ignore[arg-type]
+    default = str(tmp_path / "d")
+    ingest(smooth_source.root, default, row_group_rows=64)
+    assert _image_bytes(table)[0] < 0.95 * _image_bytes(default)[0]
+
+
+def test_optimize_keeps_a_level_only_when_given_again(tmp_path: Path, smooth_source) -> None:
+    sizes = {}
+    for name, level in (("default", None), ("again", 9)):
+        table = str(tmp_path / name)
+        ingest(smooth_source.root, table, row_group_rows=64, compression_level=9)
+        ingest(smooth_source.root, table, mode="append", allow_duplicate=True, compression_level=9)
+        result = optimize(table, compression_level=level)
+        assert result.compacted == ["train"]
+        live = {str(Path(table) / f.path) for f in snapshot(table).files}
+        sizes[name] = sum(pq.ParquetFile(p).metadata.row_group(rg).column(2).total_compressed_size
+                          for p in live for rg in range(pq.ParquetFile(p).metadata.num_row_groups))
+    assert sizes["again"] < 0.95 * sizes["default"]  # None: the codec's default level (footers lack the level)
+    ingest(smooth_source.root, str(tmp_path / "again"), mode="append", allow_duplicate=True)
+    with pytest.raises(IngestConfigError, match="outside LZ4_RAW's range"):
+        optimize(str(tmp_path / "again"), compression_level=99)
 
 
 def test_cli_compression_level(tmp_path: Path, smooth_source, capsys: pytest.CaptureFixture) -> None:

@@ -111,6 +111,9 @@ def register(sub: Any) -> None:
     p.add_argument("table", help="table path or URI")
     p.add_argument("--target-mb", type=positive_int, default=None, metavar="MB",
                    help="uncompressed image MiB per file (default 128)")
+    p.add_argument("--compression-level", type=int, default=None, metavar="N",
+                   help="level of the files' codec (default: its own; Parquet does not record the level an "
+                        "ingest used, so give its --compression-level again)")
     add_json_option(p, "what was compacted")
     add_table_options(p, version=False)
     p.set_defaults(run=run_optimize)
@@ -236,7 +239,8 @@ def run_optimize(args: argparse.Namespace) -> int:
     from idxlake.pipeline.inspect.maintenance import optimize
 
     target = args.target_mb << 20 if args.target_mb else None
-    result = optimize(args.table, target_file_bytes=target, storage_options=storage_options(args))
+    result = optimize(args.table, target_file_bytes=target, compression_level=args.compression_level,
+                      storage_options=storage_options(args))
     if args.json:
         from idxlake.cli.formatting import json_document
 

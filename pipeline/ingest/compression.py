@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from typing import Literal
 
 import pyarrow as pa
@@ -14,18 +15,35 @@ PYARROW_CODECS: dict[str, str] = {"LZ4_RAW": "lz4_raw", "SNAPPY": "snappy", "UNC
 """Codec -> pyarrow's name for it."""
 
 
-def check_compression(codec: Codec, level: int | None) -> None:
-    """Refuse a compression level its codec does not have (before anything is written).
+def check_compression(codec: str, level: object) -> int | None:
+    """Check a codec and a compression level before anything is written.
+
+    Args:
+        codec: One of :data:`Codec`.
+        level: The codec's level, or ``None`` for its default; any integer type (not ``bool``).
+
+    Returns:
+        The level as an ``int`` (``None`` stays ``None``).
 
     Raises:
-        IngestConfigError: naming the codec's range, or that it has no levels.
+        IngestConfigError: an unknown codec, a level that is not an integer, one outside the codec's
+            range, or a level for a codec that has none.
     """
+    if codec not in PYARROW_CODECS:
+        raise IngestConfigError(f"unknown codec {codec!r}; use one of {', '.join(sorted(PYARROW_CODECS))}")
     if level is None:
-        return
+        return None
+    try:
+        if isinstance(level, bool):
+            raise TypeError
+        level = operator.index(level)  # type: ignore[arg-type]
+    except TypeError:
+        raise IngestConfigError(f"compression level must be an integer, got {level!r}") from None
     name = PYARROW_CODECS[codec]
     if name == "none" or not pa.Codec.supports_compression_level(name):
-        raise IngestConfigError(f"codec {codec} has no compression levels; drop --compression-level or use "
-                                "LZ4_RAW (1-12) or ZSTD")
+        raise IngestConfigError(f"codec {codec} has no compression levels; give no level, or use LZ4_RAW "
+                                "(1-12) or ZSTD")
     low, high = pa.Codec.minimum_compression_level(name), pa.Codec.maximum_compression_level(name)
     if not low <= level <= high:
         raise IngestConfigError(f"compression level {level} is outside {codec}'s range {low}..{high}")
+    return level

@@ -206,7 +206,8 @@ def ingest(
         row_group_rows: Rows per Parquet row group (the loader's streaming unit).
         codec: Parquet compression codec.
         compression_level: The codec's level (``None``: its default). LZ4_RAW 1-12 (3 and above
-            are LZ4HC: slower to write, smaller and faster to decode), ZSTD up to 22.
+            are LZ4HC: slower to write, smaller and faster to decode), ZSTD up to 22 (negative:
+            faster). Parquet footers do not record it: pass it to :func:`optimize` too.
         progress: Called with the number of image bytes just processed.
         on_total: Called once with the total bytes ``progress`` will report.
         allow_duplicate: Let ``mode="append"`` add an images file the split already holds (same
@@ -217,14 +218,14 @@ def ingest(
 
     Raises:
         IdxFormatError, SourceError: bad input (the table is left unchanged).
-        IngestConfigError: a compression level the codec does not have.
+        IngestConfigError: an unknown codec, or a compression level it does not have.
         TableExistsError: ``mode="error"`` and the table exists.
         SchemaMismatchError: the source does not fit the existing table.
         SourceError: also for an append of sources the split already holds (see ``allow_duplicate``).
         CommitConflictError: another writer created the table or committed first; nothing was written.
     """
     t0 = time.perf_counter()
-    check_compression(codec, compression_level)
+    compression_level = check_compression(codec, compression_level)
     if dataset is not None and dataset != GENERIC:
         try:
             get_dataset(dataset)

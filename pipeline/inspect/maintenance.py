@@ -158,7 +158,7 @@ def _read_in_order(snap: TableSnapshot, files: list[DataFile], schema: pa.Schema
                                       f"({exc}); run `idxlake verify {snap.uri}`") from exc
 
 
-def optimize(table: str, *, target_file_bytes: int | None = None,
+def optimize(table: str, *, target_file_bytes: int | None = None, compression_level: int | None = None,
              storage_options: Mapping[str, str] | None = None) -> OptimizeResult:
     """Compact every split that has more files than its size needs, keeping ``id`` order and content.
 
@@ -168,6 +168,9 @@ def optimize(table: str, *, target_file_bytes: int | None = None,
         table: Table path or URI.
         target_file_bytes: Roll to a new file after about this many uncompressed image bytes
             (default: the ingest writer's 128 MiB).
+        compression_level: The level of the rewritten files' codec (the codec is the files' own).
+            Parquet footers record the codec but not its level, so ``None`` writes the codec's
+            default: give the ingest's ``compression_level`` again to keep an LZ4HC table small.
         storage_options: Object-store options.
 
     Returns:
@@ -177,7 +180,9 @@ def optimize(table: str, *, target_file_bytes: int | None = None,
         TableNotFoundError: no table.
         SchemaMismatchError: not an idxlake table.
         MaintenanceError: ``target_file_bytes`` below 1.
+        IngestConfigError: a compression level the codec does not have.
     """
+    from idxlake.pipeline.ingest.compression import check_compression
     from idxlake.pipeline.ingest.delta_commit import TARGET_FILE_BYTES, commit, file_schema, open_pending, write_split
     from idxlake.schemas.version import __version__
 
@@ -203,8 +208,9 @@ def optimize(table: str, *, target_file_bytes: int | None = None,
             except FileNotFoundError as exc:
                 raise _vanished(snap, str(exc.filename or exc)) from exc
             batches = _rebatch(_read_in_order(snap, files, fschema), row_group_rows, fschema)
+            level = check_compression(codec, compression_level)
             write_split(pending, split, batches, file_schema=fschema, row_group_rows=row_group_rows,
-                        codec=codec, target_file_bytes=target)  # type: ignore[arg-type]
+                        codec=codec, compression_level=level, target_file_bytes=target)  # type: ignore[arg-type]
             rewritten += sum(f.num_records for f in files)
         lineage = {"idxlake_version": __version__, "operation": "optimize", "read_version": snap.version,
                    "files": {s: {"before": before[s],
