@@ -4,10 +4,13 @@ torch runs a batch-sized gather or copy on its intra-op OpenMP threads, whose wo
 waiting for the next one. With torch's threads taking every CPU (its default), that spinning takes
 the cores the reader threads decode on: a cold MNIST epoch at 2 threads on 2 cores went from 37.8 to
 27.2 ms (70 -> 42 ms of CPU) when its gathers and arena copies moved to numpy; at 1 thread both are the
-same. Warm passes, which decode nothing, gather with torch.
+same, and torch's per-call cost is lower, so with one torch thread (no pool) the passes keep torch's
+ops. Warm passes, which decode nothing, gather with torch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -17,25 +20,39 @@ def take(tensor: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = N
     """``tensor.index_select(0, index)`` (into ``out`` if given) by numpy: on the calling thread, GIL released.
 
     Args:
-        tensor: A CPU tensor of a dtype numpy has (rows first).
+        tensor: A CPU tensor of a dtype numpy has (rows first; not requiring grad).
         index: int64 row indices.
         out: A contiguous tensor of the result's shape and dtype, or ``None`` for a new one.
 
     Raises:
         IndexError: an index outside ``tensor`` (negative ones too, as torch).
     """
-    return take_columns({"": tensor}, index, None if out is None else {"": out})[""]
+    return Gatherer({"": tensor})(index, None if out is None else {"": out})[""]
 
 
-def take_columns(columns: dict[str, torch.Tensor], index: torch.Tensor,
-                 out: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """:func:`take` of the same rows of several columns of equal length (the index checked once)."""
-    ix = index.numpy()
-    rows = min((len(t) for t in columns.values()), default=0)
-    if len(ix) and not (int(ix.min()) >= 0 and int(ix.max()) < rows):
-        raise IndexError(f"gather index out of range for {rows} rows")
-    if out is None:  # checked above: "clip" changes nothing and skips numpy's own checks
-        return {c: torch.from_numpy(np.take(t.numpy(), ix, axis=0, mode="clip")) for c, t in columns.items()}
-    for c, t in columns.items():
-        np.take(t.numpy(), ix, axis=0, out=out[c].numpy(), mode="clip")  # "clip": unbuffered
-    return {c: out[c] for c in columns}
+class Gatherer:
+    """:func:`take` of the same rows of several columns of equal length: numpy views made once, the
+    index checked once per call.
+
+    Args:
+        columns: Column name -> CPU tensor (rows first), all with the same rows.
+    """
+
+    def __init__(self, columns: Mapping[str, torch.Tensor]) -> None:
+        self.arrays = {c: t.numpy() for c, t in columns.items()}
+        self.rows = min((len(a) for a in self.arrays.values()), default=0)
+
+    def __call__(self, index: torch.Tensor, out: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """The rows ``index`` of every column (into ``out``'s tensors if given).
+
+        Raises:
+            IndexError: an index outside the columns.
+        """
+        ix = index.numpy()
+        if len(ix) and not (ix.min() >= 0 and ix.max() < self.rows):
+            raise IndexError(f"gather index out of range for {self.rows} rows")
+        if out is None:  # checked above: "clip" changes nothing and skips numpy's own checks
+            return {c: torch.from_numpy(np.take(a, ix, axis=0, mode="clip")) for c, a in self.arrays.items()}
+        for c, a in self.arrays.items():
+            np.take(a, ix, axis=0, out=out[c].numpy(), mode="clip")  # "clip": unbuffered
+        return {c: out[c] for c in self.arrays}

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from idxlake.loaders.decode import Batch, UnitReader
-from idxlake.loaders.gather import take_columns
+from idxlake.loaders.gather import Gatherer
 from idxlake.loaders.misuse import StreamBatch
 from idxlake.loaders.plan import Plan
 from idxlake.loaders.world import World
@@ -35,8 +35,8 @@ from idxlake.schemas import IMAGE
 logger = logging.getLogger(__name__)
 
 NUMPY_WHILE_DECODING = True
-"""Passes that decode gather and copy with numpy (:mod:`idxlake.loaders.gather`); ``False``: with torch
-(``benchmarks/bench_loader.py`` compares the two in one run)."""
+"""Passes that decode gather and copy with numpy when torch has an intra-op pool (more than one thread,
+:mod:`idxlake.loaders.gather`); ``False``: with torch (``benchmarks/bench_loader.py`` compares them)."""
 READ_THREADS = 2
 """Threads decoding units ahead when reading in the main process; DataLoader workers use one each."""
 
@@ -84,7 +84,7 @@ class Arena:
             self.tensors = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in data.items()}
         start = int(self.offsets[unit]) if self.cache else self.free.pop() * self.slot_rows
         for k, v in data.items():  # numpy: one thread, torch's intra-op pool left asleep (``take``)
-            if NUMPY_WHILE_DECODING:
+            if NUMPY_WHILE_DECODING and torch.get_num_threads() > 1:
                 np.copyto(self.tensors[k][start:start + n].numpy(), v.numpy())
             else:
                 self.tensors[k][start:start + n].copy_(v)
@@ -210,12 +210,15 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                 upcoming.pending[u] = readers.submit(reader.read, units[u])
                 upcoming.submitted += 1
 
-    serial = split is None and NUMPY_WHILE_DECODING  # decoding: leave torch's pool to the readers (gather.py)
+    serial = split is None and NUMPY_WHILE_DECODING and torch.get_num_threads() > 1  # decoding: see gather.py
+    gatherer: Gatherer | None = None
 
     def gather(index: torch.Tensor) -> StreamBatch:
+        nonlocal gatherer
         out = dest(len(index), arena.tensors) if dest is not None else None
         if serial:
-            return StreamBatch(take_columns(arena.tensors, index, out))
+            gatherer = gatherer or Gatherer(arena.tensors)  # the arena's columns exist after the first put
+            return StreamBatch(gatherer(index, out))
         if out is None:
             return StreamBatch({c: t.index_select(0, index) for c, t in items})
         return StreamBatch({c: torch.index_select(t, 0, index, out=out[c]) for c, t in items})

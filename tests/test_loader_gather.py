@@ -1,10 +1,11 @@
-"""Passes that decode gather and copy with numpy on their own thread (loaders/gather.py), leaving torch's
-intra-op pool asleep for the reader threads; warm passes gather with torch. Checked by recording the
-torch calls a pass makes, and ``take`` against ``index_select``."""
+"""Passes that decode gather and copy with numpy on their own thread (loaders/gather.py) when torch has an
+intra-op pool, leaving it asleep for the reader threads; warm passes, and any pass at 1 thread, use torch.
+Checked by recording the torch calls a pass makes, and ``take`` against ``index_select``."""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
 import torch
@@ -41,6 +42,15 @@ def test_take_refuses_rows_outside_the_tensor(into: bool, bad: int) -> None:
 
 
 @pytest.fixture
+def two_threads() -> Iterator[None]:
+    """torch with an intra-op pool (2 threads), whatever this machine's default."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def torch_calls(monkeypatch: pytest.MonkeyPatch) -> Counter:
     """Counts the loader's batch gathers and copies that run through torch (and so its intra-op pool)."""
     calls: Counter = Counter()
@@ -55,7 +65,8 @@ def torch_calls(monkeypatch: pytest.MonkeyPatch) -> Counter:
     return calls
 
 
-def test_decoding_passes_stay_off_torchs_pool_and_warm_passes_use_it(synthetic_table, torch_calls: Counter) -> None:
+def test_decoding_passes_stay_off_torchs_pool_and_warm_passes_use_it(synthetic_table, torch_calls: Counter,
+                                                                     two_threads: None) -> None:
     table, source = synthetic_table
     images = torch.from_numpy(source.arrays["train"][0]).unsqueeze(1)
     cold = DeltaIterableDataset(table, split="train", batch_size=16, seed=3, cache_bytes=0)
@@ -78,11 +89,15 @@ def test_decoding_passes_stay_off_torchs_pool_and_warm_passes_use_it(synthetic_t
     assert [b["id"].tolist() for b in cold] == [b["id"].tolist() for b in warm]
 
 
-def test_the_benchmarks_switch_puts_torch_back(synthetic_table, torch_calls: Counter,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("case", ["the benchmarks' switch", "one torch thread"])
+def test_torch_gathers_while_decoding_without_a_pool_or_when_switched(
+        synthetic_table, torch_calls: Counter, two_threads: None, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
     import idxlake.loaders.stream as stream
 
-    monkeypatch.setattr(stream, "NUMPY_WHILE_DECODING", False)  # what bench_loader.py compares against
+    if case == "one torch thread":  # no pool to keep asleep: torch's ops cost less per call
+        torch.set_num_threads(1)
+    else:
+        monkeypatch.setattr(stream, "NUMPY_WHILE_DECODING", False)  # what bench_loader.py compares against
     table, _ = synthetic_table
     ds = DeltaIterableDataset(table, split="train", batch_size=16, seed=3, cache_bytes=0)
     batches = list(ds)
