@@ -21,7 +21,7 @@ interleaved block by block in one process so that machine noise hits them alike:
   one written with ``compression_level=6`` (LZ4HC),
   and on 4x and 8x MNIST tables (memory must stay flat); and without verifying the Parquet
   page checksums (``loaders.plan.PAGE_CHECKSUMS``), to measure what the verification costs; and with
-  torch's gathers and copies in the passes that decode (``loaders.stream.NUMPY_WHILE_DECODING``), to
+  torch's gathers and copies in the passes that decode (``loaders.gather.NUMPY_WHILE_DECODING``), to
   measure what keeping torch's intra-op pool asleep there gains.
 
 After each throughput table, warm epochs back to back (:func:`back_to_back`): the limit and the
@@ -162,12 +162,12 @@ def make_runner(config: dict, tables: dict[str, str], bs: int):
     else:
         loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
 
+    import idxlake.loaders.gather as gather
     import idxlake.loaders.plan as plan
-    import idxlake.loaders.stream as stream
 
     def run(epoch: int) -> int:
         plan.PAGE_CHECKSUMS = config.get("checksums", True)  # read when a file is opened
-        stream.NUMPY_WHILE_DECODING = config.get("numpy_gathers", True)
+        gather.NUMPY_WHILE_DECODING = config.get("numpy_gathers", True)
         ds.set_epoch(epoch)
         return sum(len(b["label"]) for b in loader)
     return run

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from idxlake.loaders.gather import take
+from idxlake.loaders.gather import numpy_now, take
 from idxlake.loaders.plan import Plan, Unit, corrupt_file_error, missing_file_error, open_parquet
 from idxlake.schemas import ID, IMAGE, LABEL, SchemaMismatchError, TableMeta
 
@@ -164,7 +164,7 @@ class UnitReader:
                 out[name] = image.unsqueeze(1) if image.dim() == 3 else image  # [n, 1, H, W]
             elif name in (LABEL, ID):
                 out[name] = int_tensor(column)
-        if unit.rows is not None:  # on this reader thread, not torch's pool (loaders/gather.py)
+        if unit.rows is not None:  # with a pool: on this reader thread, not torch's pool (loaders/gather.py)
             index = torch.from_numpy(unit.rows)
-            out = {k: take(v, index) for k, v in out.items()}
+            out = {k: take(v, index) if numpy_now() else v.index_select(0, index) for k, v in out.items()}
         return out

@@ -15,6 +15,16 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
+NUMPY_WHILE_DECODING = True
+"""Passes that decode gather and copy with numpy when torch has an intra-op pool (:func:`numpy_now`);
+``False``: with torch (``benchmarks/bench_loader.py`` compares them in one run)."""
+
+
+def numpy_now() -> bool:
+    """Whether a pass that decodes should gather and copy with numpy now: torch has a pool to keep asleep
+    (more than one intra-op thread) and :data:`NUMPY_WHILE_DECODING` is on."""
+    return NUMPY_WHILE_DECODING and torch.get_num_threads() > 1
+
 
 def take(tensor: torch.Tensor, index: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """``tensor.index_select(0, index)`` (into ``out`` if given) by numpy: on the calling thread, GIL released.

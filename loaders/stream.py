@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import get_worker_info
 
 from idxlake.loaders.decode import Batch, UnitReader
-from idxlake.loaders.gather import Gatherer
+from idxlake.loaders.gather import Gatherer, numpy_now
 from idxlake.loaders.misuse import StreamBatch
 from idxlake.loaders.plan import Plan
 from idxlake.loaders.world import World
@@ -34,9 +34,6 @@ from idxlake.schemas import IMAGE
 
 logger = logging.getLogger(__name__)
 
-NUMPY_WHILE_DECODING = True
-"""Passes that decode gather and copy with numpy when torch has an intra-op pool (more than one thread,
-:mod:`idxlake.loaders.gather`); ``False``: with torch (``benchmarks/bench_loader.py`` compares them)."""
 READ_THREADS = 2
 """Threads decoding units ahead when reading in the main process; DataLoader workers use one each."""
 
@@ -84,7 +81,7 @@ class Arena:
             self.tensors = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in data.items()}
         start = int(self.offsets[unit]) if self.cache else self.free.pop() * self.slot_rows
         for k, v in data.items():  # numpy: one thread, torch's intra-op pool left asleep (``take``)
-            if NUMPY_WHILE_DECODING and torch.get_num_threads() > 1:
+            if numpy_now():
                 np.copyto(self.tensors[k][start:start + n].numpy(), v.numpy())
             else:
                 self.tensors[k][start:start + n].copy_(v)
@@ -210,7 +207,7 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                 upcoming.pending[u] = readers.submit(reader.read, units[u])
                 upcoming.submitted += 1
 
-    serial = split is None and NUMPY_WHILE_DECODING and torch.get_num_threads() > 1  # decoding: see gather.py
+    serial = split is None and numpy_now()  # a pass that decodes: see gather.py
     gatherer: Gatherer | None = None
 
     def gather(index: torch.Tensor) -> StreamBatch:

@@ -92,12 +92,12 @@ def test_decoding_passes_stay_off_torchs_pool_and_warm_passes_use_it(synthetic_t
 @pytest.mark.parametrize("case", ["the benchmarks' switch", "one torch thread"])
 def test_torch_gathers_while_decoding_without_a_pool_or_when_switched(
         synthetic_table, torch_calls: Counter, two_threads: None, monkeypatch: pytest.MonkeyPatch, case: str) -> None:
-    import idxlake.loaders.stream as stream
+    import idxlake.loaders.gather as gather
 
     if case == "one torch thread":  # no pool to keep asleep: torch's ops cost less per call
         torch.set_num_threads(1)
     else:
-        monkeypatch.setattr(stream, "NUMPY_WHILE_DECODING", False)  # what bench_loader.py compares against
+        monkeypatch.setattr(gather, "NUMPY_WHILE_DECODING", False)  # what bench_loader.py compares against
     table, _ = synthetic_table
     ds = DeltaIterableDataset(table, split="train", batch_size=16, seed=3, cache_bytes=0)
     batches = list(ds)
