@@ -11,7 +11,7 @@ import functools
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 import numpy as np
@@ -19,7 +19,7 @@ import pyarrow.dataset as pads
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
-from idxlake.loaders.lookahead import OrderKey, PassPlan, choose, pass_key, plan_pass, planned, spare_core
+from idxlake.loaders.lookahead import OrderKey, PassPlan, WarmPlan, choose, pass_key, plan_ahead, plan_pass, spare_core
 from idxlake.loaders.options import check_options, pin_snapshot
 from idxlake.loaders.order import PHASES
 from idxlake.loaders.plan import OUTPUT_COLUMNS, PinnedPlan, Plan, build_plan
@@ -130,7 +130,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
     def _init_process_state(self) -> None:
         self._reader = UnitReader(self.plan)
         self._next: PassPlan | None = None  # the next epoch's pass, its first reads submitted (lookahead.py)
-        self._warm: Future[PassPlan] | None = None  # the next warm pass, planned in a reader thread
+        self._warm: WarmPlan | None = None  # the next warm pass, planned in a reader thread
         self._last_epoch: int | None = None  # epoch of this process's previous pass
         self._owner = os.getpid()  # the process _next and _last_epoch belong to (a forked worker: not its own)
         self._cache: Arena | None = None  # the cache arena (whole selection), kept across epochs
@@ -293,12 +293,12 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
             self._owner, self._next, self._warm, self._last_epoch = os.getpid(), None, None, None
         key, ahead, self._next = pass_key(progress.epoch, world, batches), self._next, None
         cached = self._cache is not None and bool(self._cache.resident.all())
-        future, self._warm = self._warm, None
-        warm = planned(future, key) if cached else None
-        ahead = choose(ahead, warm, key, cached=cached,
+        pending, self._warm = self._warm, None
+        ahead = choose(ahead, pending, key, cached=cached,
                        plan=lambda: self._pass_plan(progress.epoch, world, tail, batches, cached=cached))
-        upcoming = functools.partial(self._pass_plan, progress.epoch + 1, world, tail, worker_batches(
-            total, worker=world.worker, num_workers=world.num_workers))  # this consumer's pass over the next epoch
+        nxt = worker_batches(total, worker=world.worker, num_workers=world.num_workers)
+        upcoming = functools.partial(self._pass_plan, progress.epoch + 1, world, tail, nxt)  # the next epoch's pass
+        later = pass_key(progress.epoch + 1, world, nxt)
 
         def following() -> PassPlan:  # the next pass, its first reads submitted ahead
             self._next = upcoming()
@@ -307,7 +307,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         advancing, self._last_epoch = self._last_epoch is not None and progress.epoch > self._last_epoch, progress.epoch
         pool = self._thread_pool()
         if cached and advancing and pool is not None and spare_core():  # plan the next warm pass off this thread
-            self._warm = pool.submit(upcoming, cached=True)
+            self._warm = plan_ahead(pool, later, upcoming)
         log_reads(self.plan, world, ahead.sched, lanes=self.lanes, phases=self.phases, shuffle=self.shuffle,
                   seen=self._logged)
         self._cache = self._cache or (Arena(self.plan, cache=True) if fits_cache(self.plan, self.cache_bytes) else None)
@@ -320,6 +320,9 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
                               dest=ring.dest if ring is not None and finish is None else None)
         try:
             yield from batches_out if ring is None else ring.send(batches_out)
+            ended_warm = self._cache is not None and self._cache.resident.all() and get_worker_info() is None
+            if ended_warm and self._warm is None and pool is not None:  # plan the next pass between epochs
+                self._warm = plan_ahead(pool, later, upcoming)
         finally:
             if not arena.cache:
                 self._slots = arena

@@ -15,7 +15,11 @@ only when its row groups are decoded.
 A warm pass (every unit in the cache) reads nothing, so its planning, the order of the epoch, is
 the one cost a pass adds to the gathers. When torch's intra-op threads leave a CPU of this process
 free (:func:`spare_core`), a warm pass over an advancing epoch plans the next pass in a reader
-thread while it yields; the next pass takes that plan if it is that pass.
+thread while it yields. Otherwise a pass in the main process that ends with every unit in the cache
+starts that planning as it ends, so that it runs beside the training loop's own end-of-epoch work
+instead of at the next pass's start (not in a DataLoader worker: there it ran beside the other
+workers' last batches, and epochs got slower). The next pass takes that plan if it is that pass, and
+plans in place without waiting for it otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,24 +138,38 @@ def usable_cpus() -> int:
     return cpus
 
 
-def planned(future: Future[PassPlan] | None, key: PassKey) -> PassPlan | None:
-    """The pass planned in the background (waiting for it), if it is the pass ``key`` names; ``None``
-    (the pass plans in place) if it is another pass or the planning failed."""
-    if future is None:
+@dataclass(frozen=True)
+class WarmPlan:
+    """A warm pass being planned in a reader thread: the pass it is for (:func:`pass_key`), and the planning."""
+
+    key: PassKey
+    future: Future[PassPlan]
+
+
+def plan_ahead(pool: ThreadPoolExecutor, key: PassKey, plan: Callable[..., PassPlan]) -> WarmPlan:
+    """Start planning the warm pass ``key`` (``plan(cached=True)``) in a thread of ``pool``."""
+    return WarmPlan(key, pool.submit(plan, cached=True))
+
+
+def planned(pending: WarmPlan | None, key: PassKey) -> PassPlan | None:
+    """The pass planned in the background, if it is the pass ``key`` names (then waiting for it); ``None``
+    (the pass plans in place, without waiting) if it is another pass, or if the planning failed."""
+    if pending is None or pending.key != key:
         return None
     try:
-        plan = future.result()
+        plan = pending.future.result()
     except Exception:  # e.g. MemoryError while the gathers ran: planning in place raises it if it recurs
         logger.debug("planning the next pass in the background failed; planning in place", exc_info=True)
         return None
     return plan if plan.key == key else None
 
 
-def choose(ahead: PassPlan | None, warm: PassPlan | None, key: PassKey, *, cached: bool,
+def choose(ahead: PassPlan | None, pending: WarmPlan | None, key: PassKey, *, cached: bool,
            plan: Callable[[], PassPlan]) -> PassPlan:
-    """The plan of the pass ``key``: the one read ahead if it is that pass (and not cached), else the
-    warm plan made in the background, else ``plan()``; a plan read ahead and not used is cancelled."""
+    """The plan of the pass ``key``: the one read ahead if it is that pass (and not cached), else (cached)
+    the warm plan made in the background (:func:`planned`), else ``plan()``; a plan read ahead and not
+    used is cancelled."""
     if ahead is not None and (cached or ahead.key != key):
         ahead.cancel()
         ahead = None
-    return ahead or warm or plan()
+    return ahead or (planned(pending, key) if cached else None) or plan()

@@ -138,7 +138,10 @@ def cached_ids(table: str, epoch: int) -> list[list[int]]:
     """A lone pass over ``epoch`` from a filled cache (epoch 0 fills it), planned in place."""
     ds = DeltaIterableDataset(table, split="train", batch_size=64, seed=4, prefetch=False)
     epoch_ids(ds, 0)
-    return epoch_ids(ds, epoch)
+    ids = epoch_ids(ds, epoch)
+    if ds._warm is not None:  # the plan its last pass started: done before the caller looks at plans
+        ds._warm.future.result()
+    return ids
 
 
 def test_a_warm_pass_plans_the_next_one_in_a_reader_thread(many_groups, monkeypatch) -> None:  # noqa: F811
@@ -155,28 +158,45 @@ def test_a_warm_pass_plans_the_next_one_in_a_reader_thread(many_groups, monkeypa
     monkeypatch.setattr(dataset_module, "plan_pass", plan_pass)
     monkeypatch.setattr(dataset_module, "spare_core", lambda: True)
     ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4)  # the cache fits
-    epoch_ids(ds, 0)  # fills the cache: no warm plan yet
-    assert ds._warm is None
+    epoch_ids(ds, 0)  # fills the cache, then plans epoch 1 as it ends
+    assert ds._warm is not None and ds._warm.key[0] == 1 and ds._warm.future.result().key[0] == 1
     assert epoch_ids(ds, 1) == cached_ids(many_groups, 1)  # warm, advancing: plans epoch 2 off this thread
-    assert ds._warm is not None and ds._warm.result().key[0] == 2
+    assert ds._warm is not None and ds._warm.future.result().key[0] == 2
     expected = cached_ids(many_groups, 2)
     planned_in.clear()
     assert epoch_ids(ds, 2) == expected  # takes that plan: the same batches
-    ds._warm.result()
+    ds._warm.future.result()
     assert len(planned_in) == 1 and planned_in[0].startswith("idxlake-read"), planned_in  # only epoch 3's, ahead
     expected = cached_ids(many_groups, 7)
     planned_in.clear()
     assert epoch_ids(ds, 7) == expected  # epoch 3 was planned: 7 is planned again, same batches
-    ds._warm.result()
+    ds._warm.future.result()
     assert planned_in[0] == "MainThread" and len(planned_in) == 2, planned_in  # 7 here, 8 ahead
     ds.load_state_dict({"epoch": 8, "batches_consumed": 5})
     ds.set_epoch(8)
     assert [b["id"].tolist() for b in ds] == cached_ids(many_groups, 8)[5:]  # a resume: not the pass planned
 
 
-def test_no_warm_plan_ahead_without_a_spare_core(many_groups, monkeypatch) -> None:  # noqa: F811
+def test_without_a_spare_core_the_next_plan_is_made_between_passes(many_groups, monkeypatch) -> None:  # noqa: F811
+    """With torch's threads on every CPU, no plan runs beside a pass's gathers: a pass that ends warm
+    starts the next epoch's plan as it ends; the next pass takes it, and a jump does not wait for it."""
+    import threading
+
+    import idxlake.loaders.dataset as dataset_module
+    from idxlake.loaders import lookahead
     from idxlake.loaders.lookahead import spare_core
 
+    expected = {e: cached_ids(many_groups, e) for e in (0, 1, 2, 9)}
+    planned_in: list[tuple[str, int]] = []
+    real, slow = lookahead.plan_pass, threading.Event()
+
+    def plan_pass(plan, order, **kwargs):  # type: ignore[no-untyped-def]
+        planned_in.append((threading.current_thread().name, order.epoch))
+        if order.epoch == 3 and not slow.is_set():
+            slow.wait(5)  # a plan nobody asks for: the pass of epoch 9 must not wait for it
+        return real(plan, order, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "plan_pass", plan_pass)
     cpus = len(os.sched_getaffinity(0))
     threads = torch.get_num_threads()
     try:
@@ -184,11 +204,22 @@ def test_no_warm_plan_ahead_without_a_spare_core(many_groups, monkeypatch) -> No
         assert not spare_core()  # torch's threads use every CPU: planning would take turns with the gathers
         ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4)
         for epoch in range(3):
-            epoch_ids(ds, epoch)
-        assert ds._warm is None
+            ds.set_epoch(epoch)
+            it = iter(ds)
+            first = [next(it)["id"].tolist()]
+            assert ds._warm is None  # nothing planned while the pass runs
+            assert first + [b["id"].tolist() for b in it] == expected[epoch]
+            assert ds._warm is not None and ds._warm.key[0] == epoch + 1  # planned as the pass ended
+            ds._warm.future.result()
+        assert planned_in == [("MainThread", 0)] + [(n, e) for n, e in planned_in[1:] if n.startswith("idxlake-read")]
+        assert [e for _, e in planned_in] == [0, 1, 2, 3]  # each later epoch's plan came from the pass before
+        started = time.perf_counter()
+        assert epoch_ids(ds, 9) == expected[9]  # a jump: planned in place, epoch 3's still pending
+        assert time.perf_counter() - started < 4 and not slow.is_set()
         torch.set_num_threads(1)
         assert spare_core() == (cpus > 1)
     finally:
+        slow.set()
         torch.set_num_threads(threads)
 
 
@@ -210,6 +241,7 @@ def test_a_failed_background_plan_is_planned_in_place(many_groups, monkeypatch, 
     monkeypatch.setattr(dataset_module, "spare_core", lambda: True)
     ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4)
     epoch_ids(ds, 0)
+    ds._warm.future.result()  # epoch 1's plan, made as the filling pass ended
     fail["on"] = True
     epoch_ids(ds, 1)  # warm: the background plan of epoch 2 fails
     with caplog.at_level("DEBUG", logger="idxlake.loaders.lookahead"):
@@ -230,10 +262,10 @@ def test_workers_started_while_a_warm_plan_is_pending(many_groups, monkeypatch, 
 
     real, release = lookahead.plan_pass, threading.Event()
 
-    def plan_pass(*args, **kwargs):
-        if threading.current_thread().name.startswith("idxlake-read"):
+    def plan_pass(plan, order, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name.startswith("idxlake-read") and order.epoch == 2:
             release.wait(30)  # the background plan of epoch 2 stays pending until the workers are done
-        return real(*args, **kwargs)
+        return real(plan, order, **kwargs)
 
     monkeypatch.setattr(dataset_module, "plan_pass", plan_pass)
     monkeypatch.setattr(dataset_module, "spare_core", lambda: True)
@@ -241,7 +273,7 @@ def test_workers_started_while_a_warm_plan_is_pending(many_groups, monkeypatch, 
     epoch_ids(ds, 0)
     epoch_ids(ds, 1)
     try:
-        assert ds._warm is not None and not ds._warm.done()
+        assert ds._warm is not None and not ds._warm.future.done()
         assert pickle.loads(pickle.dumps(ds))._warm is None
         ds.set_epoch(2)
         loader = DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context, timeout=60)
