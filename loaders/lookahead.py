@@ -146,9 +146,14 @@ class WarmPlan:
     future: Future[PassPlan]
 
 
-def plan_ahead(pool: ThreadPoolExecutor, key: PassKey, plan: Callable[..., PassPlan]) -> WarmPlan:
-    """Start planning the warm pass ``key`` (``plan(cached=True)``) in a thread of ``pool``."""
-    return WarmPlan(key, pool.submit(plan, cached=True))
+def plan_ahead(pool: ThreadPoolExecutor, key: PassKey, plan: Callable[..., PassPlan]) -> WarmPlan | None:
+    """Start planning the warm pass ``key`` (``plan(cached=True)``) in a thread of ``pool``; best effort:
+    ``None`` when the pool takes no work (the interpreter is shutting down), and the pass plans in place."""
+    try:
+        return WarmPlan(key, pool.submit(plan, cached=True))
+    except RuntimeError:  # "cannot schedule new futures after (interpreter) shutdown"
+        logger.debug("no thread to plan the next pass in; it plans in place", exc_info=True)
+        return None
 
 
 def planned(pending: WarmPlan | None, key: PassKey) -> PassPlan | None:

@@ -301,3 +301,27 @@ def test_usable_cpus_follows_the_affinity() -> None:
     from idxlake.loaders.lookahead import usable_cpus
 
     assert 1 <= usable_cpus() <= len(os.sched_getaffinity(0))
+
+
+def test_planning_between_passes_only_after_a_whole_pass_in_the_main_process(many_groups, monkeypatch) -> None:  # noqa: F811
+    """No plan ahead after a pass stopped early or in a DataLoader worker (it ran beside the other
+    workers' last batches); a pool that takes no more work (interpreter shutdown) is no error."""
+    import idxlake.loaders.dataset as dataset_module
+
+    monkeypatch.setattr(dataset_module, "spare_core", lambda: False)
+    ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4)
+    epoch_ids(ds, 0)  # fills the cache
+    ds._warm.future.result()
+    ds.set_epoch(1)
+    it = iter(ds)
+    next(it)
+    it.close()  # stopped early: the plan of epoch 1 was taken, nothing planned for epoch 2
+    assert ds._warm is None
+    monkeypatch.setattr(dataset_module, "get_worker_info", lambda: object())  # as in a DataLoader worker
+    assert epoch_ids(ds, 2) == cached_ids(many_groups, 2) and ds._warm is None
+    monkeypatch.undo()
+    monkeypatch.setattr(dataset_module, "spare_core", lambda: False)
+    pool = ds._thread_pool()
+    monkeypatch.setattr(pool, "submit", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("cannot schedule new futures after interpreter shutdown")))
+    assert epoch_ids(ds, 3) == cached_ids(many_groups, 3) and ds._warm is None
