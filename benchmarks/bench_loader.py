@@ -17,12 +17,16 @@ interleaved block by block in one process so that machine noise hits them alike:
 * ``loader``: ``DeltaIterableDataset(columns=("image", "label"))`` through
   ``DataLoader(batch_size=None)`` (or iterated directly: "no DataLoader"), cold (decoded
   from Parquet each epoch; the OS page cache is warm) with 0 and 2 (persistent) workers,
-  uint8 and float32, with the decode cache (epochs after the first), on a ZSTD table and on
+  uint8 and float32, with the decode cache (epochs after the first; with 0 and 2 workers), on a ZSTD table and on
   one written with ``compression_level=6`` (LZ4HC),
   and on 4x and 8x MNIST tables (memory must stay flat); and without verifying the Parquet
   page checksums (``loaders.plan.PAGE_CHECKSUMS``), to measure what the verification costs; and with
   torch's gathers and copies in the passes that decode (``loaders.gather.NUMPY_WHILE_DECODING``), to
   measure what keeping torch's intra-op pool asleep there gains.
+
+After the tables, sections: a heavy transform with 2 workers against 0, the first epoch filling the
+cache, simulated world sizes, a warm epoch's gathers in one process against two at once
+(:func:`concurrent_gathers`), and S3 against local disk.
 
 After each throughput table, warm epochs back to back (:func:`back_to_back`): the limit and the
 cached loader alternating epoch by epoch without pauses, as a training loop runs them.
@@ -52,6 +56,8 @@ CONFIGS: dict[str, dict] = {
     "loader uint8, 2 workers": {"kind": "loader", "workers": 2},  # before the slow hand-rolled one: idle
     "loader uint8, 2 workers, ring": {"kind": "loader", "workers": 2, "ring": True},
     "loader uint8, 2 workers, ds.dataloader()": {"kind": "loader", "workers": 2, "factory": True},
+    "loader uint8, cached, 2 workers, ds.dataloader()": {"kind": "loader", "workers": 2, "factory": True,
+                                                         "cache": None},
     "hand-rolled": {"kind": "hand"},                                # workers' last work cannot skew others
     "loader uint8, 0 workers": {"kind": "loader", "workers": 0},
     "loader float32, 0 workers": {"kind": "loader", "workers": 0, "dtype": "float32"},
@@ -303,8 +309,80 @@ def scale_sections(tables: dict[str, str], reps: int) -> dict:
             out[f"world size {world}: rank 0 epoch time / world size 1"] = t / base
     finally:
         UnitReader.read = real  # type: ignore[method-assign]
+    out.update(concurrent_gathers(reps))
     out.update(s3_vs_local(tables["lz4"]))
     return out
+
+
+GATHER_ROWS = 30000
+"""Rows each process gathers in :func:`concurrent_gathers` (one DataLoader worker's half of MNIST train)."""
+
+
+def _gather_epoch(src, index, slots) -> float:  # type: ignore[no-untyped-def]
+    """Seconds to gather ``index`` from ``src`` in batches of 256, 16 batches a slot, slots round robin
+    (what a ring worker's warm pass does, without the loader around it)."""
+    import torch
+
+    start = time.perf_counter()
+    for k, s in enumerate(range(0, len(index), 4096)):
+        dest = slots[k % len(slots)]
+        for b in range(s, min(s + 4096, len(index)), 256):
+            rows = index[b:b + 256]
+            torch.index_select(src, 0, rows, out=dest[b - s:b - s + len(rows)])
+    return time.perf_counter() - start
+
+
+def _gather_setup(seed: int):  # type: ignore[no-untyped-def]
+    """A process's own source tensor (60000 MNIST-sized rows), random rows of it, and 6 shared-memory slots."""
+    import numpy as np
+    import torch
+
+    src = torch.randint(0, 256, (60000, 1, 28, 28), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    index = torch.from_numpy(np.random.default_rng(seed).permutation(60000)[:GATHER_ROWS].copy())
+    slots = [torch.empty((4096, 1, 28, 28), dtype=torch.uint8).share_memory_() for _ in range(6)]
+    for _ in range(3):
+        _gather_epoch(src, index, slots)
+    return src, index, slots
+
+
+def concurrent_gathers(reps: int) -> dict:
+    """A warm epoch's gathers alone, then with a second process gathering at the same time.
+
+    Each process has its own source tensor, rows and slots, as two DataLoader workers have their
+    own caches and ring slots (:func:`_gather_setup`; 1 torch thread). The ratio says whether two
+    workers gathering at once go faster than one process: per-process time 2x = no gain.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        src, index, slots = _gather_setup(0)
+        alone = statistics.median(_gather_epoch(src, index, slots) for _ in range(10 * reps))
+        ready_r, ready_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the second process: its own data, gathering until killed
+            try:
+                os.close(ready_r)
+                other = _gather_setup(1)
+                os.write(ready_w, b"1")
+                while True:
+                    _gather_epoch(*other)
+            finally:
+                os._exit(0)
+        os.close(ready_w)
+        try:
+            os.read(ready_r, 1)
+            together = statistics.median(_gather_epoch(src, index, slots) for _ in range(10 * reps))
+        finally:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            os.close(ready_r)
+    finally:
+        torch.set_num_threads(threads)
+    return {f"gathers of {GATHER_ROWS} rows, one process alone (ms)": alone * 1e3,
+            f"gathers of {GATHER_ROWS} rows, two processes at once (ms, each)": together * 1e3,
+            "two processes at once / one alone (time per process; 2.0 = no gain from the second)": together / alone}
 
 
 def s3_vs_local(table: str) -> dict:
