@@ -17,7 +17,9 @@ interleaved block by block in one process so that machine noise hits them alike:
 * ``loader``: ``DeltaIterableDataset(columns=("image", "label"))`` through
   ``DataLoader(batch_size=None)`` (or iterated directly: "no DataLoader"), cold (decoded
   from Parquet each epoch; the OS page cache is warm) with 0 and 2 (persistent) workers,
-  uint8 and float32, with the decode cache (epochs after the first; with 0 and 2 workers), on a ZSTD table and on
+  uint8 and float32, with the decode cache (epochs after the first; with 0 and 2 workers, the latter both as
+  ``ds.dataloader()`` runs them, warm passes in the main process over the workers' shared cache, and with
+  ``warm_passes="workers"``), on a ZSTD table and on
   one written with ``compression_level=6`` (LZ4HC),
   and on 4x and 8x MNIST tables (memory must stay flat); and without verifying the Parquet
   page checksums (``loaders.plan.PAGE_CHECKSUMS``), to measure what the verification costs; and with
@@ -58,6 +60,8 @@ CONFIGS: dict[str, dict] = {
     "loader uint8, 2 workers, ds.dataloader()": {"kind": "loader", "workers": 2, "factory": True},
     "loader uint8, cached, 2 workers, ds.dataloader()": {"kind": "loader", "workers": 2, "factory": True,
                                                          "cache": None},
+    "loader uint8, cached, 2 workers, warm passes in the workers": {"kind": "loader", "workers": 2, "factory": True,
+                                                                    "cache": None, "warm_passes": "workers"},
     "hand-rolled": {"kind": "hand"},                                # workers' last work cannot skew others
     "loader uint8, 0 workers": {"kind": "loader", "workers": 0},
     "loader float32, 0 workers": {"kind": "loader", "workers": 0, "dtype": "float32"},
@@ -162,7 +166,8 @@ def make_runner(config: dict, tables: dict[str, str], bs: int):
     if config.get("direct"):
         loader = ds
     elif config.get("factory"):
-        loader = ds.dataloader(num_workers=workers)
+        loader = ds.dataloader(num_workers=workers, **({"warm_passes": config["warm_passes"]}
+                                                       if "warm_passes" in config else {}))
     elif config.get("ring"):
         loader = RingDataLoader(ds, num_workers=workers, persistent_workers=workers > 0)
     else:

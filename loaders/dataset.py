@@ -26,9 +26,10 @@ from idxlake.loaders.plan import OUTPUT_COLUMNS, PinnedPlan, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, state_of, watch
 from idxlake.loaders.ring import Ring
 from idxlake.loaders.samples import SampleTransform, finish_batch
+from idxlake.loaders.sharedcache import cache_for
 from idxlake.loaders.shares import rank_steps, worker_batches
 from idxlake.loaders.slotwriter import SlotWriter
-from idxlake.loaders.stream import Arena, Progress, consume, fits_cache, log_reads, pass_arena, reader_pool
+from idxlake.loaders.stream import Arena, Progress, consume, log_reads, pass_arena, reader_pool
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableSnapshot
 from idxlake.schemas.versions import Timestamp
@@ -292,6 +293,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         if self._owner != os.getpid():  # forked: the parent's reads ahead never complete here
             self._owner, self._next, self._warm, self._last_epoch = os.getpid(), None, None, None
         key, ahead, self._next = pass_key(progress.epoch, world, batches), self._next, None
+        self._cache = cache_for(self._cache, self._ring if get_worker_info() else None, self.plan, self.cache_bytes)
         cached = self._cache is not None and bool(self._cache.resident.all())
         pending, self._warm = self._warm, None
         ahead = choose(ahead, pending, key, cached=cached,
@@ -310,7 +312,6 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
             self._warm = plan_ahead(pool, later, upcoming)
         log_reads(self.plan, world, ahead.sched, lanes=self.lanes, phases=self.phases, shuffle=self.shuffle,
                   seen=self._logged)
-        self._cache = self._cache or (Arena(self.plan, cache=True) if fits_cache(self.plan, self.cache_bytes) else None)
         arena, self._slots = pass_arena(self.plan, self._cache, self._slots, ahead.sched.live), None  # concurrent: own
         finish = self._finish if self._normalize or self.transform or self.sample_transform else None
         ring = SlotWriter(self._ring) if self._ring is not None and get_worker_info() else None  # a ring's worker

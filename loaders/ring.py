@@ -29,6 +29,9 @@ main process: torch hands results on in task order, the task it waits for is the
 and that worker's slots are free or leased (its earlier tokens were handed on). A ring is never shared
 by two sets of workers: an iterator started while workers of an earlier one may still write (two live
 iterators with non-persistent workers, or one ended by a worker's error) gets a spare ring.
+
+The rings also carry the workers' one decode cache in shared memory; once it holds a pass's rows and
+the dataset has no transform, the pass runs in the main process (:mod:`idxlake.loaders.sharedcache`).
 """
 
 from __future__ import annotations
@@ -37,13 +40,15 @@ import weakref
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from idxlake.loaders.misuse import StreamBatch
+from idxlake.loaders.sharedcache import WorkerCache
+from idxlake.loaders.stream import Arena
 from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError
 
 
@@ -135,9 +140,11 @@ class Ring:
     state: torch.Tensor
     leased: list[int]
     _views: tuple[np.ndarray, list[list[dict[str, np.ndarray]]]] | None = field(default=None, repr=False)
+    cache: Arena | None = None  # the workers' shared decode cache (sharedcache.py), or None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"slots": self.slots, "state": self.state, "leased": [0] * len(self.slots), "_views": None}
+        return {"slots": self.slots, "state": self.state, "leased": [0] * len(self.slots), "_views": None,
+                "cache": self.cache}
 
     def views(self) -> tuple[np.ndarray, list[list[dict[str, np.ndarray]]]]:
         """Numpy views of the flags and of every slot column, made once per process (a numpy flag
@@ -148,13 +155,14 @@ class Ring:
         return self._views
 
 
-def make_ring(dataset: Any, workers: int, slots: int) -> Ring:
-    """``slots`` shared-memory slots of :func:`group_size` batches for each of ``workers`` workers."""
+def make_ring(dataset: Any, workers: int, slots: int, cache: Arena | None = None) -> Ring:
+    """``slots`` shared-memory slots of :func:`group_size` batches for each of ``workers`` workers
+    (and their shared decode ``cache``, if any)."""
     group = group_size(dataset)
     layout = slot_layout(dataset)
     return Ring([[{k: torch.empty((shape[0] * group, *shape[1:]), dtype=dtype).share_memory_()
                    for k, (shape, dtype) in layout.items()} for _ in range(slots)] for _ in range(workers)],
-                torch.full((workers, slots), FREE, dtype=torch.uint8).share_memory_(), [0] * workers)
+                torch.full((workers, slots), FREE, dtype=torch.uint8).share_memory_(), [0] * workers, cache=cache)
 
 
 class _Lease:
@@ -251,6 +259,9 @@ class RingDataLoader(DataLoader):
         num_workers: DataLoader workers (0: the dataset's own iterator, in this process, without
             the DataLoader's per-batch machinery; ``pin_memory`` still applies).
         prefetch_factor: Batches each worker prepares ahead (torch's meaning).
+        warm_passes: ``"main"``: once the workers' shared decode cache holds the whole selection and
+            the dataset has no transform, passes run in the main process over it (faster: see
+            :mod:`idxlake.loaders.sharedcache`); ``"workers"``: always in the workers.
         **kwargs: Other ``DataLoader`` options (``persistent_workers``, ``multiprocessing_context``...).
 
     Raises:
@@ -258,10 +269,11 @@ class RingDataLoader(DataLoader):
     """
 
     def __init__(self, dataset: Any, *, num_workers: int = 0, prefetch_factor: int | None = None,
-                 **kwargs: Any) -> None:
+                 warm_passes: Literal["main", "workers"] = "main", **kwargs: Any) -> None:
         for key in ("batch_size", "sampler", "batch_sampler", "collate_fn"):
             if key in kwargs:
                 raise LoaderConfigError(f"RingDataLoader: {key} is not an option (the dataset yields whole batches)")
+        self._cache = WorkerCache(warm_passes)  # the workers' shared decode cache (made with the first workers)
         if num_workers and prefetch_factor is None:
             prefetch_factor = 2
         super().__init__(dataset, batch_size=None, num_workers=num_workers, prefetch_factor=prefetch_factor,
@@ -285,14 +297,19 @@ class RingDataLoader(DataLoader):
             it = user() if user is not None else None
             if it is None or getattr(it, "_shutdown", False):  # freed, or its workers shut down
                 return ring
-        self._spares.append(make_ring(self.dataset, self.num_workers, len(self._ring.slots[0])))
+        self._spares.append(make_ring(self.dataset, self.num_workers, len(self._ring.slots[0]), self._cache.arena))
         return self._spares[-1]
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         ds: Any = self.dataset
-        if not self.num_workers:  # the dataset's own iterator: no per-batch fetcher/sampler/profiler hooks
-            pin = self.pin_memory and torch.accelerator.is_available()
-            return (pin_batch(b) for b in ds) if pin else iter(ds)
+        if self.num_workers:  # warm and nothing to transform: in this process (sharedcache.py)
+            self._cache.before_workers(ds, [self._ring, *self._spares])
+            if not self._cache.serves(ds, self.num_workers):
+                return self._worker_iter(ds)
+        pin = self.pin_memory and torch.accelerator.is_available()  # the dataset's own iterator: no per-batch
+        return (pin_batch(b) for b in ds) if pin else iter(ds)  # fetcher, sampler or profiler hooks
+
+    def _worker_iter(self, ds: Any) -> Iterator[Any]:
         ring = ds._ring = self._idle_ring()  # workers (forked or spawned) take it from the dataset
         try:
             it = super().__iter__()

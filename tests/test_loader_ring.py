@@ -37,7 +37,7 @@ def test_ring_gives_the_plain_batches_as_fresh_tensors(synthetic_table, monkeypa
     table, source = synthetic_table
     images, _ = source.arrays["train"]
     ds = DeltaIterableDataset(table, **KW)
-    loader = RingDataLoader(ds, num_workers=workers, persistent_workers=persistent)
+    loader = RingDataLoader(ds, num_workers=workers, persistent_workers=persistent, warm_passes="workers")
     for epoch in range(2):
         ds.set_epoch(epoch)
         kept = list(loader)  # held: later slots must not overwrite earlier batches
@@ -69,7 +69,7 @@ def test_workers_gather_batches_straight_into_their_slots(synthetic_table, monke
     table, source = synthetic_table
     images, _ = source.arrays["train"]
     ds = DeltaIterableDataset(table, transform=(lambda b: b) if transform else None, **KW)
-    loader = RingDataLoader(ds, num_workers=2, persistent_workers=True)
+    loader = RingDataLoader(ds, num_workers=2, persistent_workers=True, warm_passes="workers")
     for epoch in range(2):  # the first pass streams (and fills the cache), the second is warm
         ds.set_epoch(epoch)
         got = list(loader)
@@ -159,7 +159,7 @@ def test_leased_slots_stay_intact_while_anything_views_them(synthetic_table, mon
     table, source = synthetic_table
     images, _ = source.arrays["train"]
     ds = DeltaIterableDataset(table, **KW)
-    loader = RingDataLoader(ds, num_workers=2, persistent_workers=True)
+    loader = RingDataLoader(ds, num_workers=2, persistent_workers=True, warm_passes="workers")
     for epoch in range(2):
         ds.set_epoch(epoch)
         it = iter(loader)
@@ -187,7 +187,7 @@ def test_abandoned_passes_give_their_slots_back(synthetic_table, monkeypatch) ->
     table, source = synthetic_table
     images, _ = source.arrays["train"]
     ds = DeltaIterableDataset(table, **KW)
-    loader = RingDataLoader(ds, num_workers=2, persistent_workers=True, timeout=20)
+    loader = RingDataLoader(ds, num_workers=2, persistent_workers=True, timeout=20, warm_passes="workers")
     slots = len(loader._ring.slots[0])
     for epoch in range(slots + 2):
         ds.set_epoch(epoch)
@@ -215,7 +215,7 @@ def test_two_live_iterators_of_one_loader_do_not_share_slots(tmp_path, source_fa
     images, _ = src.arrays["train"]
     kw = {**KW, "batch_size": 24 if group_rows else 256}
     ds = DeltaIterableDataset(table, **kw)
-    loader = RingDataLoader(ds, num_workers=2)
+    loader = RingDataLoader(ds, num_workers=2, warm_passes="workers")
     a = iter(loader)
     got_a = [next(a), next(a)]  # both workers of the first iterator have started their pass over epoch 0
     ds.set_epoch(1)

@@ -1,0 +1,202 @@
+"""The workers' decode cache in shared memory, and warm passes served by the main process: measured
+by instrumenting the reader (``UnitReader.read`` logged per process, forked workers inherit it)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from idxlake import ingest
+from idxlake.loaders import DeltaIterableDataset, RingDataLoader, sharedcache
+from idxlake.loaders.decode import UnitReader
+from idxlake.loaders.world import World
+from idxlake.schemas import LoaderConfigError
+
+ROWS, GROUP = 2400, 48  # 50 row groups
+KW = dict(split="train", batch_size=40, seed=9)
+
+
+@pytest.fixture
+def table(tmp_path, source_factory) -> str:
+    src = source_factory("shared_cache", rows={"train": ROWS, "test": 10}, seed=5)
+    path = str(tmp_path / "shared_cache_table")
+    ingest(src.root, path, row_group_rows=GROUP)
+    return path
+
+
+@pytest.fixture
+def decoded(monkeypatch, tmp_path) -> Path:
+    """Every ``UnitReader.read`` appends ``pid file:row_group`` to a log."""
+    log = tmp_path / "reads.log"
+    real = UnitReader.read
+
+    def counting(self, unit):
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {unit.file}:{unit.row_group}\n")
+        return real(self, unit)
+
+    monkeypatch.setattr(UnitReader, "read", counting)
+    return log
+
+
+def reads(log: Path) -> list[tuple[str, str]]:
+    return [tuple(line.split()) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def reference(table: str, epoch: int, **kw) -> list[list[int]]:
+    ref = DeltaIterableDataset(table, **{**KW, **kw})
+    ref.set_epoch(epoch)
+    return [b["id"].tolist() for b in DataLoader(ref, batch_size=None)]
+
+
+def ids_of(batches) -> list[list[int]]:
+    return [b["id"].tolist() for b in batches]
+
+
+@pytest.mark.parametrize(("rank", "world_size"), [(0, 1), (1, 2)])
+def test_workers_fill_one_cache_then_warm_passes_run_in_the_main_process(table, decoded, caplog, rank: int,
+                                                                         world_size: int) -> None:
+    """One rank: its workers fill the whole cache in the first epoch. A DDP rank's workers fill only the
+    row groups of its lanes (other ones every epoch): its pass runs here once they hold all of its rows."""
+    epochs = 4 if world_size == 1 else 12
+    refs = [reference(table, epoch, rank=rank, world_size=world_size) for epoch in range(epochs)]
+    ds = DeltaIterableDataset(table, rank=rank, world_size=world_size, **KW)
+    loader = ds.dataloader(num_workers=2)
+    served = []
+    with caplog.at_level(logging.INFO, logger="idxlake.loaders.sharedcache"):
+        for epoch in range(epochs):
+            ds.set_epoch(epoch)
+            before = len(reads(decoded))
+            assert ids_of(loader) == refs[epoch]  # the same batches in the same order
+            mine = reads(decoded)[before:]
+            if not ds._shared.workers_read:  # served here: nothing decoded by anyone
+                served.append(epoch)
+                assert mine == [] and loader._cache.arena is not None
+    if world_size == 1:
+        assert served == [1, 2, 3]
+        assert [r.getMessage() for r in caplog.records if "main process" in r.getMessage()]
+        assert loader._cache.arena.decoded == 1  # the first unit, decoded here to lay the cache out
+    else:
+        assert served and served == list(range(served[0], epochs)), served
+
+
+def test_a_rank_whose_rows_are_all_in_runs_here_before_the_whole_selection_is(table, decoded) -> None:
+    """A DDP rank's pass runs in the main process as soon as the row groups it needs are in the cache."""
+    ds = DeltaIterableDataset(table, rank=1, world_size=2, **KW)
+    loader = ds.dataloader(num_workers=2)
+    epoch = 0
+    while loader._cache.arena is None or not loader._cache.arena.resident.all():  # every row group in
+        ds.set_epoch(epoch)
+        list(loader)
+        epoch += 1
+    ds.set_epoch(epoch)
+    needed = ds._pass_plan(epoch, World(1, 2), *pass_batches(ds)).sched.order
+    arena = loader._cache.arena
+    arena.resident[:] = False
+    arena.resident[needed] = True  # only what this pass needs
+    assert 0 < len(needed) < len(arena.resident)
+    expected = reference(table, epoch, rank=1, world_size=2)
+    before = len(reads(decoded))
+    assert ids_of(loader) == expected and not ds._shared.workers_read
+    assert reads(decoded)[before:] == []
+    arena.resident[needed[0]] = False  # one missing: the workers take the pass
+    ds.set_epoch(epoch + 1)
+    assert ids_of(loader) == reference(table, epoch + 1, rank=1, world_size=2) and ds._shared.workers_read
+
+
+def pass_batches(ds: DeltaIterableDataset):
+    from idxlake.loaders.shares import worker_batches
+
+    body, tail = ds._steps(1, 2)
+    return tail, worker_batches(body + len(tail), worker=0, num_workers=1)
+
+
+def test_the_cache_is_shared_by_the_workers(table, decoded) -> None:
+    """With ``warm_passes="workers"`` the workers keep every pass, and after the first epoch no worker
+    decodes again: their lanes cover other row groups every epoch, which a private cache would decode."""
+    refs = [reference(table, epoch) for epoch in range(3)]
+    ds = DeltaIterableDataset(table, **KW)
+    loader = RingDataLoader(ds, num_workers=2, persistent_workers=True, warm_passes="workers")
+    counts = []
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        before = len(reads(decoded))
+        assert ids_of(loader) == refs[epoch]
+        assert ds._shared.workers_read  # the workers read every pass
+        counts.append(len(reads(decoded)) - before)
+    units = ROWS // GROUP
+    assert units <= counts[0] < 2 * units and counts[1:] == [0, 0], counts
+    assert loader._cache.arena.resident.all()
+    private = DeltaIterableDataset(table, **KW)  # the same without it: later epochs decode again
+    monkey = RingDataLoader(private, num_workers=2, persistent_workers=True, warm_passes="workers")
+    monkey._cache.made = True  # no shared cache made: each worker keeps its own
+    private_counts = []
+    for epoch in range(2):
+        private.set_epoch(epoch)
+        before = len(reads(decoded))
+        assert ids_of(monkey) == refs[epoch]
+        private_counts.append(len(reads(decoded)) - before)
+    assert private_counts[1] > 0, private_counts
+
+
+def test_transforms_keep_warm_passes_in_the_workers(table) -> None:
+    ds = DeltaIterableDataset(table, sample_transform=lambda image: image, **KW)
+    loader = ds.dataloader(num_workers=2)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        assert ids_of(loader) == reference(table, epoch)
+        assert ds._shared.workers_read
+    assert loader._cache.arena is not None and loader._cache.arena.resident.all()
+
+
+def test_spawned_workers_fill_the_same_cache(table) -> None:
+    ds = DeltaIterableDataset(table, **KW)
+    loader = ds.dataloader(num_workers=2, multiprocessing_context="spawn")
+    ds.set_epoch(0)
+    assert ids_of(loader) == reference(table, 0)
+    assert loader._cache.arena.resident.all()  # set by the spawned workers through the shared flags
+    ds.set_epoch(1)
+    got = list(loader)
+    assert ids_of(got) == reference(table, 1) and not ds._shared.workers_read
+    images = loader._cache.arena.tensors["image"]
+    assert all(torch.equal(b["image"], images[b["id"]]) for b in got)  # ids are the table's row order here
+
+
+def test_a_full_shm_falls_back_to_a_cache_per_worker(table, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(sharedcache, "shm_room", lambda: 1000)
+    ds = DeltaIterableDataset(table, **KW)
+    loader = ds.dataloader(num_workers=2)
+    with caplog.at_level(logging.INFO, logger="idxlake.loaders.sharedcache"):
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            assert ids_of(loader) == reference(table, epoch)
+            assert ds._shared.workers_read  # no shared cache: the workers keep every pass
+    assert loader._cache.arena is None
+    assert any("does not fit /dev/shm" in r.getMessage() for r in caplog.records)
+
+
+def test_resume_from_a_pass_served_in_the_main_process(table) -> None:
+    ds = DeltaIterableDataset(table, **KW)
+    loader = ds.dataloader(num_workers=2)
+    ds.set_epoch(0)
+    list(loader)
+    ds.set_epoch(1)
+    it = iter(loader)
+    head = [next(it) for _ in range(3)]
+    state = ds.state_dict()  # the main process reads this pass: its progress is known here
+    assert state["batches_consumed"] == 3
+    again = DeltaIterableDataset(table, **KW)
+    again.load_state_dict(state)
+    again.set_epoch(1)
+    rest = ids_of(again.dataloader(num_workers=2))  # cold: the new workers take the resume
+    assert ids_of(head) + rest == reference(table, 1)
+
+
+def test_warm_passes_is_checked(table) -> None:
+    with pytest.raises(LoaderConfigError, match="warm_passes must be 'main' or 'workers', got 'gpu'"):
+        RingDataLoader(DeltaIterableDataset(table, **KW), num_workers=2, warm_passes="gpu")  # type: ignore[arg-type]
