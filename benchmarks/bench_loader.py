@@ -245,16 +245,22 @@ def _timed(run, epoch: int) -> float:
 
 
 def back_to_back(tables: dict[str, str], epochs: int = 40) -> dict:
-    """Warm epochs as a training loop runs them: the limit and the cached loader (iterated directly)
-    alternating epoch by epoch with no pause (``set_epoch(e)`` then a full pass), medians of ``epochs``;
-    also the loader's time to its first batch (where an epoch's planning shows)."""
+    """Warm epochs as a training loop runs them: the limit, the cached loader (iterated directly) and
+    ``ds.dataloader(num_workers=2)`` over its own cached dataset (its workers filled the shared cache in
+    the first epoch; warm passes then run in the main process) alternating epoch by epoch with no pause
+    (``set_epoch(e)`` then a full pass), medians of ``epochs``; also the loader's time to its first
+    batch (where an epoch's planning shows)."""
     from idxlake.loaders import DeltaIterableDataset
 
     mem = make_runner(CONFIGS["in-memory"], tables, 256)
-    ds = DeltaIterableDataset(tables["lz4"], split="train", batch_size=256, columns=("image", "label"))
+    ds, ds2 = (DeltaIterableDataset(tables["lz4"], split="train", batch_size=256, columns=("image", "label"))
+               for _ in range(2))
+    workers = ds2.dataloader(num_workers=2)
     ds.set_epoch(0)
+    ds2.set_epoch(0)
     sum(len(b["label"]) for b in ds)  # fills the cache
-    limit, loader, first = [], [], []
+    sum(len(b["label"]) for b in workers)  # the workers fill theirs
+    limit, loader, first, two = [], [], [], []
     for epoch in range(1, epochs + 1):
         limit.append(_timed(mem, epoch))
         ds.set_epoch(epoch)
@@ -264,9 +270,15 @@ def back_to_back(tables: dict[str, str], epochs: int = 40) -> dict:
         first.append(time.perf_counter() - start)
         n += sum(len(b["label"]) for b in it)
         loader.append(n / (time.perf_counter() - start))
+        ds2.set_epoch(epoch)
+        start = time.perf_counter()
+        n = sum(len(b["label"]) for b in workers)
+        two.append(n / (time.perf_counter() - start))
     return {"limit M/s": statistics.median(limit) / 1e6, "loader M/s": statistics.median(loader) / 1e6,
             "ratio": statistics.median(loader) / statistics.median(limit),
-            "first batch ms": statistics.median(first) * 1e3}
+            "first batch ms": statistics.median(first) * 1e3,
+            "2 workers M/s": statistics.median(two) / 1e6,
+            "2 workers / 0 workers": statistics.median(two) / statistics.median(loader)}
 
 
 def scale_sections(tables: dict[str, str], reps: int) -> dict:
