@@ -249,8 +249,14 @@ def back_to_back(tables: dict[str, str], epochs: int = 40) -> dict:
     ``ds.dataloader(num_workers=2)`` over its own cached dataset (its workers filled the shared cache in
     the first epoch; warm passes then run in the main process) alternating epoch by epoch with no pause
     (``set_epoch(e)`` then a full pass), medians of ``epochs``; also the loader's time to its first
-    batch (where an epoch's planning shows)."""
+    batch (where an epoch's planning shows). After each loader's epoch the planning of its next pass,
+    which it starts in a reader thread as the epoch ends, is waited for, so that it does not run on the
+    next measurement's clock (in a training loop it runs beside the step's compute)."""
     from idxlake.loaders import DeltaIterableDataset
+
+    def settle(d: DeltaIterableDataset) -> None:
+        if d._warm is not None:
+            d._warm.future.result()
 
     mem = make_runner(CONFIGS["in-memory"], tables, 256)
     ds, ds2 = (DeltaIterableDataset(tables["lz4"], split="train", batch_size=256, columns=("image", "label"))
@@ -270,10 +276,12 @@ def back_to_back(tables: dict[str, str], epochs: int = 40) -> dict:
         first.append(time.perf_counter() - start)
         n += sum(len(b["label"]) for b in it)
         loader.append(n / (time.perf_counter() - start))
+        settle(ds)
         ds2.set_epoch(epoch)
         start = time.perf_counter()
         n = sum(len(b["label"]) for b in workers)
         two.append(n / (time.perf_counter() - start))
+        settle(ds2)
     return {"limit M/s": statistics.median(limit) / 1e6, "loader M/s": statistics.median(loader) / 1e6,
             "ratio": statistics.median(loader) / statistics.median(limit),
             "first batch ms": statistics.median(first) * 1e3,
