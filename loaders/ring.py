@@ -311,10 +311,11 @@ class RingDataLoader(DataLoader):
 
     def _worker_iter(self, ds: Any) -> Iterator[Any]:
         ring = ds._ring = self._idle_ring()  # workers (forked or spawned) take it from the dataset
+        generation = self._cache.start()  # before torch sends the workers their first tasks
         try:
             it = super().__iter__()
         finally:
             ds._ring = None
         pin = bool(getattr(it, "_pin_memory", False))  # what torch decided (no accelerator: no pinning)
         self._users[id(ring)] = weakref.ref(it)
-        return in_order(it, ring, self.num_workers, pin=pin)
+        return self._cache.track(in_order(it, ring, self.num_workers, pin=pin), generation)

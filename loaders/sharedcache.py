@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -46,8 +46,16 @@ tmpfs is a SIGBUS on the first write, not an error, so the check comes before al
 
 
 class SharedArena(Arena):
-    """A cache :class:`~idxlake.loaders.stream.Arena` whose columns and resident flags are in shared
-    memory, so that the main process and every worker (forked or spawned) see one copy.
+    """A cache :class:`~idxlake.loaders.stream.Arena` whose columns are in shared memory, so that the
+    main process and every worker (forked or spawned) see one copy.
+
+    Which row groups are in is published through shared stamps, and each process keeps what it may
+    trust in its own ``resident`` flags. A stamp is the generation (one per pass of the workers,
+    counted by the main process before it starts them) in which a row group was copied in. A worker
+    trusts, besides its own copies, only the stamps of earlier generations, and the main process only
+    those of generations whose pass ran to its end: the messages of those passes (the tokens, each
+    worker's end of pass) order the copies before the reads, on any CPU's memory model, where a stamp
+    seen mid-copy would not.
 
     Args:
         plan: The plan.
@@ -56,21 +64,50 @@ class SharedArena(Arena):
 
     def __init__(self, plan: Plan, first: Batch) -> None:
         super().__init__(plan, cache=True)
-        self.flags = torch.zeros(len(plan.units), dtype=torch.bool).share_memory_()
-        self.resident = self.flags.numpy()
+        self.stamps = torch.zeros(len(plan.units), dtype=torch.int64).share_memory_()
+        self.generations = torch.tensor([1, 0], dtype=torch.int64).share_memory_()  # started, completed
         self.tensors = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype).share_memory_()
                         for k, v in first.items()}
+        self._views()
         self.put(0, first)
+
+    def _views(self) -> None:
+        self._stamps, self._generations, self._stamp = self.stamps.numpy(), self.generations.numpy(), 1
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state.pop("resident")  # a numpy view: rebuilt on the shared flags, never copied
+        for key in ("_stamps", "_generations"):  # numpy views: rebuilt on the shared tensors, never copied
+            state.pop(key)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self.resident = self.flags.numpy()
+        self._views()
         self.decoded = 0  # this process's own decodes
+
+    def put(self, unit: int, data: Batch) -> None:
+        """Copy a decoded unit in, and stamp it with this pass's generation (if nobody has)."""
+        super().put(unit, data)
+        if not self._stamps[unit]:
+            self._stamps[unit] = self._stamp
+
+    def start_generation(self) -> int:
+        """Main process, before the workers of a pass start: the new pass's generation."""
+        self._generations[0] += 1
+        return int(self._generations[0])
+
+    def complete_generation(self, generation: int) -> None:
+        """Main process: the workers' pass of ``generation`` ran to its end."""
+        self._generations[1] = max(int(self._generations[1]), generation)
+
+    def worker_pass(self) -> None:
+        """A worker's pass starts (after the main process sent it work): trust earlier generations."""
+        self._stamp = int(self._generations[0])
+        self.resident |= (self._stamps > 0) & (self._stamps < self._stamp)
+
+    def main_pass(self) -> None:
+        """The main process looks: trust the generations whose pass ran to its end."""
+        self.resident |= (self._stamps > 0) & (self._stamps <= self._generations[1])
 
 
 def shm_room() -> int:
@@ -103,6 +140,7 @@ def cache_for(current: Arena | None, ring: Any, plan: Plan, cache_bytes: int | N
     (made when the selection fits the cache budget)."""
     shared = getattr(ring, "cache", None)
     if shared is not None:
+        shared.worker_pass()
         return shared
     return current or (Arena(plan, cache=True) if fits_cache(plan, cache_bytes) else None)
 
@@ -117,6 +155,8 @@ def serves_in_main(dataset: Any, cache: Arena | None) -> bool:
     """
     if cache is None or dataset.transform is not None or dataset.sample_transform is not None:
         return False
+    if isinstance(cache, SharedArena):
+        cache.main_pass()
     if bool(np.all(cache.resident)):
         return True
     world = World.detect(*dataset._dist())
@@ -155,6 +195,22 @@ class WorkerCache:
             self.made, self.arena = True, shared_cache(dataset)
             for ring in rings:
                 ring.cache = self.arena
+
+    def start(self) -> int:
+        """A pass of the workers starts: its generation (0 without a shared cache)."""
+        return self.arena.start_generation() if self.arena is not None else 0
+
+    def track(self, batches: Iterator[Any], generation: int) -> Iterator[Any]:
+        """``batches`` of the workers' pass ``generation``; when they run to their end, the main process
+        may trust what that pass copied into the cache (see :class:`SharedArena`)."""
+        if self.arena is None:
+            return batches
+        return self._tracked(batches, self.arena, generation)
+
+    @staticmethod
+    def _tracked(batches: Iterator[Any], arena: SharedArena, generation: int) -> Iterator[Any]:
+        yield from batches
+        arena.complete_generation(generation)
 
     def serves(self, dataset: Any, workers: int) -> bool:
         """Whether the next pass runs in the main process (then over the shared cache)."""

@@ -3,10 +3,12 @@ by instrumenting the reader (``UnitReader.read`` logged per process, forked work
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -14,6 +16,7 @@ from torch.utils.data import DataLoader
 from idxlake import ingest
 from idxlake.loaders import DeltaIterableDataset, RingDataLoader, sharedcache
 from idxlake.loaders.decode import UnitReader
+from idxlake.loaders.sharedcache import SharedArena
 from idxlake.loaders.world import World
 from idxlake.schemas import LoaderConfigError
 
@@ -90,21 +93,24 @@ def test_a_rank_whose_rows_are_all_in_runs_here_before_the_whole_selection_is(ta
     ds = DeltaIterableDataset(table, rank=1, world_size=2, **KW)
     loader = ds.dataloader(num_workers=2)
     epoch = 0
-    while loader._cache.arena is None or not loader._cache.arena.resident.all():  # every row group in
+    while loader._cache.arena is None or not (loader._cache.arena.stamps > 0).all():  # every row group in
         ds.set_epoch(epoch)
         list(loader)
         epoch += 1
     ds.set_epoch(epoch)
     needed = ds._pass_plan(epoch, World(1, 2), *pass_batches(ds)).sched.order
     arena = loader._cache.arena
-    arena.resident[:] = False
-    arena.resident[needed] = True  # only what this pass needs
+    keep = arena.stamps[needed].clone()
+    arena.stamps[:] = 0  # published: only what this pass needs
+    arena.stamps[needed] = keep
+    arena.resident[:] = False  # what this process trusts so far
     assert 0 < len(needed) < len(arena.resident)
     expected = reference(table, epoch, rank=1, world_size=2)
     before = len(reads(decoded))
     assert ids_of(loader) == expected and not ds._shared.workers_read
     assert reads(decoded)[before:] == []
-    arena.resident[needed[0]] = False  # one missing: the workers take the pass
+    arena.stamps[needed[0]] = 0  # one missing: the workers take the pass
+    arena.resident[:] = False
     ds.set_epoch(epoch + 1)
     assert ids_of(loader) == reference(table, epoch + 1, rank=1, world_size=2) and ds._shared.workers_read
 
@@ -131,7 +137,7 @@ def test_the_cache_is_shared_by_the_workers(table, decoded) -> None:
         counts.append(len(reads(decoded)) - before)
     units = ROWS // GROUP
     assert units <= counts[0] < 2 * units and counts[1:] == [0, 0], counts
-    assert loader._cache.arena.resident.all()
+    assert (loader._cache.arena.stamps > 0).all()
     private = DeltaIterableDataset(table, **KW)  # the same without it: later epochs decode again
     monkey = RingDataLoader(private, num_workers=2, persistent_workers=True, warm_passes="workers")
     monkey._cache.made = True  # no shared cache made: each worker keeps its own
@@ -151,7 +157,7 @@ def test_transforms_keep_warm_passes_in_the_workers(table) -> None:
         ds.set_epoch(epoch)
         assert ids_of(loader) == reference(table, epoch)
         assert ds._shared.workers_read
-    assert loader._cache.arena is not None and loader._cache.arena.resident.all()
+    assert loader._cache.arena is not None and (loader._cache.arena.stamps > 0).all()
 
 
 def test_spawned_workers_fill_the_same_cache(table) -> None:
@@ -159,7 +165,7 @@ def test_spawned_workers_fill_the_same_cache(table) -> None:
     loader = ds.dataloader(num_workers=2, multiprocessing_context="spawn")
     ds.set_epoch(0)
     assert ids_of(loader) == reference(table, 0)
-    assert loader._cache.arena.resident.all()  # set by the spawned workers through the shared flags
+    assert (loader._cache.arena.stamps > 0).all()  # set by the spawned workers through the shared stamps
     ds.set_epoch(1)
     got = list(loader)
     assert ids_of(got) == reference(table, 1) and not ds._shared.workers_read
@@ -200,3 +206,48 @@ def test_resume_from_a_pass_served_in_the_main_process(table) -> None:
 def test_warm_passes_is_checked(table) -> None:
     with pytest.raises(LoaderConfigError, match="warm_passes must be 'main' or 'workers', got 'gpu'"):
         RingDataLoader(DeltaIterableDataset(table, **KW), num_workers=2, warm_passes="gpu")  # type: ignore[arg-type]
+
+
+def test_stamps_are_trusted_from_earlier_generations_and_completed_passes(table) -> None:
+    """A worker trusts what earlier generations copied in, never a stamp of its own generation (another
+    worker may be mid-copy); the main process trusts only the generations whose pass ran to its end."""
+    ds = DeltaIterableDataset(table, **KW)
+    arena = SharedArena(ds.plan, ds._reader.read(ds.plan.units[0]))
+
+    def process_view() -> SharedArena:  # another process: the same shared tensors, its own flags
+        view = copy.copy(arena)
+        view.resident = np.zeros_like(arena.resident)
+        view._views()
+        return view
+
+    other, main = process_view(), process_view()
+    generation = arena.start_generation()
+    arena.worker_pass()
+    other.worker_pass()
+    assert other.resident[0] and not other.resident[1:].any()  # the main process's copy, made before
+    arena.put(1, ds._reader.read(ds.plan.units[1]))
+    assert arena.resident[1] and int(arena.stamps[1]) == generation
+    other.worker_pass()
+    assert not other.resident[1]  # a stamp of its own generation
+    main.main_pass()
+    assert not main.resident.any()  # nothing completed yet
+    arena.complete_generation(generation)
+    main.main_pass()
+    assert main.resident[:2].all() and not main.resident[2:].any()
+    arena.start_generation()
+    other.worker_pass()
+    assert other.resident[1]  # an earlier generation now
+
+
+def test_an_abandoned_pass_of_the_workers_is_not_trusted_by_the_main_process(table) -> None:
+    refs = [reference(table, epoch) for epoch in range(3)]
+    ds = DeltaIterableDataset(table, **KW)
+    loader = ds.dataloader(num_workers=2)
+    ds.set_epoch(0)
+    it = iter(loader)
+    next(it)
+    del it  # abandoned: its workers' copies are not ordered before anything the main process reads
+    for epoch in (1, 2):
+        ds.set_epoch(epoch)
+        assert ids_of(loader) == refs[epoch]
+        assert ds._shared.workers_read == (epoch == 1)  # epoch 1 in the workers, then here
