@@ -153,7 +153,8 @@ def serves_in_main(dataset: Any, cache: Arena | None) -> bool:
     lanes, other ones every epoch), the row groups of this rank's pass; that pass is then planned
     here, once: the pass itself uses the plan (:func:`~idxlake.loaders.lookahead.choose`).
     """
-    if cache is None or dataset.transform is not None or dataset.sample_transform is not None:
+    if (cache is None or dataset.transform is not None or dataset.sample_transform is not None
+            or getattr(dataset, "_normalize", None) is not None):  # float32 output: compute, in the workers
         return False
     if isinstance(cache, SharedArena):
         cache.main_pass()
@@ -200,16 +201,21 @@ class WorkerCache:
         """A pass of the workers starts: its generation (0 without a shared cache)."""
         return self.arena.start_generation() if self.arena is not None else 0
 
-    def track(self, batches: Iterator[Any], generation: int) -> Iterator[Any]:
-        """``batches`` of the workers' pass ``generation``; when they run to their end, the main process
-        may trust what that pass copied into the cache (see :class:`SharedArena`)."""
+    def track(self, batches: Iterator[Any], generation: int, total: int) -> Iterator[Any]:
+        """``batches`` of the workers' pass ``generation``; when they run to their end, or all ``total``
+        batches of the rank have arrived (a loop calling ``next`` ``len(loader)`` times), the main process
+        may trust what that pass copied into the cache: a worker copies a row group in before it sends
+        the batches gathered from it (see :class:`SharedArena`)."""
         if self.arena is None:
             return batches
-        return self._tracked(batches, self.arena, generation)
+        return self._tracked(batches, self.arena, generation, total)
 
     @staticmethod
-    def _tracked(batches: Iterator[Any], arena: SharedArena, generation: int) -> Iterator[Any]:
-        yield from batches
+    def _tracked(batches: Iterator[Any], arena: SharedArena, generation: int, total: int) -> Iterator[Any]:
+        for n, batch in enumerate(batches, 1):
+            if n == total:
+                arena.complete_generation(generation)
+            yield batch
         arena.complete_generation(generation)
 
     def serves(self, dataset: Any, workers: int) -> bool:

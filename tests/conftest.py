@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -144,3 +145,26 @@ def fake_gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[stores.Server
     server = stores.start_fake_gcs(tmp_path_factory.mktemp("gcs"))
     yield server
     server.stop()
+
+
+@pytest.fixture
+def decoded(monkeypatch, tmp_path) -> Path:
+    """Every ``UnitReader.read`` appends ``pid file:row_group`` to a log (forked workers inherit the patch);
+    :func:`reads` parses it."""
+    from idxlake.loaders.decode import UnitReader
+
+    log = tmp_path / "reads.log"
+    real = UnitReader.read
+
+    def counting(self, unit):
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {unit.file}:{unit.row_group}\n")
+        return real(self, unit)
+
+    monkeypatch.setattr(UnitReader, "read", counting)
+    return log
+
+
+def reads(log: Path) -> list[tuple[str, str]]:
+    """The ``(pid, file:row_group)`` pairs the :func:`decoded` log holds."""
+    return [tuple(line.split()) for line in log.read_text().splitlines()] if log.exists() else []

@@ -4,18 +4,16 @@ by instrumenting the reader (``UnitReader.read`` counted per consumer)."""
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import reads
 from torch.utils.data import DataLoader
 
 from idxlake import ingest
 from idxlake.loaders import DeltaIterableDataset
-from idxlake.loaders.decode import UnitReader
 from idxlake.loaders.order import lane_order
 
 ROWS, GROUP = 4800, 16  # 300 row groups, lanes of 100 rows
@@ -27,25 +25,6 @@ def many_groups(tmp_path, source_factory) -> str:
     table = str(tmp_path / "lanes_table")
     ingest(src.root, table, row_group_rows=GROUP)
     return table
-
-
-@pytest.fixture
-def decoded(monkeypatch, tmp_path) -> Path:
-    """Every ``UnitReader.read`` appends ``pid file:row_group`` to a log (forked workers inherit the patch)."""
-    log = tmp_path / "reads.log"
-    real = UnitReader.read
-
-    def counting(self, unit):
-        with open(log, "a") as fh:
-            fh.write(f"{os.getpid()} {unit.file}:{unit.row_group}\n")
-        return real(self, unit)
-
-    monkeypatch.setattr(UnitReader, "read", counting)
-    return log
-
-
-def reads(log: Path) -> list[tuple[str, str]]:
-    return [tuple(line.split()) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def steps(table: str, ranks: int, workers: int, global_batch: int, **kw) -> list[list[int]]:

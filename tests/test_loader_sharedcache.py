@@ -5,17 +5,15 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import reads
 from torch.utils.data import DataLoader
 
 from idxlake import ingest
 from idxlake.loaders import DeltaIterableDataset, RingDataLoader, sharedcache
-from idxlake.loaders.decode import UnitReader
 from idxlake.loaders.sharedcache import SharedArena
 from idxlake.loaders.world import World
 from idxlake.schemas import LoaderConfigError
@@ -30,25 +28,6 @@ def table(tmp_path, source_factory) -> str:
     path = str(tmp_path / "shared_cache_table")
     ingest(src.root, path, row_group_rows=GROUP)
     return path
-
-
-@pytest.fixture
-def decoded(monkeypatch, tmp_path) -> Path:
-    """Every ``UnitReader.read`` appends ``pid file:row_group`` to a log."""
-    log = tmp_path / "reads.log"
-    real = UnitReader.read
-
-    def counting(self, unit):
-        with open(log, "a") as fh:
-            fh.write(f"{os.getpid()} {unit.file}:{unit.row_group}\n")
-        return real(self, unit)
-
-    monkeypatch.setattr(UnitReader, "read", counting)
-    return log
-
-
-def reads(log: Path) -> list[tuple[str, str]]:
-    return [tuple(line.split()) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def reference(table: str, epoch: int, **kw) -> list[list[int]]:
@@ -251,3 +230,24 @@ def test_an_abandoned_pass_of_the_workers_is_not_trusted_by_the_main_process(tab
         ds.set_epoch(epoch)
         assert ids_of(loader) == refs[epoch]
         assert ds._shared.workers_read == (epoch == 1)  # epoch 1 in the workers, then here
+
+
+def test_a_loop_taking_len_batches_completes_the_pass(table) -> None:
+    """A loop calling ``next`` ``len(loader)`` times never sees StopIteration; its pass still completes."""
+    refs = [reference(table, epoch) for epoch in range(2)]
+    ds = DeltaIterableDataset(table, **KW)
+    loader = ds.dataloader(num_workers=2)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        it = iter(loader)
+        got = [next(it)["id"].tolist() for _ in range(len(loader))]
+        assert got == refs[epoch] and ds._shared.workers_read == (epoch == 0)
+
+
+def test_float32_output_stays_in_the_workers(table) -> None:
+    ds = DeltaIterableDataset(table, image_dtype="float32", **KW)
+    loader = ds.dataloader(num_workers=2)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        list(loader)
+        assert ds._shared.workers_read
