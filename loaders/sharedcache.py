@@ -54,8 +54,8 @@ class SharedArena(Arena):
     counted by the main process before it starts them) in which a row group was copied in. A worker
     trusts, besides its own copies, only the stamps of earlier generations, and the main process only
     those of generations whose pass ran to its end: the messages of those passes (the tokens, each
-    worker's end of pass) order the copies before the reads, on any CPU's memory model, where a stamp
-    seen mid-copy would not.
+    worker's end of pass) order the copies before the reads, where a stamp seen mid-copy would not.
+    Not covered on weakly ordered CPUs: workers of an earlier iterator still writing beside a new one.
 
     Args:
         plan: The plan.
