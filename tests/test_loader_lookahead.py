@@ -9,7 +9,8 @@ import time
 
 import pytest
 import torch
-from test_loader_lanes import GROUP, ROWS, decoded, many_groups, reads  # noqa: F401 (fixtures)
+from conftest import reads
+from test_loader_lanes import GROUP, ROWS, many_groups  # noqa: F401 (fixtures)
 from torch.utils.data import DataLoader
 
 from idxlake.loaders import DeltaIterableDataset
