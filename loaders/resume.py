@@ -125,6 +125,20 @@ def applies(resume: Resume, *, world: World, epoch: int, batches: int, where: st
     return True
 
 
+def check_reaches_workers(resume: Resume | None, *, epoch: int, started: bool, uri: str) -> None:
+    """Refuse a pass over ``epoch`` by persistent workers (``started``) that a resume for it, loaded in the
+    main process after they started, cannot reach: they took the dataset when they started.
+
+    Raises:
+        LoaderConfigError: so; the rows it would skip would be yielded again.
+    """
+    if started and resume is not None and resume.inherited and resume.epoch == epoch:
+        raise LoaderConfigError(
+            f"{uri}: cannot resume epoch {epoch}: load_state_dict() was called after this DataLoader's persistent "
+            "workers started, and they cannot see it; call it before the loader's first iteration, or make a new "
+            "DataLoader")
+
+
 class SharedState:
     """Three numbers in shared memory, seen by the main process and all its DataLoader workers
     (persistent ones included): the epoch, whether the main process's resume was used by a

@@ -47,6 +47,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from idxlake.loaders.misuse import StreamBatch
+from idxlake.loaders.resume import check_reaches_workers
 from idxlake.loaders.sharedcache import WorkerCache
 from idxlake.loaders.stream import Arena
 from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError
@@ -310,6 +311,9 @@ class RingDataLoader(DataLoader):
         return (pin_batch(b) for b in ds) if pin else iter(ds)  # fetcher, sampler or profiler hooks
 
     def _worker_iter(self, ds: Any) -> Iterator[Any]:
+        ds.settle_resume()
+        started = self.persistent_workers and self._iterator is not None
+        check_reaches_workers(ds._resume, epoch=ds.epoch, started=started, uri=ds.snapshot.uri)
         ring = ds._ring = self._idle_ring()  # workers (forked or spawned) take it from the dataset
         generation = self._cache.start()  # before torch sends the workers their first tasks
         try:

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import logging
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 from idxlake.loaders.decode import Batch
 from idxlake.loaders.plan import Plan
@@ -64,6 +66,7 @@ class SharedArena(Arena):
 
     def __init__(self, plan: Plan, first: Batch) -> None:
         super().__init__(plan, cache=True)
+        self.plan = plan
         self.stamps = torch.zeros(len(plan.units), dtype=torch.int64).share_memory_()
         self.generations = torch.tensor([1, 0], dtype=torch.int64).share_memory_()  # started, completed
         self.tensors = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype).share_memory_()
@@ -72,7 +75,7 @@ class SharedArena(Arena):
         self.put(0, first)
 
     def _views(self) -> None:
-        self._stamps, self._generations, self._stamp = self.stamps.numpy(), self.generations.numpy(), 1
+        self._stamps, self._generations, self._stamp = self.stamps.numpy(), self.generations.numpy(), 0
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -86,10 +89,12 @@ class SharedArena(Arena):
         self.decoded = 0  # this process's own decodes
 
     def put(self, unit: int, data: Batch) -> None:
-        """Copy a decoded unit in, and stamp it with this pass's generation (if nobody has)."""
+        """Copy a decoded unit in, and stamp it (if nobody has) with this worker's pass's generation, or
+        in the main process with the latest started one: workers already running never trust it, later
+        ones start after it (the main process starts them, after this copy)."""
         super().put(unit, data)
         if not self._stamps[unit]:
-            self._stamps[unit] = self._stamp
+            self._stamps[unit] = self._stamp or self._generations[0]
 
     def start_generation(self) -> int:
         """Main process, before the workers of a pass start: the new pass's generation."""
@@ -130,9 +135,32 @@ def shared_cache(dataset: Any) -> SharedArena | None:
         logger.info("%s: the decode cache (%.1f MB) does not fit %s (%.1f MB free): each DataLoader worker "
                     "keeps its own", plan.describe(), need / 1e6, SHM_DIR, room / 1e6)
         return None
+    first = dataset._reader.read(plan.units[0])
+    try:
+        arena = SharedArena(plan, first)
+    except (RuntimeError, OSError) as exc:  # shm_open / mmap / ftruncate refused: e.g. other ranks took the room
+        logger.warning("%s: no decode cache in shared memory (%s): each DataLoader worker keeps its own",
+                       plan.describe(), exc)
+        return None
     logger.debug("%s: decode cache of %.1f MB in shared memory for the DataLoader workers", plan.describe(),
                  need / 1e6)
-    return SharedArena(plan, dataset._reader.read(plan.units[0]))
+    return arena
+
+
+_ARENAS: weakref.WeakKeyDictionary[Any, SharedArena] = weakref.WeakKeyDictionary()
+"""Main process: each dataset's shared cache, so that every loader over it (a new one per epoch too)
+uses one."""
+
+
+def dataset_cache(dataset: Any) -> SharedArena | None:
+    """The shared cache of ``dataset``'s workers: the one an earlier loader over it made, else a new one
+    (see :func:`shared_cache`)."""
+    arena = _ARENAS.get(dataset)
+    if arena is None or arena.plan is not dataset.plan:
+        arena = shared_cache(dataset)
+        if arena is not None:
+            _ARENAS[dataset] = arena
+    return arena
 
 
 def cache_for(current: Arena | None, ring: Any, plan: Plan, cache_bytes: int | None) -> Arena | None:
@@ -142,6 +170,8 @@ def cache_for(current: Arena | None, ring: Any, plan: Plan, cache_bytes: int | N
     if shared is not None:
         shared.worker_pass()
         return shared
+    if isinstance(current, SharedArena) and get_worker_info() is not None:
+        current = None  # a plain DataLoader's forked worker inherited it: it writes only a ring's, in its protocol
     return current or (Arena(plan, cache=True) if fits_cache(plan, cache_bytes) else None)
 
 
@@ -156,12 +186,16 @@ def serves_in_main(dataset: Any, cache: Arena | None) -> bool:
     if (cache is None or dataset.transform is not None or dataset.sample_transform is not None
             or getattr(dataset, "_normalize", None) is not None):  # float32 output: compute, in the workers
         return False
+    dataset.settle_resume()
+    resume = dataset._resume
+    if resume is not None and resume.num_workers not in (None, 1):  # a worker's state: for the workers
+        return False
     if isinstance(cache, SharedArena):
         cache.main_pass()
     if bool(np.all(cache.resident)):
         return True
     world = World.detect(*dataset._dist())
-    if world.world_size == 1 or dataset._resume is not None:  # one rank reads everything; a resume plans itself
+    if world.world_size == 1 or resume is not None:  # one rank reads everything; a resume plans itself
         return False
     body, tail = dataset._steps(world.rank, world.world_size)
     plan = dataset._pass_plan(dataset.epoch, world, tail, worker_batches(body + len(tail), worker=0, num_workers=1))
@@ -193,7 +227,7 @@ class WorkerCache:
     def before_workers(self, dataset: Any, rings: Sequence[Any]) -> None:
         """Make the cache (once, before the loader's first workers start: they take it with the rings)."""
         if not self.made:
-            self.made, self.arena = True, shared_cache(dataset)
+            self.made, self.arena = True, dataset_cache(dataset)
             for ring in rings:
                 ring.cache = self.arena
 

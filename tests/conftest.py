@@ -168,3 +168,15 @@ def decoded(monkeypatch, tmp_path) -> Path:
 def reads(log: Path) -> list[tuple[str, str]]:
     """The ``(pid, file:row_group)`` pairs the :func:`decoded` log holds."""
     return [tuple(line.split()) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+CACHE_ROWS, CACHE_GROUP = 2400, 48  # 50 row groups
+
+
+@pytest.fixture
+def cache_table(tmp_path: Path, source_factory: Callable[..., SyntheticSource]) -> str:
+    """The shared-cache tests' table: ``CACHE_ROWS`` train rows in row groups of ``CACHE_GROUP``."""
+    src = source_factory("shared_cache", rows={"train": CACHE_ROWS, "test": 10}, seed=5)
+    path = str(tmp_path / "shared_cache_table")
+    ingest(src.root, path, row_group_rows=CACHE_GROUP)
+    return path

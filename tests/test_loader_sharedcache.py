@@ -9,29 +9,19 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import reads
+from conftest import CACHE_GROUP, CACHE_ROWS, reads
 from torch.utils.data import DataLoader
 
-from idxlake import ingest
 from idxlake.loaders import DeltaIterableDataset, RingDataLoader, sharedcache
 from idxlake.loaders.sharedcache import SharedArena
 from idxlake.loaders.world import World
 from idxlake.schemas import LoaderConfigError
 
-ROWS, GROUP = 2400, 48  # 50 row groups
 KW = dict(split="train", batch_size=40, seed=9)
 
 
-@pytest.fixture
-def table(tmp_path, source_factory) -> str:
-    src = source_factory("shared_cache", rows={"train": ROWS, "test": 10}, seed=5)
-    path = str(tmp_path / "shared_cache_table")
-    ingest(src.root, path, row_group_rows=GROUP)
-    return path
-
-
-def reference(table: str, epoch: int, **kw) -> list[list[int]]:
-    ref = DeltaIterableDataset(table, **{**KW, **kw})
+def reference(cache_table: str, epoch: int, **kw) -> list[list[int]]:
+    ref = DeltaIterableDataset(cache_table, **{**KW, **kw})
     ref.set_epoch(epoch)
     return [b["id"].tolist() for b in DataLoader(ref, batch_size=None)]
 
@@ -41,13 +31,13 @@ def ids_of(batches) -> list[list[int]]:
 
 
 @pytest.mark.parametrize(("rank", "world_size"), [(0, 1), (1, 2)])
-def test_workers_fill_one_cache_then_warm_passes_run_in_the_main_process(table, decoded, caplog, rank: int,
+def test_workers_fill_one_cache_then_warm_passes_run_in_the_main_process(cache_table, decoded, caplog, rank: int,
                                                                          world_size: int) -> None:
     """One rank: its workers fill the whole cache in the first epoch. A DDP rank's workers fill only the
     row groups of its lanes (other ones every epoch): its pass runs here once they hold all of its rows."""
     epochs = 4 if world_size == 1 else 12
-    refs = [reference(table, epoch, rank=rank, world_size=world_size) for epoch in range(epochs)]
-    ds = DeltaIterableDataset(table, rank=rank, world_size=world_size, **KW)
+    refs = [reference(cache_table, epoch, rank=rank, world_size=world_size) for epoch in range(epochs)]
+    ds = DeltaIterableDataset(cache_table, rank=rank, world_size=world_size, **KW)
     loader = ds.dataloader(num_workers=2)
     served = []
     with caplog.at_level(logging.INFO, logger="idxlake.loaders.sharedcache"):
@@ -67,9 +57,9 @@ def test_workers_fill_one_cache_then_warm_passes_run_in_the_main_process(table, 
         assert served and served == list(range(served[0], epochs)), served
 
 
-def test_a_rank_whose_rows_are_all_in_runs_here_before_the_whole_selection_is(table, decoded) -> None:
+def test_a_rank_whose_rows_are_all_in_runs_here_before_the_whole_selection_is(cache_table, decoded) -> None:
     """A DDP rank's pass runs in the main process as soon as the row groups it needs are in the cache."""
-    ds = DeltaIterableDataset(table, rank=1, world_size=2, **KW)
+    ds = DeltaIterableDataset(cache_table, rank=1, world_size=2, **KW)
     loader = ds.dataloader(num_workers=2)
     epoch = 0
     while loader._cache.arena is None or not (loader._cache.arena.stamps > 0).all():  # every row group in
@@ -84,14 +74,14 @@ def test_a_rank_whose_rows_are_all_in_runs_here_before_the_whole_selection_is(ta
     arena.stamps[needed] = keep
     arena.resident[:] = False  # what this process trusts so far
     assert 0 < len(needed) < len(arena.resident)
-    expected = reference(table, epoch, rank=1, world_size=2)
+    expected = reference(cache_table, epoch, rank=1, world_size=2)
     before = len(reads(decoded))
     assert ids_of(loader) == expected and not ds._shared.workers_read
     assert reads(decoded)[before:] == []
     arena.stamps[needed[0]] = 0  # one missing: the workers take the pass
     arena.resident[:] = False
     ds.set_epoch(epoch + 1)
-    assert ids_of(loader) == reference(table, epoch + 1, rank=1, world_size=2) and ds._shared.workers_read
+    assert ids_of(loader) == reference(cache_table, epoch + 1, rank=1, world_size=2) and ds._shared.workers_read
 
 
 def pass_batches(ds: DeltaIterableDataset):
@@ -101,11 +91,11 @@ def pass_batches(ds: DeltaIterableDataset):
     return tail, worker_batches(body + len(tail), worker=0, num_workers=1)
 
 
-def test_the_cache_is_shared_by_the_workers(table, decoded) -> None:
+def test_the_cache_is_shared_by_the_workers(cache_table, decoded) -> None:
     """With ``warm_passes="workers"`` the workers keep every pass, and after the first epoch no worker
     decodes again: their lanes cover other row groups every epoch, which a private cache would decode."""
-    refs = [reference(table, epoch) for epoch in range(3)]
-    ds = DeltaIterableDataset(table, **KW)
+    refs = [reference(cache_table, epoch) for epoch in range(3)]
+    ds = DeltaIterableDataset(cache_table, **KW)
     loader = RingDataLoader(ds, num_workers=2, persistent_workers=True, warm_passes="workers")
     counts = []
     for epoch in range(3):
@@ -114,10 +104,10 @@ def test_the_cache_is_shared_by_the_workers(table, decoded) -> None:
         assert ids_of(loader) == refs[epoch]
         assert ds._shared.workers_read  # the workers read every pass
         counts.append(len(reads(decoded)) - before)
-    units = ROWS // GROUP
+    units = CACHE_ROWS // CACHE_GROUP
     assert units <= counts[0] < 2 * units and counts[1:] == [0, 0], counts
     assert (loader._cache.arena.stamps > 0).all()
-    private = DeltaIterableDataset(table, **KW)  # the same without it: later epochs decode again
+    private = DeltaIterableDataset(cache_table, **KW)  # the same without it: later epochs decode again
     monkey = RingDataLoader(private, num_workers=2, persistent_workers=True, warm_passes="workers")
     monkey._cache.made = True  # no shared cache made: each worker keeps its own
     private_counts = []
@@ -129,44 +119,45 @@ def test_the_cache_is_shared_by_the_workers(table, decoded) -> None:
     assert private_counts[1] > 0, private_counts
 
 
-def test_transforms_keep_warm_passes_in_the_workers(table) -> None:
-    ds = DeltaIterableDataset(table, sample_transform=lambda image: image, **KW)
+def test_transforms_keep_warm_passes_in_the_workers(cache_table) -> None:
+    ds = DeltaIterableDataset(cache_table, sample_transform=lambda image: image, **KW)
     loader = ds.dataloader(num_workers=2)
     for epoch in range(3):
         ds.set_epoch(epoch)
-        assert ids_of(loader) == reference(table, epoch)
+        assert ids_of(loader) == reference(cache_table, epoch)
         assert ds._shared.workers_read
     assert loader._cache.arena is not None and (loader._cache.arena.stamps > 0).all()
 
 
-def test_spawned_workers_fill_the_same_cache(table) -> None:
-    ds = DeltaIterableDataset(table, **KW)
+def test_spawned_workers_fill_the_same_cache(cache_table) -> None:
+    ds = DeltaIterableDataset(cache_table, **KW)
     loader = ds.dataloader(num_workers=2, multiprocessing_context="spawn")
     ds.set_epoch(0)
-    assert ids_of(loader) == reference(table, 0)
+    assert ids_of(loader) == reference(cache_table, 0)
     assert (loader._cache.arena.stamps > 0).all()  # set by the spawned workers through the shared stamps
     ds.set_epoch(1)
     got = list(loader)
-    assert ids_of(got) == reference(table, 1) and not ds._shared.workers_read
-    images = loader._cache.arena.tensors["image"]
-    assert all(torch.equal(b["image"], images[b["id"]]) for b in got)  # ids are the table's row order here
+    assert ids_of(got) == reference(cache_table, 1) and not ds._shared.workers_read
+    ref = DeltaIterableDataset(cache_table, **KW)  # decoded on its own, in this process
+    ref.set_epoch(1)
+    assert all(torch.equal(b["image"], r["image"]) for b, r in zip(got, ref, strict=True))  # what the workers copied
 
 
-def test_a_full_shm_falls_back_to_a_cache_per_worker(table, monkeypatch, caplog) -> None:
+def test_a_full_shm_falls_back_to_a_cache_per_worker(cache_table, monkeypatch, caplog) -> None:
     monkeypatch.setattr(sharedcache, "shm_room", lambda: 1000)
-    ds = DeltaIterableDataset(table, **KW)
+    ds = DeltaIterableDataset(cache_table, **KW)
     loader = ds.dataloader(num_workers=2)
     with caplog.at_level(logging.INFO, logger="idxlake.loaders.sharedcache"):
         for epoch in range(2):
             ds.set_epoch(epoch)
-            assert ids_of(loader) == reference(table, epoch)
+            assert ids_of(loader) == reference(cache_table, epoch)
             assert ds._shared.workers_read  # no shared cache: the workers keep every pass
     assert loader._cache.arena is None
     assert any("does not fit /dev/shm" in r.getMessage() for r in caplog.records)
 
 
-def test_resume_from_a_pass_served_in_the_main_process(table) -> None:
-    ds = DeltaIterableDataset(table, **KW)
+def test_resume_from_a_pass_served_in_the_main_process(cache_table) -> None:
+    ds = DeltaIterableDataset(cache_table, **KW)
     loader = ds.dataloader(num_workers=2)
     ds.set_epoch(0)
     list(loader)
@@ -175,22 +166,22 @@ def test_resume_from_a_pass_served_in_the_main_process(table) -> None:
     head = [next(it) for _ in range(3)]
     state = ds.state_dict()  # the main process reads this pass: its progress is known here
     assert state["batches_consumed"] == 3
-    again = DeltaIterableDataset(table, **KW)
+    again = DeltaIterableDataset(cache_table, **KW)
     again.load_state_dict(state)
     again.set_epoch(1)
     rest = ids_of(again.dataloader(num_workers=2))  # cold: the new workers take the resume
-    assert ids_of(head) + rest == reference(table, 1)
+    assert ids_of(head) + rest == reference(cache_table, 1)
 
 
-def test_warm_passes_is_checked(table) -> None:
+def test_warm_passes_is_checked(cache_table) -> None:
     with pytest.raises(LoaderConfigError, match="warm_passes must be 'main' or 'workers', got 'gpu'"):
-        RingDataLoader(DeltaIterableDataset(table, **KW), num_workers=2, warm_passes="gpu")  # type: ignore[arg-type]
+        RingDataLoader(DeltaIterableDataset(cache_table, **KW), num_workers=2, warm_passes="gpu")  # type: ignore[arg-type]
 
 
-def test_stamps_are_trusted_from_earlier_generations_and_completed_passes(table) -> None:
+def test_stamps_are_trusted_from_earlier_generations_and_completed_passes(cache_table) -> None:
     """A worker trusts what earlier generations copied in, never a stamp of its own generation (another
     worker may be mid-copy); the main process trusts only the generations whose pass ran to its end."""
-    ds = DeltaIterableDataset(table, **KW)
+    ds = DeltaIterableDataset(cache_table, **KW)
     arena = SharedArena(ds.plan, ds._reader.read(ds.plan.units[0]))
 
     def process_view() -> SharedArena:  # another process: the same shared tensors, its own flags
@@ -218,9 +209,9 @@ def test_stamps_are_trusted_from_earlier_generations_and_completed_passes(table)
     assert other.resident[1]  # an earlier generation now
 
 
-def test_an_abandoned_pass_of_the_workers_is_not_trusted_by_the_main_process(table) -> None:
-    refs = [reference(table, epoch) for epoch in range(3)]
-    ds = DeltaIterableDataset(table, **KW)
+def test_an_abandoned_pass_of_the_workers_is_not_trusted_by_the_main_process(cache_table) -> None:
+    refs = [reference(cache_table, epoch) for epoch in range(3)]
+    ds = DeltaIterableDataset(cache_table, **KW)
     loader = ds.dataloader(num_workers=2)
     ds.set_epoch(0)
     it = iter(loader)
@@ -232,10 +223,10 @@ def test_an_abandoned_pass_of_the_workers_is_not_trusted_by_the_main_process(tab
         assert ds._shared.workers_read == (epoch == 1)  # epoch 1 in the workers, then here
 
 
-def test_a_loop_taking_len_batches_completes_the_pass(table) -> None:
+def test_a_loop_taking_len_batches_completes_the_pass(cache_table) -> None:
     """A loop calling ``next`` ``len(loader)`` times never sees StopIteration; its pass still completes."""
-    refs = [reference(table, epoch) for epoch in range(2)]
-    ds = DeltaIterableDataset(table, **KW)
+    refs = [reference(cache_table, epoch) for epoch in range(2)]
+    ds = DeltaIterableDataset(cache_table, **KW)
     loader = ds.dataloader(num_workers=2)
     for epoch in range(2):
         ds.set_epoch(epoch)
@@ -244,8 +235,8 @@ def test_a_loop_taking_len_batches_completes_the_pass(table) -> None:
         assert got == refs[epoch] and ds._shared.workers_read == (epoch == 0)
 
 
-def test_float32_output_stays_in_the_workers(table) -> None:
-    ds = DeltaIterableDataset(table, image_dtype="float32", **KW)
+def test_float32_output_stays_in_the_workers(cache_table) -> None:
+    ds = DeltaIterableDataset(cache_table, image_dtype="float32", **KW)
     loader = ds.dataloader(num_workers=2)
     for epoch in range(2):
         ds.set_epoch(epoch)

@@ -1,0 +1,162 @@
+"""The shared decode cache at its edges: shared memory refused, several loaders over one dataset, a plain
+DataLoader's workers beside it, pending resumes, and a final partial batch."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from conftest import reads
+from test_loader_sharedcache import KW, ids_of, pass_batches, reference
+from torch.utils.data import DataLoader
+
+from idxlake import ingest
+from idxlake.loaders import DeltaIterableDataset
+from idxlake.loaders.shares import worker_batches
+from idxlake.loaders.world import World
+from idxlake.schemas import LoaderConfigError
+
+
+def warm(ds: DeltaIterableDataset, **kw) -> DataLoader:
+    """A loader whose workers filled the shared cache in epoch 0 (passes run here from then on)."""
+    loader = ds.dataloader(num_workers=2, **kw)
+    ds.set_epoch(0)
+    list(loader)
+    return loader
+
+
+def test_shared_memory_refused_falls_back_to_a_cache_per_worker(cache_table, monkeypatch, caplog) -> None:
+    """``share_memory_()`` fails when ``/dev/shm`` is taken between the check and the allocation (several
+    ranks at once): a warning, and the workers keep private caches."""
+    refs = [reference(cache_table, epoch) for epoch in range(2)]
+    ds = DeltaIterableDataset(cache_table, **KW)
+    loader = ds.dataloader(num_workers=2)  # its ring is in shared memory already
+
+    def refused(self):
+        raise RuntimeError("unable to write to file </torch_1_2>: No space left on device (28)")
+
+    monkeypatch.setattr(torch.Tensor, "share_memory_", refused)
+    with caplog.at_level(logging.WARNING, logger="idxlake.loaders.sharedcache"):
+        for epoch in range(2):
+            ds.set_epoch(epoch)
+            assert ids_of(loader) == refs[epoch]
+            assert ds._shared.workers_read
+    assert loader._cache.arena is None
+    assert any("no decode cache in shared memory (unable to write" in r.getMessage() for r in caplog.records)
+
+
+def test_a_new_loader_over_the_dataset_uses_its_shared_cache(cache_table, decoded) -> None:
+    """A loader made every epoch (a common loop) takes the cache an earlier one filled: one arena, and
+    the warm epoch runs here without decoding."""
+    want = reference(cache_table, 1)
+    ds = DeltaIterableDataset(cache_table, **KW)
+    first = warm(ds)
+    ds.set_epoch(1)
+    again = ds.dataloader(num_workers=2)
+    before = len(reads(decoded))
+    assert ids_of(again) == want
+    assert again._cache.arena is first._cache.arena and not ds._shared.workers_read
+    assert reads(decoded)[before:] == []
+    other = DeltaIterableDataset(cache_table, **KW)  # another dataset: its own cache
+    assert warm(other)._cache.arena is not first._cache.arena
+
+
+def test_a_plain_dataloaders_workers_keep_their_own_cache(cache_table) -> None:
+    """Workers a plain ``DataLoader`` forks inherit the main process's shared cache; they must not read
+    it outside its protocol (nor write into it): they decode into private caches."""
+    ds = DeltaIterableDataset(cache_table, **KW)
+    loader = warm(ds)
+    ds.set_epoch(1)
+    list(loader)  # served here: the dataset's cache is now the shared one
+    assert ds._cache is loader._cache.arena
+    ds._cache.tensors["image"].zero_()  # what an inherited cache would yield
+    ref = DeltaIterableDataset(cache_table, **KW)
+    ref.set_epoch(2)
+    ds.set_epoch(2)
+    got = list(DataLoader(ds, batch_size=None, num_workers=2))
+    want = {int(i): img for b in DataLoader(ref, batch_size=None) for i, img in zip(b["id"], b["image"], strict=True)}
+    assert sorted(i for b in got for i in b["id"].tolist()) == sorted(want)
+    assert all(torch.equal(img, want[int(i)]) for b in got for i, img in zip(b["id"], b["image"], strict=True))
+    assert int(loader._cache.arena.tensors["image"].sum()) == 0  # nothing written into it either
+
+
+def test_a_rank_count_resume_on_a_warm_loader_runs_here(cache_table) -> None:
+    ds = DeltaIterableDataset(cache_table, **KW)
+    loader = warm(ds)
+    ds.load_state_dict({"epoch": 1, "batches_consumed": 7})
+    ds.set_epoch(1)
+    assert ids_of(loader) == reference(cache_table, 1)[7:] and not ds._shared.workers_read
+    assert ids_of(loader) == reference(cache_table, 1)  # the resume applied once
+
+
+def test_a_workers_state_on_a_warm_loader_goes_to_new_workers(cache_table) -> None:
+    """A worker's state (``start``/``yielded`` per worker of 2) is for workers: the warm loader hands that
+    pass to them instead of failing with "saved with num_workers=2, now num_workers=1"."""
+    ds = DeltaIterableDataset(cache_table, **KW)
+    loader = warm(ds, persistent_workers=False)
+    ds.load_state_dict({"epoch": 1, "start": 0, "yielded": 2, "num_workers": 2, "world_size": 1})
+    ds.set_epoch(1)
+    got = ids_of(loader)
+    assert ds._shared.workers_read
+    ref = reference(cache_table, 1)
+    skipped = {b for w in range(2) for b in worker_batches(len(ref), worker=w, num_workers=2)[:2].tolist()}
+    assert sorted(got) == sorted(ref[b] for b in range(len(ref)) if b not in skipped)
+    ds.set_epoch(2)
+    assert ids_of(loader) == reference(cache_table, 2) and not ds._shared.workers_read  # whole, and here again
+
+
+def test_a_resume_persistent_workers_cannot_see_is_refused(cache_table) -> None:
+    ds = DeltaIterableDataset(cache_table, **KW)
+    loader = warm(ds)  # persistent workers: started in epoch 0
+    ds.load_state_dict({"epoch": 1, "start": 0, "yielded": 2, "num_workers": 2, "world_size": 1})
+    ds.set_epoch(1)
+    with pytest.raises(LoaderConfigError, match=r"load_state_dict\(\) was called after this DataLoader's persistent"):
+        list(loader)
+
+
+def test_a_used_resume_does_not_keep_a_ddp_rank_in_the_workers(cache_table, decoded) -> None:
+    """A resume the workers used must not linger in the main process and keep a DDP rank's warm pass
+    (planned here once the row groups of its pass are in, before the whole selection is) in the workers."""
+    want = [reference(cache_table, epoch, rank=1, world_size=2) for epoch in range(2)]
+    ds = DeltaIterableDataset(cache_table, rank=1, world_size=2, **KW)
+    ds.load_state_dict({"epoch": 0, "batches_consumed": 3})
+    loader = ds.dataloader(num_workers=2)
+    ds.set_epoch(0)
+    assert ids_of(loader) == want[0][3:] and ds._shared.workers_read  # the workers used it
+    ds.set_epoch(1)
+    arena = loader._cache.arena
+    for unit in ds._pass_plan(1, World(1, 2), *pass_batches(ds)).sched.order:  # the next pass's row groups in
+        if not arena.stamps[unit]:
+            arena.put(int(unit), ds._reader.read(ds.plan.units[unit]))
+    assert not (arena.stamps > 0).all()  # only a DDP rank's own pass can run here
+    before = len(reads(decoded))
+    assert ids_of(loader) == want[1] and not ds._shared.workers_read
+    assert reads(decoded)[before:] == []
+
+
+@pytest.fixture
+def ragged(tmp_path, source_factory) -> str:
+    """2410 rows: batches of 40 end in a partial one (and with two ranks a padded final round)."""
+    src = source_factory("ragged_cache", rows={"train": 2410, "test": 10}, seed=3)
+    path = str(tmp_path / "ragged_table")
+    ingest(src.root, path, row_group_rows=48)
+    return path
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize(("rank", "world_size"), [(0, 1), (1, 2)])
+def test_passes_served_here_keep_the_tail(ragged, drop_last: bool, rank: int, world_size: int) -> None:
+    kw = dict(rank=rank, world_size=world_size, drop_last=drop_last)
+    ds = DeltaIterableDataset(ragged, **KW, **kw)
+    loader = ds.dataloader(num_workers=2)
+    served = 0
+    for epoch in range(4 if world_size == 1 else 10):
+        ds.set_epoch(epoch)
+        want = reference(ragged, epoch, **kw)
+        got = ids_of(loader)
+        assert got == want and len(got) == len(loader)
+        served += not ds._shared.workers_read
+    assert served
+    if not drop_last and world_size == 1:
+        assert len(got[-1]) == 2410 % 40
