@@ -126,17 +126,18 @@ def applies(resume: Resume, *, world: World, epoch: int, batches: int, where: st
 
 
 def check_reaches_workers(resume: Resume | None, *, epoch: int, started: bool, uri: str) -> None:
-    """Refuse a pass over ``epoch`` by persistent workers (``started``) that a resume for it, loaded in the
-    main process after they started, cannot reach: they took the dataset when they started.
+    """Refuse a pass over ``epoch`` by persistent workers that started before (``started``) while a resume
+    for it that skips something is pending in the main process: they took the dataset when they started,
+    and cannot see it (or, if an abandoned pass took it before yielding anything, dropped it).
 
     Raises:
         LoaderConfigError: so; the rows it would skip would be yielded again.
     """
-    if started and resume is not None and resume.inherited and resume.epoch == epoch:
+    if started and resume is not None and resume.inherited and resume.epoch == epoch and (resume.start or resume.skip):
         raise LoaderConfigError(
-            f"{uri}: cannot resume epoch {epoch}: load_state_dict() was called after this DataLoader's persistent "
-            "workers started, and they cannot see it; call it before the loader's first iteration, or make a new "
-            "DataLoader")
+            f"{uri}: cannot resume epoch {epoch}: this DataLoader's persistent workers are running and the resume "
+            "loaded with load_state_dict() cannot reach them; load it before the loader's first iteration, or make "
+            "a new DataLoader")
 
 
 class SharedState:

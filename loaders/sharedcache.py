@@ -57,7 +57,8 @@ class SharedArena(Arena):
     trusts, besides its own copies, only the stamps of earlier generations, and the main process only
     those of generations whose pass ran to its end: the messages of those passes (the tokens, each
     worker's end of pass) order the copies before the reads, where a stamp seen mid-copy would not.
-    Not covered on weakly ordered CPUs: workers of an earlier iterator still writing beside a new one.
+    Not covered on weakly ordered CPUs: workers of an earlier iterator (of this loader or of another
+    loader over the dataset) still writing beside a new one.
 
     Args:
         plan: The plan.
@@ -66,7 +67,6 @@ class SharedArena(Arena):
 
     def __init__(self, plan: Plan, first: Batch) -> None:
         super().__init__(plan, cache=True)
-        self.plan = plan
         self.stamps = torch.zeros(len(plan.units), dtype=torch.int64).share_memory_()
         self.generations = torch.tensor([1, 0], dtype=torch.int64).share_memory_()  # started, completed
         self.tensors = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype).share_memory_()
@@ -153,13 +153,16 @@ uses one."""
 
 
 def dataset_cache(dataset: Any) -> SharedArena | None:
-    """The shared cache of ``dataset``'s workers: the one an earlier loader over it made, else a new one
-    (see :func:`shared_cache`)."""
+    """The shared cache of ``dataset``'s workers: the one an earlier loader over it made (it lives as
+    long as the dataset), else a new one (see :func:`shared_cache`); none when the selection no longer
+    fits the dataset's ``cache_bytes``."""
     arena = _ARENAS.get(dataset)
-    if arena is None or arena.plan is not dataset.plan:
-        arena = shared_cache(dataset)
-        if arena is not None:
-            _ARENAS[dataset] = arena
+    if arena is not None and fits_cache(dataset.plan, dataset.cache_bytes):
+        return arena
+    _ARENAS.pop(dataset, None)
+    arena = shared_cache(dataset)
+    if arena is not None:
+        _ARENAS[dataset] = arena
     return arena
 
 
@@ -187,7 +190,7 @@ def serves_in_main(dataset: Any, cache: Arena | None) -> bool:
             or getattr(dataset, "_normalize", None) is not None):  # float32 output: compute, in the workers
         return False
     dataset.settle_resume()
-    resume = dataset._resume
+    resume = dataset._resume if dataset._resume is not None and dataset._resume.epoch == dataset.epoch else None
     if resume is not None and resume.num_workers not in (None, 1):  # a worker's state: for the workers
         return False
     if isinstance(cache, SharedArena):

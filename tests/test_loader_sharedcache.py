@@ -207,6 +207,15 @@ def test_stamps_are_trusted_from_earlier_generations_and_completed_passes(cache_
     arena.start_generation()
     other.worker_pass()
     assert other.resident[1]  # an earlier generation now
+    running = arena.start_generation()  # the main process copies in while the workers of `running` run
+    other.worker_pass()
+    main.put(5, ds._reader.read(ds.plan.units[5]))
+    assert int(arena.stamps[5]) == running and main.resident[5]
+    other.worker_pass()
+    assert not other.resident[5]  # maybe mid-copy for them
+    arena.start_generation()  # started after the copy
+    other.worker_pass()
+    assert other.resident[5]
 
 
 def test_an_abandoned_pass_of_the_workers_is_not_trusted_by_the_main_process(cache_table) -> None:

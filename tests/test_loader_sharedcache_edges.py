@@ -111,8 +111,43 @@ def test_a_resume_persistent_workers_cannot_see_is_refused(cache_table) -> None:
     loader = warm(ds)  # persistent workers: started in epoch 0
     ds.load_state_dict({"epoch": 1, "start": 0, "yielded": 2, "num_workers": 2, "world_size": 1})
     ds.set_epoch(1)
-    with pytest.raises(LoaderConfigError, match=r"load_state_dict\(\) was called after this DataLoader's persistent"):
+    with pytest.raises(LoaderConfigError, match=r"the resume loaded with load_state_dict\(\) cannot reach them"):
         list(loader)
+
+
+def test_a_rank_count_the_running_workers_cannot_see_is_refused(cache_table) -> None:
+    """With a transform the pass stays in the (running, persistent) workers: they cannot apply it."""
+    ds = DeltaIterableDataset(cache_table, sample_transform=lambda image: image, **KW)
+    loader = warm(ds)
+    ds.load_state_dict({"epoch": 1, "batches_consumed": 5})
+    ds.set_epoch(1)
+    with pytest.raises(LoaderConfigError, match="cannot resume epoch 1: this DataLoader's persistent workers"):
+        list(loader)
+
+
+def test_a_resume_that_skips_nothing_is_not_refused(cache_table) -> None:
+    """``{"epoch": e + 1, "batches_consumed": 0}`` (what a state of an older build is told to load) is the
+    whole epoch, which the running workers yield anyway."""
+    want = reference(cache_table, 1)
+    ds = DeltaIterableDataset(cache_table, sample_transform=lambda image: image, **KW)
+    loader = warm(ds)
+    ds.load_state_dict({"epoch": 1, "batches_consumed": 0})
+    ds.set_epoch(1)
+    assert ids_of(loader) == want and ds._shared.workers_read
+
+
+def test_a_workers_state_for_another_epoch_keeps_no_pass_in_the_workers(cache_table, caplog) -> None:
+    """A worker's state for an epoch other than the one iterated is dropped (with a warning) by the pass
+    in the main process, instead of sending every later warm pass to workers that never see it."""
+    ds = DeltaIterableDataset(cache_table, **KW)
+    loader = warm(ds)
+    ds.load_state_dict({"epoch": 0, "start": 0, "yielded": 2, "num_workers": 2, "world_size": 1})
+    for epoch in (3, 4):
+        ds.set_epoch(epoch)
+        with caplog.at_level(logging.WARNING, logger="idxlake.loaders.resume"):
+            assert ids_of(loader) == reference(cache_table, epoch) and not ds._shared.workers_read
+    assert ds._resume is None
+    assert any("resume state for epoch 0 ignored: iterating epoch 3" in r.getMessage() for r in caplog.records)
 
 
 def test_a_used_resume_does_not_keep_a_ddp_rank_in_the_workers(cache_table, decoded) -> None:
