@@ -155,9 +155,10 @@ uses one."""
 def dataset_cache(dataset: Any) -> SharedArena | None:
     """The shared cache of ``dataset``'s workers: the one an earlier loader over it made (it lives as
     long as the dataset), else a new one (see :func:`shared_cache`); none when the selection no longer
-    fits the dataset's ``cache_bytes``."""
+    fits an explicit ``cache_bytes`` (the default budget is not checked again: the arena's own memory
+    lowers what is available)."""
     arena = _ARENAS.get(dataset)
-    if arena is not None and fits_cache(dataset.plan, dataset.cache_bytes):
+    if arena is not None and (dataset.cache_bytes is None or fits_cache(dataset.plan, dataset.cache_bytes)):
         return arena
     _ARENAS.pop(dataset, None)
     arena = shared_cache(dataset)

@@ -60,6 +60,10 @@ def test_a_new_loader_over_the_dataset_uses_its_shared_cache(cache_table, decode
     assert reads(decoded)[before:] == []
     other = DeltaIterableDataset(cache_table, **KW)  # another dataset: its own cache
     assert warm(other)._cache.arena is not first._cache.arena
+    ds.cache_bytes = 0  # no cache any more: a new loader does not take the old one
+    ds.set_epoch(2)
+    off = ds.dataloader(num_workers=2)
+    assert ids_of(off) == reference(cache_table, 2) and off._cache.arena is None and ds._shared.workers_read
 
 
 def test_a_plain_dataloaders_workers_keep_their_own_cache(cache_table) -> None:
