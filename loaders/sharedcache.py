@@ -199,10 +199,12 @@ def serves_in_main(dataset: Any, cache: Arena | None) -> bool:
     if bool(np.all(cache.resident)):
         return True
     world = World.detect(*dataset._dist())
-    if world.world_size == 1 or resume is not None:  # one rank reads everything; a resume plans itself
+    if world.world_size == 1:  # one rank reads everything
         return False
+    start, skip = (resume.start, resume.skip) if resume is not None else (0, 0)  # the pass a pending resume leaves
     body, tail = dataset._steps(world.rank, world.world_size)
-    plan = dataset._pass_plan(dataset.epoch, world, tail, worker_batches(body + len(tail), worker=0, num_workers=1))
+    batches = worker_batches(body + len(tail), worker=0, num_workers=1, start=start)[skip:]
+    plan = dataset._pass_plan(dataset.epoch, world, tail, batches)
     if not bool(np.all(cache.resident[plan.sched.order])):
         return False
     dataset._next = plan

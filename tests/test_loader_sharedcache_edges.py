@@ -174,6 +174,26 @@ def test_a_used_resume_does_not_keep_a_ddp_rank_in_the_workers(cache_table, deco
     assert reads(decoded)[before:] == []
 
 
+def test_a_ddp_rank_resumes_here_once_the_row_groups_of_its_pass_are_in(cache_table, decoded) -> None:
+    """A rank count pending for a DDP rank's warm pass: planned here with the resume, the pass runs here."""
+    want = reference(cache_table, 1, rank=1, world_size=2)
+    ds = DeltaIterableDataset(cache_table, rank=1, world_size=2, **KW)
+    loader = ds.dataloader(num_workers=2)
+    ds.set_epoch(0)
+    list(loader)
+    ds.load_state_dict({"epoch": 1, "batches_consumed": 4})
+    ds.set_epoch(1)
+    arena = loader._cache.arena
+    for unit in ds._pass_plan(1, World(1, 2), *pass_batches(ds)).sched.order:  # the whole pass's row groups
+        if not arena.stamps[unit]:
+            arena.put(int(unit), ds._reader.read(ds.plan.units[unit]))
+    assert not (arena.stamps > 0).all()
+    before = len(reads(decoded))
+    assert ids_of(loader) == want[4:] and not ds._shared.workers_read
+    assert reads(decoded)[before:] == []
+    assert ids_of(loader) == want  # applied once
+
+
 @pytest.fixture
 def ragged(tmp_path, source_factory) -> str:
     """2410 rows: batches of 40 end in a partial one (and with two ranks a padded final round)."""
