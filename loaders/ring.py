@@ -322,4 +322,5 @@ class RingDataLoader(DataLoader):
             ds._ring = None
         pin = bool(getattr(it, "_pin_memory", False))  # what torch decided (no accelerator: no pinning)
         self._users[id(ring)] = weakref.ref(it)
+        self._cache.started(generation, it)
         return self._cache.track(in_order(it, ring, self.num_workers, pin=pin), generation, len(ds))

@@ -57,8 +57,9 @@ class SharedArena(Arena):
     trusts, besides its own copies, only the stamps of earlier generations, and the main process only
     those of generations whose pass ran to its end: the messages of those passes (the tokens, each
     worker's end of pass) order the copies before the reads, where a stamp seen mid-copy would not.
-    Not covered on weakly ordered CPUs: workers of an earlier iterator (of this loader or of another
-    loader over the dataset) still writing beside a new one.
+    Workers of an earlier pass that may still be copying in (an abandoned iterator that lives on, or
+    one a worker's error ended, of any loader over the dataset) are tracked by the main process: no
+    one trusts their stamps until their pass completes or their workers are gone (:meth:`unsettled`).
 
     Args:
         plan: The plan.
@@ -68,7 +69,8 @@ class SharedArena(Arena):
     def __init__(self, plan: Plan, first: Batch) -> None:
         super().__init__(plan, cache=True)
         self.stamps = torch.zeros(len(plan.units), dtype=torch.int64).share_memory_()
-        self.generations = torch.tensor([1, 0], dtype=torch.int64).share_memory_()  # started, completed
+        # started, completed (the latest), floor (the lowest whose workers may still copy in; 0: none)
+        self.generations = torch.tensor([1, 0, 0], dtype=torch.int64).share_memory_()
         self.tensors = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype).share_memory_()
                         for k, v in first.items()}
         self._views()
@@ -76,10 +78,11 @@ class SharedArena(Arena):
 
     def _views(self) -> None:
         self._stamps, self._generations, self._stamp = self.stamps.numpy(), self.generations.numpy(), 0
+        self._writers: dict[int, weakref.ref[Any]] = {}  # main process: unfinished generation -> torch iterator
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        for key in ("_stamps", "_generations"):  # numpy views: rebuilt on the shared tensors, never copied
+        for key in ("_stamps", "_generations", "_writers"):  # views rebuilt on the shared tensors
             state.pop(key)
         return state
 
@@ -96,23 +99,51 @@ class SharedArena(Arena):
         if not self._stamps[unit]:
             self._stamps[unit] = self._stamp or self._generations[0]
 
+    def unsettled(self) -> list[int]:
+        """Main process: the generations whose workers may still be copying in: their pass did not run
+        to its end and their iterator lives on (an abandoned pass, or one a worker's error ended), its
+        workers not shut down. Others are forgotten: their workers exited, or torch's reset of
+        persistent workers waited for them."""
+        live = [g for g, ref in self._writers.items() if running(ref())]
+        self._writers = {g: self._writers[g] for g in live}
+        return live
+
     def start_generation(self) -> int:
-        """Main process, before the workers of a pass start: the new pass's generation."""
+        """Main process, before the workers of a pass start: the new pass's generation (and the floor its
+        workers trust below, :meth:`unsettled`)."""
+        self._generations[2] = min(self.unsettled(), default=0)
         self._generations[0] += 1
         return int(self._generations[0])
 
+    def started(self, generation: int, iterator: Any) -> None:
+        """Main process: ``iterator``'s workers copy in for ``generation`` (persistent workers: earlier
+        generations of the same iterator are settled, torch's reset waited for them)."""
+        self._writers = {g: ref for g, ref in self._writers.items() if ref() is not iterator}
+        self._writers[generation] = weakref.ref(iterator)
+
     def complete_generation(self, generation: int) -> None:
         """Main process: the workers' pass of ``generation`` ran to its end."""
+        self._writers.pop(generation, None)
         self._generations[1] = max(int(self._generations[1]), generation)
 
     def worker_pass(self) -> None:
-        """A worker's pass starts (after the main process sent it work): trust earlier generations."""
+        """A worker's pass starts (after the main process sent it work): trust earlier generations,
+        below the floor of generations whose workers may still be copying in."""
         self._stamp = int(self._generations[0])
-        self.resident |= (self._stamps > 0) & (self._stamps < self._stamp)
+        below = min(self._stamp, int(self._generations[2]) or self._stamp)
+        self.resident |= (self._stamps > 0) & (self._stamps < below)
 
     def main_pass(self) -> None:
-        """The main process looks: trust the generations whose pass ran to its end."""
-        self.resident |= (self._stamps > 0) & (self._stamps <= self._generations[1])
+        """The main process looks: trust the generations up to the latest whose pass ran to its end, but
+        none whose workers may still be copying in."""
+        trusted = (self._stamps > 0) & (self._stamps <= self._generations[1])
+        unsettled = self.unsettled()
+        self.resident |= trusted & ~np.isin(self._stamps, unsettled) if unsettled else trusted
+
+
+def running(iterator: Any) -> bool:
+    """Whether a torch DataLoader iterator's workers may still run (it lives, not shut down)."""
+    return iterator is not None and not getattr(iterator, "_shutdown", False)
 
 
 def shm_room() -> int:
@@ -240,6 +271,11 @@ class WorkerCache:
     def start(self) -> int:
         """A pass of the workers starts: its generation (0 without a shared cache)."""
         return self.arena.start_generation() if self.arena is not None else 0
+
+    def started(self, generation: int, iterator: Any) -> None:
+        """The torch iterator whose workers run the pass of ``generation``."""
+        if self.arena is not None:
+            self.arena.started(generation, iterator)
 
     def track(self, batches: Iterator[Any], generation: int, total: int) -> Iterator[Any]:
         """``batches`` of the workers' pass ``generation``; when they run to their end, or all ``total``

@@ -218,6 +218,48 @@ def test_stamps_are_trusted_from_earlier_generations_and_completed_passes(cache_
     assert other.resident[5]
 
 
+class FakeIterator:
+    _shutdown = False
+
+
+def test_generations_whose_workers_may_still_copy_in_are_not_trusted(cache_table) -> None:
+    """An unfinished pass whose iterator lives on: later workers trust nothing from its generation on,
+    the main process nothing of its generation, until its workers are shut down."""
+    ds = DeltaIterableDataset(cache_table, **KW)
+    arena = SharedArena(ds.plan, ds._reader.read(ds.plan.units[0]))
+    views = [copy.copy(arena) for _ in range(2)]
+    for view in views:  # other processes: the same shared tensors, their own flags
+        view.resident = np.zeros_like(arena.resident)
+        view._views()
+    old_worker, new_worker = views  # `arena` is the main process
+    it = FakeIterator()
+    old = arena.start_generation()
+    arena.started(old, it)
+    old_worker.worker_pass()
+    old_worker.put(1, ds._reader.read(ds.plan.units[1]))  # abandoned, its iterator alive
+    new = arena.start_generation()
+    arena.started(new, FakeIterator())
+    assert int(arena.generations[2]) == old
+    new_worker.worker_pass()
+    assert new_worker.resident[0] and not new_worker.resident[1]
+    new_worker.put(2, ds._reader.read(ds.plan.units[2]))
+    arena.complete_generation(new)
+    arena.main_pass()
+    assert arena.resident[2] and not arena.resident[1]  # the completed one, not the unsettled one
+    assert arena.unsettled() == [old]
+    it._shutdown = True  # its workers are gone
+    assert arena.unsettled() == []
+    arena.main_pass()
+    assert arena.resident[1]
+    assert arena.start_generation() and int(arena.generations[2]) == 0
+    new_worker.worker_pass()
+    assert new_worker.resident[1]
+    again = arena.start_generation()  # persistent workers: the same iterator's next pass settles the last
+    arena.started(again, it)
+    arena.started(again + 1, it)
+    assert list(arena._writers) == [again + 1]
+
+
 def test_an_abandoned_pass_of_the_workers_is_not_trusted_by_the_main_process(cache_table) -> None:
     refs = [reference(cache_table, epoch) for epoch in range(3)]
     ds = DeltaIterableDataset(cache_table, **KW)

@@ -219,3 +219,27 @@ def test_passes_served_here_keep_the_tail(ragged, drop_last: bool, rank: int, wo
     assert served
     if not drop_last and world_size == 1:
         assert len(got[-1]) == 2410 % 40
+
+
+def test_an_iterator_that_lives_on_keeps_its_copies_untrusted(cache_table) -> None:
+    """Workers of an abandoned iterator that lives on (non-persistent: a second iterator gets fresh
+    workers) may still be copying in: nobody trusts their stamps until those workers are gone."""
+    import gc
+
+    refs = [reference(cache_table, epoch) for epoch in range(3)]
+    ds = DeltaIterableDataset(cache_table, **KW)
+    loader = ds.dataloader(num_workers=2, persistent_workers=False)
+    ds.set_epoch(0)
+    first = iter(loader)
+    next(first)  # its workers stamped what they copied in with its generation
+    arena = loader._cache.arena
+    old = int(arena.generations[0])
+    assert ids_of(loader) == refs[0]  # a second iterator, alive beside the first
+    assert int(arena.generations[2]) == old  # its workers trusted nothing from `old` on
+    assert (arena.stamps == old).any()
+    ds.set_epoch(1)
+    assert ids_of(loader) == refs[1] and ds._shared.workers_read  # `old`'s copies untrusted here too
+    del first
+    gc.collect()
+    ds.set_epoch(2)
+    assert ids_of(loader) == refs[2] and not ds._shared.workers_read  # its workers are gone
