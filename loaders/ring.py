@@ -48,7 +48,7 @@ from torch.utils.data import DataLoader
 
 from idxlake.loaders.misuse import StreamBatch
 from idxlake.loaders.resume import check_reaches_workers
-from idxlake.loaders.sharedcache import WorkerCache
+from idxlake.loaders.sharedcache import TRUST_SLOTS, WorkerCache
 from idxlake.loaders.stream import Arena
 from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError
 
@@ -135,17 +135,21 @@ class Ring:
         slots: Per worker, its slots (column name -> tensor of :func:`group_size` batches).
         state: ``uint8 [workers, slots]``: :data:`FREE`, :data:`SENT` or :data:`LEASED`.
         leased: Per worker, slots lent out now (main process only).
+        cache: The workers' shared decode cache, or ``None``.
+        trust: What the workers of the ring's current pass trust in that cache (written by the main
+            process before the pass, :meth:`~idxlake.loaders.sharedcache.SharedArena.start_generation`).
     """
 
     slots: list[Slots]
     state: torch.Tensor
     leased: list[int]
     _views: tuple[np.ndarray, list[list[dict[str, np.ndarray]]]] | None = field(default=None, repr=False)
-    cache: Arena | None = None  # the workers' shared decode cache (sharedcache.py), or None
+    cache: Arena | None = None
+    trust: torch.Tensor = field(default_factory=lambda: torch.zeros(TRUST_SLOTS, dtype=torch.int64).share_memory_())
 
     def __getstate__(self) -> dict[str, Any]:
         return {"slots": self.slots, "state": self.state, "leased": [0] * len(self.slots), "_views": None,
-                "cache": self.cache}
+                "cache": self.cache, "trust": self.trust}
 
     def views(self) -> tuple[np.ndarray, list[list[dict[str, np.ndarray]]]]:
         """Numpy views of the flags and of every slot column, made once per process (a numpy flag
@@ -315,7 +319,7 @@ class RingDataLoader(DataLoader):
         started = self.persistent_workers and self._iterator is not None
         check_reaches_workers(ds._resume, epoch=ds.epoch, started=started, uri=ds.snapshot.uri)
         ring = ds._ring = self._idle_ring()  # workers (forked or spawned) take it from the dataset
-        generation = self._cache.start()  # before torch sends the workers their first tasks
+        generation = self._cache.start(ring)  # before torch sends the workers their first tasks
         try:
             it = super().__iter__()
         finally:

@@ -59,7 +59,9 @@ class SharedArena(Arena):
     worker's end of pass) order the copies before the reads, where a stamp seen mid-copy would not.
     Workers of an earlier pass that may still be copying in (an abandoned iterator that lives on, or
     one a worker's error ended, of any loader over the dataset) are tracked by the main process: no
-    one trusts their stamps until their pass completes or their workers are gone (:meth:`unsettled`).
+    one trusts their stamps until their pass completes or their workers are gone (:meth:`unsettled`);
+    later workers copy those row groups in again and stamp them as theirs. Each pass learns what it
+    trusts from its ring (``Ring.trust``), written before its workers get their first task.
 
     Args:
         plan: The plan.
@@ -69,8 +71,7 @@ class SharedArena(Arena):
     def __init__(self, plan: Plan, first: Batch) -> None:
         super().__init__(plan, cache=True)
         self.stamps = torch.zeros(len(plan.units), dtype=torch.int64).share_memory_()
-        # started, completed (the latest), floor (the lowest whose workers may still copy in; 0: none)
-        self.generations = torch.tensor([1, 0, 0], dtype=torch.int64).share_memory_()
+        self.generations = torch.tensor([1, 0], dtype=torch.int64).share_memory_()  # started, completed
         self.tensors = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype).share_memory_()
                         for k, v in first.items()}
         self._views()
@@ -78,7 +79,10 @@ class SharedArena(Arena):
 
     def _views(self) -> None:
         self._stamps, self._generations, self._stamp = self.stamps.numpy(), self.generations.numpy(), 0
-        self._writers: dict[int, weakref.ref[Any]] = {}  # main process: unfinished generation -> torch iterator
+        self._unsettled: frozenset[int] = frozenset()  # a worker: generations it does not trust
+        self._floor = 0  # a worker: nor any from this one on (0: none)
+        # main process: unfinished generation -> its torch iterator and worker processes
+        self._writers: dict[int, tuple[weakref.ref[Any], list[Any]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -92,46 +96,63 @@ class SharedArena(Arena):
         self.decoded = 0  # this process's own decodes
 
     def put(self, unit: int, data: Batch) -> None:
-        """Copy a decoded unit in, and stamp it (if nobody has) with this worker's pass's generation, or
-        in the main process with the latest started one: workers already running never trust it, later
-        ones start after it (the main process starts them, after this copy)."""
+        """Copy a decoded unit in, and stamp it: with this worker's pass's generation if nobody has, or
+        if the stamp is one of an earlier pass this worker does not trust (its workers may still copy
+        in, the same bytes: now this copy, complete, is behind the stamp); in the main process, if
+        nobody has, with the latest started generation (running workers never trust it, later ones
+        start after this copy)."""
         super().put(unit, data)
-        if not self._stamps[unit]:
+        stamp = int(self._stamps[unit])
+        distrusted = stamp in self._unsettled or bool(self._floor and stamp >= self._floor)
+        if not stamp or (self._stamp and stamp < self._stamp and distrusted):
             self._stamps[unit] = self._stamp or self._generations[0]
 
     def unsettled(self) -> list[int]:
         """Main process: the generations whose workers may still be copying in: their pass did not run
-        to its end and their iterator lives on (an abandoned pass, or one a worker's error ended), its
-        workers not shut down. Others are forgotten: their workers exited, or torch's reset of
-        persistent workers waited for them."""
-        live = [g for g, ref in self._writers.items() if running(ref())]
-        self._writers = {g: self._writers[g] for g in live}
-        return live
+        to its end and some of their workers are alive (an abandoned pass whose iterator lives on, or
+        one a worker's error ended, until torch has joined them: ``waitpid`` orders what they wrote).
+        Others are forgotten: their workers exited, or torch's reset of persistent workers waited for
+        them."""
+        self._writers = {g: w for g, w in self._writers.items() if any(p.is_alive() for p in w[1])}
+        return sorted(self._writers)
 
-    def start_generation(self) -> int:
-        """Main process, before the workers of a pass start: the new pass's generation (and the floor its
-        workers trust below, :meth:`unsettled`)."""
-        self._generations[2] = min(self.unsettled(), default=0)
+    def start_generation(self) -> np.ndarray:
+        """Main process, before the workers of a pass start: what they trust (:data:`TRUST_SLOTS`
+        numbers, for :meth:`worker_pass`): the new pass's generation, and the :meth:`unsettled` ones
+        (their count, then them; beyond ``TRUST_SLOTS - 2``, only the lowest: none from it on)."""
+        unsettled = self.unsettled()
         self._generations[0] += 1
-        return int(self._generations[0])
+        info = np.zeros(TRUST_SLOTS, dtype=np.int64)
+        info[0], info[1] = self._generations[0], len(unsettled)
+        shown = unsettled if len(unsettled) <= TRUST_SLOTS - 2 else unsettled[:1]
+        info[2:2 + len(shown)] = shown
+        return info
 
     def started(self, generation: int, iterator: Any) -> None:
         """Main process: ``iterator``'s workers copy in for ``generation`` (persistent workers: earlier
         generations of the same iterator are settled, torch's reset waited for them)."""
-        self._writers = {g: ref for g, ref in self._writers.items() if ref() is not iterator}
-        self._writers[generation] = weakref.ref(iterator)
+        self._writers = {g: w for g, w in self._writers.items() if w[0]() is not iterator}
+        self._writers[generation] = (weakref.ref(iterator), list(getattr(iterator, "_workers", [])))
 
     def complete_generation(self, generation: int) -> None:
         """Main process: the workers' pass of ``generation`` ran to its end."""
         self._writers.pop(generation, None)
         self._generations[1] = max(int(self._generations[1]), generation)
 
-    def worker_pass(self) -> None:
-        """A worker's pass starts (after the main process sent it work): trust earlier generations,
-        below the floor of generations whose workers may still be copying in."""
-        self._stamp = int(self._generations[0])
-        below = min(self._stamp, int(self._generations[2]) or self._stamp)
-        self.resident |= (self._stamps > 0) & (self._stamps < below)
+    def worker_pass(self, info: np.ndarray | torch.Tensor) -> None:
+        """A worker's pass starts (after the main process sent it work), with what the main process
+        published for it (:meth:`start_generation`): trust earlier generations, but no unsettled one."""
+        info = np.asarray(info)
+        self._stamp, count = int(info[0]), int(info[1])
+        overflow = count > TRUST_SLOTS - 2
+        self._unsettled = frozenset() if overflow else frozenset(info[2:2 + count].tolist())
+        self._floor = int(info[2]) if overflow else 0
+        trusted = (self._stamps > 0) & (self._stamps < self._stamp)
+        if overflow:
+            trusted &= self._stamps < self._floor
+        elif count:
+            trusted &= ~np.isin(self._stamps, info[2:2 + count])
+        self.resident |= trusted
 
     def main_pass(self) -> None:
         """The main process looks: trust the generations up to the latest whose pass ran to its end, but
@@ -141,9 +162,8 @@ class SharedArena(Arena):
         self.resident |= trusted & ~np.isin(self._stamps, unsettled) if unsettled else trusted
 
 
-def running(iterator: Any) -> bool:
-    """Whether a torch DataLoader iterator's workers may still run (it lives, not shut down)."""
-    return iterator is not None and not getattr(iterator, "_shutdown", False)
+TRUST_SLOTS = 10
+"""Numbers the main process publishes per ring for its workers' pass (:meth:`SharedArena.start_generation`)."""
 
 
 def shm_room() -> int:
@@ -203,7 +223,7 @@ def cache_for(current: Arena | None, ring: Any, plan: Plan, cache_bytes: int | N
     (made when the selection fits the cache budget)."""
     shared = getattr(ring, "cache", None)
     if shared is not None:
-        shared.worker_pass()
+        shared.worker_pass(ring.trust)
         return shared
     if isinstance(current, SharedArena) and get_worker_info() is not None:
         current = None  # a plain DataLoader's forked worker inherited it: it writes only a ring's, in its protocol
@@ -268,9 +288,13 @@ class WorkerCache:
             for ring in rings:
                 ring.cache = self.arena
 
-    def start(self) -> int:
-        """A pass of the workers starts: its generation (0 without a shared cache)."""
-        return self.arena.start_generation() if self.arena is not None else 0
+    def start(self, ring: Any) -> int:
+        """A pass of the workers starts, on ``ring``: its generation (0 without a shared cache), and what
+        its workers trust, in ``ring.trust``."""
+        if self.arena is None:
+            return 0
+        ring.trust.copy_(torch.from_numpy(self.arena.start_generation()))
+        return int(ring.trust[0])
 
     def started(self, generation: int, iterator: Any) -> None:
         """The torch iterator whose workers run the pass of ``generation``."""

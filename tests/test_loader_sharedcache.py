@@ -178,86 +178,118 @@ def test_warm_passes_is_checked(cache_table) -> None:
         RingDataLoader(DeltaIterableDataset(cache_table, **KW), num_workers=2, warm_passes="gpu")  # type: ignore[arg-type]
 
 
+def process_view(arena: SharedArena) -> SharedArena:
+    """``arena`` as another process sees it: the same shared tensors, its own flags."""
+    view = copy.copy(arena)
+    view.resident = np.zeros_like(arena.resident)
+    return view
+
+
 def test_stamps_are_trusted_from_earlier_generations_and_completed_passes(cache_table) -> None:
     """A worker trusts what earlier generations copied in, never a stamp of its own generation (another
     worker may be mid-copy); the main process trusts only the generations whose pass ran to its end."""
     ds = DeltaIterableDataset(cache_table, **KW)
     arena = SharedArena(ds.plan, ds._reader.read(ds.plan.units[0]))
-
-    def process_view() -> SharedArena:  # another process: the same shared tensors, its own flags
-        view = copy.copy(arena)
-        view.resident = np.zeros_like(arena.resident)
-        view._views()
-        return view
-
-    other, main = process_view(), process_view()
-    generation = arena.start_generation()
-    arena.worker_pass()
-    other.worker_pass()
+    worker, other, main = process_view(arena), process_view(arena), process_view(arena)
+    info = arena.start_generation()
+    generation = int(info[0])
+    worker.worker_pass(info)
+    other.worker_pass(info)
     assert other.resident[0] and not other.resident[1:].any()  # the main process's copy, made before
-    arena.put(1, ds._reader.read(ds.plan.units[1]))
-    assert arena.resident[1] and int(arena.stamps[1]) == generation
-    other.worker_pass()
+    worker.put(1, ds._reader.read(ds.plan.units[1]))
+    assert worker.resident[1] and int(arena.stamps[1]) == generation
+    other.worker_pass(info)
     assert not other.resident[1]  # a stamp of its own generation
     main.main_pass()
     assert not main.resident.any()  # nothing completed yet
     arena.complete_generation(generation)
     main.main_pass()
     assert main.resident[:2].all() and not main.resident[2:].any()
-    arena.start_generation()
-    other.worker_pass()
+    other.worker_pass(arena.start_generation())
     assert other.resident[1]  # an earlier generation now
     running = arena.start_generation()  # the main process copies in while the workers of `running` run
-    other.worker_pass()
+    other.worker_pass(running)
     main.put(5, ds._reader.read(ds.plan.units[5]))
-    assert int(arena.stamps[5]) == running and main.resident[5]
-    other.worker_pass()
+    assert int(arena.stamps[5]) == running[0] and main.resident[5]
+    other.worker_pass(running)
     assert not other.resident[5]  # maybe mid-copy for them
-    arena.start_generation()  # started after the copy
-    other.worker_pass()
+    other.worker_pass(arena.start_generation())  # started after the copy
     assert other.resident[5]
 
 
+class FakeProcess:
+    alive = True
+
+    def is_alive(self) -> bool:
+        return self.alive
+
+
 class FakeIterator:
-    _shutdown = False
+    def __init__(self) -> None:
+        self._workers = [FakeProcess(), FakeProcess()]
 
 
 def test_generations_whose_workers_may_still_copy_in_are_not_trusted(cache_table) -> None:
-    """An unfinished pass whose iterator lives on: later workers trust nothing from its generation on,
-    the main process nothing of its generation, until its workers are shut down."""
+    """An unfinished pass whose workers are alive: later workers trust nothing of its generation and
+    copy its row groups in again (stamping them as theirs), the main process trusts nothing of it,
+    until its workers are gone."""
     ds = DeltaIterableDataset(cache_table, **KW)
     arena = SharedArena(ds.plan, ds._reader.read(ds.plan.units[0]))
-    views = [copy.copy(arena) for _ in range(2)]
-    for view in views:  # other processes: the same shared tensors, their own flags
-        view.resident = np.zeros_like(arena.resident)
-        view._views()
-    old_worker, new_worker = views  # `arena` is the main process
-    it = FakeIterator()
-    old = arena.start_generation()
+    old_worker, new_worker, later = process_view(arena), process_view(arena), process_view(arena)
+    it, other = FakeIterator(), FakeIterator()  # `arena` is the main process
+    old_info = arena.start_generation()
+    old = int(old_info[0])
     arena.started(old, it)
-    old_worker.worker_pass()
-    old_worker.put(1, ds._reader.read(ds.plan.units[1]))  # abandoned, its iterator alive
-    new = arena.start_generation()
-    arena.started(new, FakeIterator())
-    assert int(arena.generations[2]) == old
-    new_worker.worker_pass()
-    assert new_worker.resident[0] and not new_worker.resident[1]
+    old_worker.worker_pass(old_info)
+    for unit in (1, 3):
+        old_worker.put(unit, ds._reader.read(ds.plan.units[unit]))  # abandoned, its workers alive
+    info = arena.start_generation()
+    new = int(info[0])
+    arena.started(new, other)
+    assert info[1:3].tolist() == [1, old]  # published: one unsettled generation, `old`
+    new_worker.worker_pass(info)
+    assert new_worker.resident[0] and not new_worker.resident[1] and not new_worker.resident[3]
     new_worker.put(2, ds._reader.read(ds.plan.units[2]))
+    new_worker.put(3, ds._reader.read(ds.plan.units[3]))  # its own complete copy: now its stamp
+    assert int(arena.stamps[3]) == new and int(arena.stamps[1]) == old
     arena.complete_generation(new)
     arena.main_pass()
-    assert arena.resident[2] and not arena.resident[1]  # the completed one, not the unsettled one
+    assert arena.resident[2] and arena.resident[3] and not arena.resident[1]  # not the unsettled one
+    later.worker_pass(arena.start_generation())
+    assert later.resident[3] and not later.resident[1]
     assert arena.unsettled() == [old]
-    it._shutdown = True  # its workers are gone
+    it._workers[0].alive = False
+    assert arena.unsettled() == [old]  # one worker still alive
+    it._workers[1].alive = False  # its workers are gone (waitpid)
     assert arena.unsettled() == []
     arena.main_pass()
     assert arena.resident[1]
-    assert arena.start_generation() and int(arena.generations[2]) == 0
-    new_worker.worker_pass()
-    assert new_worker.resident[1]
-    again = arena.start_generation()  # persistent workers: the same iterator's next pass settles the last
-    arena.started(again, it)
-    arena.started(again + 1, it)
+    info = arena.start_generation()
+    assert int(info[1]) == 0
+    later.worker_pass(info)
+    assert later.resident[1]
+    again = int(arena.start_generation()[0])  # persistent workers: the same iterator's next pass settles the last
+    arena.started(again, other)
+    arena.started(again + 1, other)
     assert list(arena._writers) == [again + 1]
+
+
+def test_more_unsettled_generations_than_published_trust_none_from_the_lowest(cache_table) -> None:
+    ds = DeltaIterableDataset(cache_table, **KW)
+    arena = SharedArena(ds.plan, ds._reader.read(ds.plan.units[0]))
+    workers = [process_view(arena) for _ in range(sharedcache.TRUST_SLOTS)]
+    keep = []
+    for unit, worker in enumerate(workers, 1):
+        info = arena.start_generation()
+        keep.append(FakeIterator())
+        arena.started(int(info[0]), keep[-1])
+        worker.worker_pass(info)
+        worker.put(unit, ds._reader.read(ds.plan.units[unit]))
+    info = arena.start_generation()
+    assert int(info[1]) == sharedcache.TRUST_SLOTS and int(info[2]) == int(arena.stamps[1])
+    last = process_view(arena)
+    last.worker_pass(info)
+    assert last.resident[0] and not last.resident[1:].any()
 
 
 def test_an_abandoned_pass_of_the_workers_is_not_trusted_by_the_main_process(cache_table) -> None:

@@ -221,10 +221,12 @@ def test_passes_served_here_keep_the_tail(ragged, drop_last: bool, rank: int, wo
         assert len(got[-1]) == 2410 % 40
 
 
-def test_an_iterator_that_lives_on_keeps_its_copies_untrusted(cache_table) -> None:
+def test_an_iterator_that_lives_on_keeps_its_copies_untrusted(cache_table, decoded) -> None:
     """Workers of an abandoned iterator that lives on (non-persistent: a second iterator gets fresh
-    workers) may still be copying in: nobody trusts their stamps until those workers are gone."""
+    workers) may still be copying in: the new workers trust nothing of its generation, and copy its
+    row groups in again, under their own stamp."""
     import gc
+    import os
 
     refs = [reference(cache_table, epoch) for epoch in range(3)]
     ds = DeltaIterableDataset(cache_table, **KW)
@@ -234,12 +236,17 @@ def test_an_iterator_that_lives_on_keeps_its_copies_untrusted(cache_table) -> No
     next(first)  # its workers stamped what they copied in with its generation
     arena = loader._cache.arena
     old = int(arena.generations[0])
-    assert ids_of(loader) == refs[0]  # a second iterator, alive beside the first
-    assert int(arena.generations[2]) == old  # its workers trusted nothing from `old` on
     assert (arena.stamps == old).any()
+    workers = loader._users[id(loader._ring)]()._workers  # the torch iterator's
+    skip = {str(os.getpid()), *(str(w.pid) for w in workers)}
+    before = len(reads(decoded))
+    assert ids_of(loader) == refs[0]  # a second iterator, alive beside the first
+    assert [1, old] in ([int(v) for v in r.trust[1:3]] for r in (loader._ring, *loader._spares))
+    again = {unit for pid, unit in reads(decoded)[before:] if pid not in skip}
+    assert len(again) == len(arena.stamps) - 1  # all but the main process's unit 0: `old`'s too
     ds.set_epoch(1)
-    assert ids_of(loader) == refs[1] and ds._shared.workers_read  # `old`'s copies untrusted here too
+    assert ids_of(loader) == refs[1]
     del first
     gc.collect()
     ds.set_epoch(2)
-    assert ids_of(loader) == refs[2] and not ds._shared.workers_read  # its workers are gone
+    assert ids_of(loader) == refs[2] and not ds._shared.workers_read
