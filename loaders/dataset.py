@@ -277,6 +277,7 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         progress = self._progress = Progress(epoch, start, min(skip, len(mine)))
         logger.debug("%s: epoch %d, %s, %d of %d batches", self.plan.describe(), epoch, world,
                      len(mine) - progress.yielded, total)
+        self._cache = cache_for(self._cache, self._ring if in_worker else None, self.plan, self.cache_bytes)
         return self._stream(world, tail, mine[progress.yielded:], progress, total,
                             mark_used=in_worker and pending is not None and pending.inherited)
 
@@ -293,7 +294,6 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         if self._owner != os.getpid():  # forked: the parent's reads ahead never complete here
             self._owner, self._next, self._warm, self._last_epoch = os.getpid(), None, None, None
         key, ahead, self._next = pass_key(progress.epoch, world, batches), self._next, None
-        self._cache = cache_for(self._cache, self._ring if get_worker_info() else None, self.plan, self.cache_bytes)
         cached = self._cache is not None and bool(self._cache.resident.all())
         pending, self._warm = self._warm, None
         ahead = choose(ahead, pending, key, cached=cached,

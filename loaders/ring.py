@@ -31,7 +31,7 @@ by two sets of workers: an iterator started while workers of an earlier one may 
 iterators with non-persistent workers, or one ended by a worker's error) gets a spare ring.
 
 The rings also carry the workers' one decode cache in shared memory; once it holds a pass's rows and
-the dataset has no transform, the pass runs in the main process (:mod:`idxlake.loaders.sharedcache`).
+the dataset has no transform, the pass runs in the main process (:mod:`idxlake.loaders.mainpasses`).
 """
 
 from __future__ import annotations
@@ -46,9 +46,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from idxlake.loaders.mainpasses import WorkerCache
 from idxlake.loaders.misuse import StreamBatch
 from idxlake.loaders.resume import check_reaches_workers
-from idxlake.loaders.sharedcache import TRUST_SLOTS, WorkerCache
+from idxlake.loaders.sharedcache import new_trust
 from idxlake.loaders.stream import Arena
 from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError
 
@@ -121,8 +122,7 @@ def slot_count(prefetch_factor: int) -> int:
 
 
 LEASES = 2
-"""Slots of one worker that the main process may lend out at once (batches handed on as views of
-the slot); a further token is copied out instead."""
+"""Slots of one worker the main process may lend out at once (as views); a further token is copied out."""
 
 FREE, SENT, LEASED = 0, 1, 2
 """Slot states: writable by its worker; holding a token on its way; lent out as views."""
@@ -135,9 +135,8 @@ class Ring:
         slots: Per worker, its slots (column name -> tensor of :func:`group_size` batches).
         state: ``uint8 [workers, slots]``: :data:`FREE`, :data:`SENT` or :data:`LEASED`.
         leased: Per worker, slots lent out now (main process only).
-        cache: The workers' shared decode cache, or ``None``.
-        trust: What the workers of the ring's current pass trust in that cache (written by the main
-            process before the pass, :meth:`~idxlake.loaders.sharedcache.SharedArena.start_generation`).
+        cache: The workers' shared decode cache, or ``None``; ``trust``: what each pass's workers trust
+            in it, ``passes``: the ring's passes so far (:func:`~idxlake.loaders.sharedcache.publish_trust`).
     """
 
     slots: list[Slots]
@@ -145,11 +144,12 @@ class Ring:
     leased: list[int]
     _views: tuple[np.ndarray, list[list[dict[str, np.ndarray]]]] | None = field(default=None, repr=False)
     cache: Arena | None = None
-    trust: torch.Tensor = field(default_factory=lambda: torch.zeros(TRUST_SLOTS, dtype=torch.int64).share_memory_())
+    trust: torch.Tensor = field(default_factory=new_trust)
+    passes: int = 0
 
     def __getstate__(self) -> dict[str, Any]:
         return {"slots": self.slots, "state": self.state, "leased": [0] * len(self.slots), "_views": None,
-                "cache": self.cache, "trust": self.trust}
+                "cache": self.cache, "trust": self.trust, "passes": self.passes}
 
     def views(self) -> tuple[np.ndarray, list[list[dict[str, np.ndarray]]]]:
         """Numpy views of the flags and of every slot column, made once per process (a numpy flag
@@ -266,7 +266,7 @@ class RingDataLoader(DataLoader):
         prefetch_factor: Batches each worker prepares ahead (torch's meaning).
         warm_passes: ``"main"``: once the workers' shared decode cache holds the whole selection and
             the dataset has no transform, passes run in the main process over it (faster: see
-            :mod:`idxlake.loaders.sharedcache`); ``"workers"``: always in the workers.
+            :mod:`idxlake.loaders.mainpasses`); ``"workers"``: always in the workers.
         **kwargs: Other ``DataLoader`` options (``persistent_workers``, ``multiprocessing_context``...).
 
     Raises:
@@ -307,7 +307,7 @@ class RingDataLoader(DataLoader):
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         ds: Any = self.dataset
-        if self.num_workers:  # warm and nothing to transform: in this process (sharedcache.py)
+        if self.num_workers:  # warm and nothing to transform: in this process (mainpasses.py)
             self._cache.before_workers(ds, [self._ring, *self._spares])
             if not self._cache.serves(ds, self.num_workers):
                 return self._worker_iter(ds)

@@ -1,4 +1,4 @@
-"""The decode cache of a ring's DataLoader workers, in shared memory, and warm passes in the main process.
+"""The decode cache of a ring's DataLoader workers, in shared memory.
 
 Without it every worker keeps a private cache of the selection. A worker's lanes cover other row
 groups every epoch, so each private cache ends up holding the whole selection: ``num_workers``
@@ -7,24 +7,14 @@ copies, and every worker decodes every row group once. :class:`RingDataLoader`
 workers, when the projected columns fit the cache budget (:func:`~idxlake.loaders.stream.fits_cache`)
 and :data:`SHM_FRACTION` of the free space of ``/dev/shm``. Each worker decodes into it only the
 row groups nobody has decoded yet, so the first epoch fills it once for all workers, and memory is
-one copy per rank.
-
-A warm pass without a ``transform`` or ``sample_transform`` is one ``index_select`` per column per
-batch: memory-bound work that costs more to ship through the ring than to do (measured on 2 cores:
-2 workers reached 0.46-0.64x of 0 workers warm). Once the shared cache holds the whole selection,
-the loader therefore iterates the dataset in the main process, over that cache
-(:func:`serves_in_main`). The order depends only on (seed, epoch, selection, lanes), never on
-the number of workers, so the batches and their order are those the workers would have yielded.
-The workers keep the work that pays: cold passes (decode) and transforms.
+one copy per rank. Warm passes then run in the main process (:mod:`idxlake.loaders.mainpasses`).
 """
-
 from __future__ import annotations
 
 import logging
 import os
 import weakref
-from collections.abc import Iterator, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,10 +22,7 @@ from torch.utils.data import get_worker_info
 
 from idxlake.loaders.decode import Batch
 from idxlake.loaders.plan import Plan
-from idxlake.loaders.shares import worker_batches
 from idxlake.loaders.stream import Arena, fits_cache, row_bytes
-from idxlake.loaders.world import World
-from idxlake.schemas import LoaderConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +100,7 @@ class SharedArena(Arena):
         one a worker's error ended, until torch has joined them: ``waitpid`` orders what they wrote).
         Others are forgotten: their workers exited, or torch's reset of persistent workers waited for
         them."""
-        self._writers = {g: w for g, w in self._writers.items() if any(p.is_alive() for p in w[1])}
+        self._writers = {g: w for g, w in self._writers.items() if any(alive(p) for p in w[1])}
         return sorted(self._writers)
 
     def start_generation(self) -> np.ndarray:
@@ -164,6 +151,35 @@ class SharedArena(Arena):
 
 TRUST_SLOTS = 10
 """Numbers the main process publishes per ring for its workers' pass (:meth:`SharedArena.start_generation`)."""
+
+TRUST_DEPTH = 4
+"""Passes of a ring whose trust is kept: a persistent worker may take up its pass (``iter(dataset)``,
+after acknowledging torch's reset) once the main process has published the next pass's."""
+
+
+def new_trust() -> torch.Tensor:
+    """A ring's trust table in shared memory: row ``p % TRUST_DEPTH`` for its pass ``p``."""
+    return torch.zeros((TRUST_DEPTH, TRUST_SLOTS), dtype=torch.int64).share_memory_()
+
+
+def publish_trust(ring: Any, info: np.ndarray) -> None:
+    """Main process, before a pass's workers are started or reset: ``info`` for the ring's next pass.
+    ``ring.passes`` is a plain number: workers started now take its value (forked or pickled)."""
+    ring.passes += 1
+    ring.trust[ring.passes % TRUST_DEPTH] = torch.from_numpy(info)
+
+
+def pass_trust(ring: Any) -> np.ndarray:
+    """A ring's worker, as its pass starts: what the main process published for that pass. Its first
+    pass is the ``passes`` it was started with, each later one (a persistent worker's) the next."""
+    pid, seen = os.getpid(), ring.__dict__.get("_seen")
+    ring._seen = (pid, seen[1] + 1 if seen is not None and seen[0] == pid else ring.passes)
+    return ring.trust[ring._seen[1] % TRUST_DEPTH].numpy().copy()
+
+
+def alive(process: Any) -> bool:
+    """Whether a worker process may run (``waitpid``; one this process did not start: as far as it knows)."""
+    return getattr(process, "_parent_pid", os.getpid()) != os.getpid() or bool(process.is_alive())
 
 
 def shm_room() -> int:
@@ -223,108 +239,8 @@ def cache_for(current: Arena | None, ring: Any, plan: Plan, cache_bytes: int | N
     (made when the selection fits the cache budget)."""
     shared = getattr(ring, "cache", None)
     if shared is not None:
-        shared.worker_pass(ring.trust)
+        shared.worker_pass(pass_trust(ring))
         return shared
     if isinstance(current, SharedArena) and get_worker_info() is not None:
         current = None  # a plain DataLoader's forked worker inherited it: it writes only a ring's, in its protocol
     return current or (Arena(plan, cache=True) if fits_cache(plan, cache_bytes) else None)
-
-
-def serves_in_main(dataset: Any, cache: Arena | None) -> bool:
-    """Whether the next pass runs in the main process: the dataset has no ``transform`` or
-    ``sample_transform`` (workers would only gather and ship), and ``cache`` holds the rows of the pass.
-
-    That is the whole selection, or, for a DDP rank (whose workers fill only the row groups of its
-    lanes, other ones every epoch), the row groups of this rank's pass; that pass is then planned
-    here, once: the pass itself uses the plan (:func:`~idxlake.loaders.lookahead.choose`).
-    """
-    if (cache is None or dataset.transform is not None or dataset.sample_transform is not None
-            or getattr(dataset, "_normalize", None) is not None):  # float32 output: compute, in the workers
-        return False
-    dataset.settle_resume()
-    resume = dataset._resume if dataset._resume is not None and dataset._resume.epoch == dataset.epoch else None
-    if resume is not None and resume.num_workers not in (None, 1):  # a worker's state: for the workers
-        return False
-    if isinstance(cache, SharedArena):
-        cache.main_pass()
-    if bool(np.all(cache.resident)):
-        return True
-    world = World.detect(*dataset._dist())
-    if world.world_size == 1:  # one rank reads everything
-        return False
-    start, skip = (resume.start, resume.skip) if resume is not None else (0, 0)  # the pass a pending resume leaves
-    body, tail = dataset._steps(world.rank, world.world_size)
-    batches = worker_batches(body + len(tail), worker=0, num_workers=1, start=start)[skip:]
-    plan = dataset._pass_plan(dataset.epoch, world, tail, batches)
-    if not bool(np.all(cache.resident[plan.sched.order])):
-        return False
-    dataset._next = plan
-    return True
-
-
-class WorkerCache:
-    """The shared cache of one :class:`~idxlake.loaders.ring.RingDataLoader`'s workers, and where its
-    warm passes run.
-
-    Args:
-        warm_passes: ``"main"``: in the main process once :func:`serves_in_main`; ``"workers"``: always
-            in the workers.
-
-    Raises:
-        LoaderConfigError: another ``warm_passes``.
-    """
-
-    def __init__(self, warm_passes: Literal["main", "workers"]) -> None:
-        if warm_passes not in ("main", "workers"):
-            raise LoaderConfigError(f"RingDataLoader: warm_passes must be 'main' or 'workers', got {warm_passes!r}")
-        self.warm_passes = warm_passes
-        self.arena: SharedArena | None = None
-        self.made = self.served = False
-
-    def before_workers(self, dataset: Any, rings: Sequence[Any]) -> None:
-        """Make the cache (once, before the loader's first workers start: they take it with the rings)."""
-        if not self.made:
-            self.made, self.arena = True, dataset_cache(dataset)
-            for ring in rings:
-                ring.cache = self.arena
-
-    def start(self, ring: Any) -> int:
-        """A pass of the workers starts, on ``ring``: its generation (0 without a shared cache), and what
-        its workers trust, in ``ring.trust``."""
-        if self.arena is None:
-            return 0
-        ring.trust.copy_(torch.from_numpy(self.arena.start_generation()))
-        return int(ring.trust[0])
-
-    def started(self, generation: int, iterator: Any) -> None:
-        """The torch iterator whose workers run the pass of ``generation``."""
-        if self.arena is not None:
-            self.arena.started(generation, iterator)
-
-    def track(self, batches: Iterator[Any], generation: int, total: int) -> Iterator[Any]:
-        """``batches`` of the workers' pass ``generation``; when they run to their end, or all ``total``
-        batches of the rank have arrived (a loop calling ``next`` ``len(loader)`` times), the main process
-        may trust what that pass copied into the cache: a worker copies a row group in before it sends
-        the batches gathered from it (see :class:`SharedArena`)."""
-        if self.arena is None:
-            return batches
-        return self._tracked(batches, self.arena, generation, total)
-
-    @staticmethod
-    def _tracked(batches: Iterator[Any], arena: SharedArena, generation: int, total: int) -> Iterator[Any]:
-        for n, batch in enumerate(batches, 1):
-            if n == total:
-                arena.complete_generation(generation)
-            yield batch
-        arena.complete_generation(generation)
-
-    def serves(self, dataset: Any, workers: int) -> bool:
-        """Whether the next pass runs in the main process (then over the shared cache)."""
-        if self.warm_passes != "main" or not serves_in_main(dataset, self.arena):
-            return False
-        if not self.served:
-            self.served = True
-            logger.info("%s: warm and without transforms, passes run in the main process over the decode cache "
-                        "its %d DataLoader workers filled", dataset.plan.describe(), workers)
-        dataset._cache = self.arena
-        return True

@@ -40,7 +40,7 @@ def test_workers_fill_one_cache_then_warm_passes_run_in_the_main_process(cache_t
     ds = DeltaIterableDataset(cache_table, rank=rank, world_size=world_size, **KW)
     loader = ds.dataloader(num_workers=2)
     served = []
-    with caplog.at_level(logging.INFO, logger="idxlake.loaders.sharedcache"):
+    with caplog.at_level(logging.INFO, logger="idxlake.loaders.mainpasses"):
         for epoch in range(epochs):
             ds.set_epoch(epoch)
             before = len(reads(decoded))
@@ -325,3 +325,24 @@ def test_float32_output_stays_in_the_workers(cache_table) -> None:
         ds.set_epoch(epoch)
         list(loader)
         assert ds._shared.workers_read
+
+
+def test_each_pass_of_a_persistent_worker_reads_its_own_trust() -> None:
+    """A persistent worker takes up a pass (``iter(dataset)``, after acknowledging torch's reset) when
+    the main process may already have published the next pass's trust: it reads the row of its pass."""
+    import types
+
+    ring = types.SimpleNamespace(trust=sharedcache.new_trust(), passes=0)
+    infos = [np.full(sharedcache.TRUST_SLOTS, n, dtype=np.int64) for n in range(1, 7)]
+    sharedcache.publish_trust(ring, infos[0])
+    worker = copy.copy(ring)  # forked (or pickled) now: its first pass is the ring's first
+    for info in infos[1:3]:
+        sharedcache.publish_trust(ring, info)  # the main process runs ahead
+    assert sharedcache.pass_trust(worker).tolist() == infos[0].tolist()
+    assert sharedcache.pass_trust(worker).tolist() == infos[1].tolist()
+    sharedcache.publish_trust(ring, infos[3])
+    assert sharedcache.pass_trust(worker).tolist() == infos[2].tolist()
+    assert sharedcache.pass_trust(worker).tolist() == infos[3].tolist()
+    late = copy.copy(ring)  # a worker started at the ring's fourth pass
+    late._seen = (0, 0)  # inherited from another process: not its own count
+    assert sharedcache.pass_trust(late).tolist() == infos[3].tolist()

@@ -12,7 +12,7 @@ from test_loader_sharedcache import KW, ids_of, pass_batches, reference
 from torch.utils.data import DataLoader
 
 from idxlake import ingest
-from idxlake.loaders import DeltaIterableDataset
+from idxlake.loaders import DeltaIterableDataset, sharedcache
 from idxlake.loaders.shares import worker_batches
 from idxlake.loaders.world import World
 from idxlake.schemas import LoaderConfigError
@@ -233,7 +233,7 @@ def test_an_iterator_that_lives_on_keeps_its_copies_untrusted(cache_table, decod
     loader = ds.dataloader(num_workers=2, persistent_workers=False)
     ds.set_epoch(0)
     first = iter(loader)
-    next(first)  # its workers stamped what they copied in with its generation
+    next(first), next(first)  # a token of each worker: all they copy in, stamped with its generation
     arena = loader._cache.arena
     old = int(arena.generations[0])
     assert (arena.stamps == old).any()
@@ -241,11 +241,14 @@ def test_an_iterator_that_lives_on_keeps_its_copies_untrusted(cache_table, decod
     skip = {str(os.getpid()), *(str(w.pid) for w in workers)}
     before = len(reads(decoded))
     assert ids_of(loader) == refs[0]  # a second iterator, alive beside the first
-    assert [1, old] in ([int(v) for v in r.trust[1:3]] for r in (loader._ring, *loader._spares))
+    rings = (loader._ring, *loader._spares)
+    published = ([int(v) for v in r.trust[r.passes % sharedcache.TRUST_DEPTH, 1:3]] for r in rings)
+    assert [1, old] in published  # the second pass's workers: one unsettled generation, `old`
     again = {unit for pid, unit in reads(decoded)[before:] if pid not in skip}
     assert len(again) == len(arena.stamps) - 1  # all but the main process's unit 0: `old`'s too
+    assert not (arena.stamps == old).any()  # now under the new workers' stamp
     ds.set_epoch(1)
-    assert ids_of(loader) == refs[1]
+    assert ids_of(loader) == refs[1] and not ds._shared.workers_read  # trusted: served here
     del first
     gc.collect()
     ds.set_epoch(2)
