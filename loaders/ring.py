@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader
 from idxlake.loaders.mainpasses import WorkerCache
 from idxlake.loaders.misuse import StreamBatch
 from idxlake.loaders.resume import check_reaches_workers
-from idxlake.loaders.sharedcache import new_trust
+from idxlake.loaders.sharedcache import alive, new_trust
 from idxlake.loaders.stream import Arena
 from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError
 
@@ -285,7 +285,7 @@ class RingDataLoader(DataLoader):
                          **kwargs)
         self._ring = make_ring(dataset, num_workers, slot_count(prefetch_factor or 0)) if num_workers else None
         self._spares: list[Ring] = []  # rings of further iterators live at the same time
-        self._users: dict[int, weakref.ref[Any]] = {}  # id(ring) -> the torch iterator whose workers use it
+        self._users: dict[int, list[Any]] = {}  # id(ring) -> the worker processes of the iterator using it
 
     def _idle_ring(self) -> Ring:
         """The ring of a new iterator: the loader's own, unless workers of an earlier iterator may still
@@ -298,9 +298,7 @@ class RingDataLoader(DataLoader):
         if self.persistent_workers:
             return self._ring
         for ring in (self._ring, *self._spares):
-            user = self._users.get(id(ring))
-            it = user() if user is not None else None
-            if it is None or getattr(it, "_shutdown", False):  # freed, or its workers shut down
+            if not any(alive(p) for p in self._users.get(id(ring), ())):  # exited (waitpid), not only shut down
                 return ring
         self._spares.append(make_ring(self.dataset, self.num_workers, len(self._ring.slots[0]), self._cache.arena))
         return self._spares[-1]
@@ -325,6 +323,6 @@ class RingDataLoader(DataLoader):
         finally:
             ds._ring = None
         pin = bool(getattr(it, "_pin_memory", False))  # what torch decided (no accelerator: no pinning)
-        self._users[id(ring)] = weakref.ref(it)
+        self._users[id(ring)] = list(getattr(it, "_workers", ()))
         self._cache.started(generation, it)
         return self._cache.track(in_order(it, ring, self.num_workers, pin=pin), generation, len(ds))

@@ -393,3 +393,23 @@ def test_ring_flags_set_through_numpy_views_are_the_shared_state() -> None:
     arrays[0][0]["label"][1] = 7
     assert ring.slots[0][0]["label"].tolist() == [0, 7, 0, 0]
     assert pickle.loads(pickle.dumps(ring))._views is None
+
+
+def test_a_ring_is_reused_only_once_its_workers_have_exited(synthetic_table) -> None:
+    """torch marks an iterator shut down before it joins its workers (and a collection in another
+    thread may be joining them): a ring whose workers are alive is not handed to a new iterator."""
+
+    class Worker:
+        def __init__(self, running: bool) -> None:
+            self.running = running
+
+        def is_alive(self) -> bool:
+            return self.running
+
+    loader = RingDataLoader(DeltaIterableDataset(synthetic_table[0], split="train", batch_size=16), num_workers=2)
+    own = loader._ring
+    loader._users[id(own)] = [Worker(False), Worker(True)]  # one still joining
+    spare = loader._idle_ring()
+    assert spare is not own and loader._spares == [spare]
+    loader._users[id(own)][1].running = False
+    assert loader._idle_ring() is own

@@ -237,7 +237,7 @@ def test_an_iterator_that_lives_on_keeps_its_copies_untrusted(cache_table, decod
     arena = loader._cache.arena
     old = int(arena.generations[0])
     assert (arena.stamps == old).any()
-    workers = loader._users[id(loader._ring)]()._workers  # the torch iterator's
+    workers = loader._users[id(loader._ring)]  # the first iterator's worker processes
     skip = {str(os.getpid()), *(str(w.pid) for w in workers)}
     before = len(reads(decoded))
     assert ids_of(loader) == refs[0]  # a second iterator, alive beside the first
