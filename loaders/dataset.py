@@ -257,6 +257,8 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         """Start a pass over the current epoch now (takes the pending resume); the iterator reads."""
         world = self._world = World.detect(*self._dist())
         epoch, in_worker = self.epoch, get_worker_info() is not None
+        # first: a ring's worker counts this pass (sharedcache.pass_trust) even if what follows raises
+        self._cache = cache_for(self._cache, self._ring if in_worker else None, self.plan, self.cache_bytes)
         if in_worker:
             self._shared.workers_read = True
         else:
@@ -277,7 +279,6 @@ class DeltaIterableDataset(PinnedPlan, IterableDataset):
         progress = self._progress = Progress(epoch, start, min(skip, len(mine)))
         logger.debug("%s: epoch %d, %s, %d of %d batches", self.plan.describe(), epoch, world,
                      len(mine) - progress.yielded, total)
-        self._cache = cache_for(self._cache, self._ring if in_worker else None, self.plan, self.cache_bytes)
         return self._stream(world, tail, mine[progress.yielded:], progress, total,
                             mark_used=in_worker and pending is not None and pending.inherited)
 
