@@ -253,3 +253,36 @@ def test_an_iterator_that_lives_on_keeps_its_copies_untrusted(cache_table, decod
     gc.collect()
     ds.set_epoch(2)
     assert ids_of(loader) == refs[2] and not ds._shared.workers_read
+
+
+def test_a_workers_pass_whose_start_raises_still_counts(cache_table, decoded, monkeypatch) -> None:
+    """A worker survives a first pass whose ``iter(dataset)`` raised (torch hands the error to the main
+    process with the first batch). That pass still took its trust row, so the next pass reads its own:
+    its copies carry its generation, and the epoch after it is served here without decoding."""
+    import os
+
+    from torch.utils.data import get_worker_info
+
+    real, started = DeltaIterableDataset._steps, set()
+
+    def failing(self, rank: int, world_size: int):
+        if get_worker_info() is not None and os.getpid() not in started:  # after the pass took its trust row
+            started.add(os.getpid())  # each worker's first pass (not the epoch: a late worker reads the next)
+            raise LoaderConfigError("a pass start that fails in the workers")
+        return real(self, rank, world_size)
+
+    monkeypatch.setattr(DeltaIterableDataset, "_steps", failing)  # forked workers inherit it
+    refs = [reference(cache_table, epoch) for epoch in range(3)]
+    ds = DeltaIterableDataset(cache_table, **KW)
+    loader = ds.dataloader(num_workers=2)
+    ds.set_epoch(0)
+    with pytest.raises(LoaderConfigError, match="a pass start that fails"):
+        list(loader)
+    ds.set_epoch(1)
+    assert ids_of(loader) == refs[1] and ds._shared.workers_read  # the same (persistent) workers
+    arena = loader._cache.arena
+    assert (arena.stamps[1:] == int(arena.generations[0])).all()  # the workers' copies: this pass's generation
+    ds.set_epoch(2)
+    before = len(reads(decoded))
+    assert ids_of(loader) == refs[2] and not ds._shared.workers_read
+    assert reads(decoded)[before:] == []
