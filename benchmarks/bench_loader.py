@@ -438,8 +438,8 @@ def s3_vs_local(table: str) -> dict:
                      aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="lake")
         ingest(None, "s3://lake/mnist", storage_options=opts)
         rates = {}
-        for name, uri, so, depth in (("local", table, None, 4), ("S3, prefetch_depth=1", "s3://lake/mnist", opts, 1),
-                                     ("S3, prefetch_depth=4", "s3://lake/mnist", opts, 4)):
+        for name, uri, so, depth in (("local", table, None, 8), ("S3, prefetch_depth=1", "s3://lake/mnist", opts, 1),
+                                     ("S3, prefetch_depth=8", "s3://lake/mnist", opts, 8)):
             ds = DeltaIterableDataset(uri, storage_options=so, split="train", batch_size=256, cache_bytes=0,
                                       columns=("image", "label"), prefetch_depth=depth)
             rates[name] = statistics.median(_timed(lambda e, ds=ds: (ds.set_epoch(e), sum(
