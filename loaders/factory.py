@@ -24,7 +24,7 @@ import multiprocessing
 import sys
 from typing import Any
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from idxlake.loaders.samples import seed_worker
 from idxlake.loaders.world import World
@@ -56,6 +56,13 @@ def worker_context(uri: str) -> str | None:
     if method == "fork" and (sys.platform != "linux" or "fork" not in available):
         return None
     return method if method in available else "spawn"
+
+
+def _sampler_rank(kwargs: dict[str, Any]) -> int:
+    """The rank a map-style loader's workers are seeded with: its ``DistributedSampler``'s (possibly without a
+    process group: custom launchers), else the process group's."""
+    sampler = kwargs.get("sampler") or getattr(kwargs.get("batch_sampler"), "sampler", None)
+    return int(sampler.rank) if isinstance(sampler, DistributedSampler) else World.distributed()[0]
 
 
 def dataloader(dataset: Dataset, *, num_workers: int = 0, pin_memory: bool = False, **kwargs: Any) -> DataLoader:
@@ -96,7 +103,7 @@ def dataloader(dataset: Dataset, *, num_workers: int = 0, pin_memory: bool = Fal
             options.update(MAPSTYLE_DEFAULTS)
         elif "batch_sampler" not in kwargs:
             options["batch_size"] = MAPSTYLE_DEFAULTS["batch_size"]
-        rank = World.distributed()[0]
+        rank = _sampler_rank(kwargs)
     if num_workers:
         options["persistent_workers"] = True
         options["multiprocessing_context"] = worker_context(snap.uri)

@@ -161,11 +161,13 @@ class DeltaImageDataset(PinnedPlan, Dataset[tuple[Any, Any]]):
         self._scale = self.meta.dtype == "uint8"
 
     def __getstate__(self) -> dict[str, Any]:
-        # A DataLoader pickling the dataset for spawned workers moves these tensors to shared memory
-        # IN PLACE, which frees the memory the numpy views point to: move them first, re-view, then pickle.
-        for tensor in (self.data, self.targets, self.ids):
+        # A DataLoader pickling the dataset for spawned workers would move these tensors to shared memory
+        # IN PLACE, freeing the memory that every view made so far (samples, `ds.data.numpy()`) points to.
+        # Instead each is copied into a new shared tensor; the old one lives on while a view of it does.
+        for name in ("data", "targets", "ids"):
+            tensor = getattr(self, name)
             if not tensor.is_shared():
-                tensor.share_memory_()
+                setattr(self, name, torch.empty(tensor.shape, dtype=tensor.dtype).share_memory_().copy_(tensor))
         self._views()
         state = dict(self.__dict__)
         for key in _VIEWS:

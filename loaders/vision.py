@@ -69,11 +69,23 @@ class _Named(DeltaImageDataset):
                          max_bytes=max_bytes)
 
 
+TORCHVISION_MNIST_CLASSES: tuple[str, ...] = ("0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five",
+                                               "6 - six", "7 - seven", "8 - eight", "9 - nine")
+"""``torchvision.datasets.MNIST.classes`` (its EMNIST ``mnist`` and ``digits`` splits use ``"0"``...``"9"``)."""
+
+
 class MNIST(_Named):
     """``torchvision.datasets.MNIST`` over an idxlake table of MNIST (``train=True``: 60000 rows,
     ``False``: 10000). See :class:`DeltaImageDataset` for the arguments."""
 
     DATASET = "mnist"
+
+    @property
+    def classes(self) -> list[str]:
+        """torchvision's names (``"0 - zero"``...) for the table's digits ``"0"``...``"9"`` (``meta.class_names``);
+        a table that names its classes otherwise keeps its own names."""
+        names = super().classes
+        return list(TORCHVISION_MNIST_CLASSES) if names == [str(i) for i in range(10)] else names
 
 
 class FashionMNIST(_Named):

@@ -37,8 +37,11 @@ def test_mnist_lengths_counts_and_classes(mnist_table: str) -> None:
     assert torch.bincount(train.targets).tolist() == MNIST_TRAIN_COUNTS
     assert torch.bincount(test.targets).tolist() == MNIST_TEST_COUNTS
     assert train.data.dtype == torch.uint8 and train.data.shape == (60000, 28, 28) and train.data.is_contiguous()
-    assert train.classes == list(train.meta.class_names) == list("0123456789")
-    assert train.class_to_idx == {str(i): i for i in range(10)}
+    assert list(train.meta.class_names) == list("0123456789")  # the table's names; torchvision's on MNIST
+    assert train.classes == ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four", "5 - five", "6 - six",
+                             "7 - seven", "8 - eight", "9 - nine"]
+    assert train.class_to_idx["3 - three"] == 3 and len(train.class_to_idx) == 10
+    assert DeltaImageDataset(mnist_table).classes == list("0123456789")  # any table: its own names
     assert train.nbytes == 60000 * 784 and train.train and not test.train
 
 

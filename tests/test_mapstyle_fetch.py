@@ -116,10 +116,18 @@ def test_pil_images_map_the_buffer_read_only(synthetic_table: tuple[str, Synthet
 
 
 def test_views_follow_the_buffer_into_shared_memory(synthetic_table: tuple[str, SyntheticSource]) -> None:
+    """Pickled for spawned workers, the buffer goes to shared memory: new samples view it, and the views
+    made before (a sample, ``np.asarray`` of one, ``ds.data.numpy()``) still read valid memory."""
     table, src = synthetic_table
-    images = src.arrays["train"][0]
+    images, labels = src.arrays["train"]
     ds = DeltaImageDataset(table)
+    sample, view_before, data_before = ds[11][0], np.asarray(ds[12][0]), ds.data.numpy()
+    targets_before = ds.targets.numpy()
     ForkingPickler(io.BytesIO()).dump(ds)  # what a DataLoader does for spawned workers
+    churn = [np.full(ds.nbytes, 0xAB, dtype=np.uint8) for _ in range(8)]  # would reuse freed memory
+    assert np.array_equal(np.asarray(sample), images[11]) and np.array_equal(view_before, images[12])
+    assert np.array_equal(data_before, images) and np.array_equal(targets_before, labels)
+    del churn
     assert ds.data.is_shared() and ds.targets.is_shared()
     start = ds.data.data_ptr()  # the buffer moved: the samples read the new memory, not the freed one
     view = np.asarray(ds[12][0])

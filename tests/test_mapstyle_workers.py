@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from proc_memory import buffer_mapping, smaps
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 from vision_transforms import Compose, Normalize, RandomCrop, ToTensor, crop_offsets, offsets
 
 from idxlake import MNIST, DeltaImageDataset, DeltaIterableDataset
@@ -152,6 +152,21 @@ def test_ranks_draw_different_augmentations_through_the_factory(ramp_table: str)
         factory.append(_crops(rank_ds(rank).dataloader(num_workers=1)))
     assert plain[0] == plain[1]  # what the worker_init_fn fixes: identical augmentations on both ranks
     assert factory[0] != factory[1] and len(factory[0]) == 128
+
+
+def test_map_style_ranks_of_a_distributed_sampler_draw_different_augmentations(ramp_table: str) -> None:
+    """The rank mixed into the workers' seeds comes from the ``DistributedSampler`` (no process group here)."""
+    ds = DeltaImageDataset(ramp_table, image_type="tensor", transform=RandomCrop(28, 4))
+    plain, factory = [], []
+    for rank in (0, 1):
+        sampler = DistributedSampler(ds, num_replicas=2, rank=rank, shuffle=False)
+        torch.manual_seed(0)
+        plain.append([o for x, _ in DataLoader(ds, sampler=sampler, batch_size=32, num_workers=1)
+                      for o in crop_offsets(x)])
+        torch.manual_seed(0)
+        factory.append([o for x, _ in ds.dataloader(sampler=sampler, num_workers=1) for o in crop_offsets(x)])
+    assert plain[0] == plain[1]  # without the rank: identical augmentations on both ranks
+    assert factory[0] != factory[1] and len(factory[0]) == len(ds) // 2
 
 
 def test_misuse_warning_arrives_from_workers_once(ramp_table: str, monkeypatch: pytest.MonkeyPatch) -> None:
