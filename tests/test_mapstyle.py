@@ -93,12 +93,16 @@ def test_rows_are_in_id_order_across_files_and_versions_pinned(tmp_path: Path,
     assert len(DeltaImageDataset(table, version=0)) == 300 and DeltaImageDataset(table, version=0).version == 0
 
 
-def test_max_bytes_refusal_names_the_size_and_the_streaming_dataset(synthetic_table: tuple[str, SyntheticSource]
-                                                                     ) -> None:
+def test_max_bytes_refusal_names_the_size_and_the_streaming_dataset(synthetic_table: tuple[str, SyntheticSource],
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from idxlake.loaders import mapstyle
+
     table, _ = synthetic_table
-    with pytest.raises(LoaderConfigError, match=r"300 images of 784 bytes are 229\.7 KiB \(235,200 bytes\), "
-                                                r"above max_bytes=100,000.*DeltaIterableDataset"):
-        DeltaImageDataset(table, max_bytes=100_000)
+    with monkeypatch.context() as m:
+        m.setattr(mapstyle, "load_buffer", lambda plan: pytest.fail("decoded before the budget check"))
+        with pytest.raises(LoaderConfigError, match=r"300 images of 784 bytes are 229\.7 KiB \(235,200 bytes\), "
+                                                    r"above max_bytes=100,000.*DeltaIterableDataset"):
+            DeltaImageDataset(table, max_bytes=100_000)
     assert len(DeltaImageDataset(table, max_bytes=235_200)) == 300
     with pytest.raises(LoaderConfigError, match="image_type must be one of"):
         DeltaImageDataset(table, image_type="jpeg")  # type: ignore[arg-type]

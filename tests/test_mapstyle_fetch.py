@@ -42,6 +42,13 @@ def test_getitems_is_getitem_per_index(synthetic_table: tuple[str, SyntheticSour
     assert ds.__getitems__([]) == []
     with pytest.raises(IndexError):
         ds.__getitems__([0, 300])
+    images, labels = synthetic_table[1].arrays["train"]
+    last, target = ds[-1]
+    want = images[299].astype(np.float32) / 255 if image_type == "float32" else images[299]
+    assert np.array_equal(np.asarray(last).reshape(want.shape), want) and target == int(labels[299])
+    for bad in (300, -301):
+        with pytest.raises(IndexError):
+            ds[bad]
 
 
 def test_getitems_transforms_each_sample_with_its_own_randomness(synthetic_table: tuple[str, SyntheticSource]
