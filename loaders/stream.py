@@ -198,8 +198,12 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
             nxt += 1
         if readers is None or nxt < len(todo) or arena.cache:
             return
-        if lookahead is not None:  # every read of this pass is out: plan the next one
-            upcoming, lookahead = lookahead(), None
+        if lookahead is not None:  # every read of this pass is out: plan the next one, best effort
+            plan_next, lookahead = lookahead, None
+            try:
+                upcoming = plan_next()
+            except Exception:  # e.g. MemoryError: this pass goes on, and the next one plans in place
+                logger.debug("planning the next pass ahead failed; it plans in place", exc_info=True)
         if upcoming is not None:
             ahead = upcoming.sched.order
             while upcoming.submitted < len(ahead) and len(pending) + len(upcoming.pending) < depth:
@@ -237,6 +241,7 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                 if future is None and readers is not None:  # not submitted yet: submit up to it
                     top_up(len(pending) + todo.index(u, nxt) - nxt + 1)
                     future = pending.pop(u)
+                top_up(depth)  # the threads keep reading while this one is waited for (not one read at a time)
                 arena.put(u, future.result() if future is not None else reader.read(units[u]))
             top_up(depth)
             if not items:

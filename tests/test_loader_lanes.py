@@ -4,6 +4,7 @@ by instrumenting the reader (``UnitReader.read`` counted per consumer)."""
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 
 import numpy as np
@@ -182,3 +183,56 @@ def test_prefetch_depth_and_lanes_options(many_groups) -> None:
                        ({"prefetch_depth": 0}, "prefetch_depth must be")):
         with pytest.raises(ValueError, match=match):
             DeltaIterableDataset(many_groups, **bad)
+
+
+def test_reads_stay_in_flight_while_a_batch_waits(many_groups, monkeypatch) -> None:
+    """A cold pass whose first batches need far more row groups than ``prefetch_depth`` keeps its reader
+    threads reading while it waits for one: a read starts while another runs, not one read at a time."""
+    import threading
+    import time
+
+    from idxlake.loaders.decode import UnitReader
+
+    real, lock = UnitReader.read, threading.Lock()
+    state = {"running": 0, "starts": 0, "beside": 0}
+
+    def slow(self, unit):  # type: ignore[no-untyped-def]
+        with lock:
+            state["starts"] += 1
+            state["beside"] += state["running"] > 0
+            state["running"] += 1
+        try:
+            time.sleep(0.004)
+            return real(self, unit)
+        finally:
+            with lock:
+                state["running"] -= 1
+
+    monkeypatch.setattr(UnitReader, "read", slow)
+    ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, cache_bytes=0, prefetch_depth=4)
+    it = iter(ds)
+    next(it), next(it)  # each needs the first window of 24 lanes: ~150 row groups
+    assert state["starts"] >= 100
+    assert state["beside"] >= 0.8 * state["starts"], state  # one read at a time: 6 of 116
+
+
+@pytest.mark.parametrize(("units", "group", "consumers"), [(300, 8192, 1), (300, 8192, 2), (300, 8192, 8),
+                                                           (64, 8192, 1), (1200, 8192, 1), (300, 1024, 4)])
+def test_row_groups_live_at_once_stay_within_the_readmes_bound(units: int, group: int, consumers: int) -> None:
+    """The README's memory bound: at most ``K/C x (2w + 1)`` row groups live at once in a pass (``w``: the row
+    groups a lane window spans), computed by the schedule that sizes the arena."""
+    from types import SimpleNamespace
+
+    from idxlake.loaders.order import consumer_rows
+    from idxlake.loaders.stream import schedule
+
+    lanes, buffer, batch = 48, 32768, 256
+    rows = np.full(units, group)
+    order = lane_order(rows, seed=1, epoch=0, shuffle=True, lanes=lanes, buffer_rows=buffer,
+                       step_rows=batch * consumers)
+    steps = units * group // (batch * consumers)
+    refs, sizes = consumer_rows(order, np.arange(steps), rank=0, world_size=consumers,
+                                tail_ranges=np.zeros((0, 2), dtype=np.int64))
+    live = schedule(SimpleNamespace(unit_rows=rows, units=[None] * units), refs, sizes).live  # type: ignore[arg-type]
+    window = math.ceil(math.ceil(buffer / lanes) / group) + 1
+    assert 0 < live <= lanes // consumers * (2 * window + 1)

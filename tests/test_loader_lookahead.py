@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import time
 
@@ -326,3 +327,23 @@ def test_planning_between_passes_only_after_a_whole_pass_in_the_main_process(man
     monkeypatch.setattr(pool, "submit", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("cannot schedule new futures after interpreter shutdown")))
     assert epoch_ids(ds, 3) == cached_ids(many_groups, 3) and ds._warm is None
+
+
+def test_a_failed_plan_ahead_leaves_the_pass_and_plans_the_next_in_place(many_groups, monkeypatch,  # noqa: F811
+                                                                         caplog) -> None:
+    """Planning the next epoch while this one reads (e.g. a MemoryError building its order) is best effort:
+    the running pass yields its batches, and the next pass plans in place."""
+    real, failed = DeltaIterableDataset._pass_plan, []
+
+    def planning(self, epoch, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if epoch == 2 and not failed:  # the plan ahead made during epoch 1's pass
+            failed.append(epoch)
+            raise MemoryError("no room for the next epoch's order")
+        return real(self, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaIterableDataset, "_pass_plan", planning)
+    ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4, cache_bytes=0)
+    with caplog.at_level(logging.DEBUG, logger="idxlake.loaders.stream"):
+        assert [epoch_ids(ds, e) for e in range(3)] == [fresh(many_groups, e) for e in range(3)]
+    assert failed == [2] and ds._next is not None and ds._next.key[0] == 3  # epoch 2's pass read epoch 3 ahead
+    assert any("planning the next pass ahead failed" in r.getMessage() for r in caplog.records)
