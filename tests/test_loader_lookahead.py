@@ -65,6 +65,54 @@ def test_another_pass_discards_what_was_read_ahead(many_groups, decoded) -> None
     assert ds._next is None
 
 
+def test_reads_ahead_that_have_not_started_are_cancelled_by_another_pass(many_groups, monkeypatch) -> None:  # noqa: F811
+    """The reads ahead of epoch 2 are held (each unit's third read: epochs 0 and 1 read it once each);
+    a pass over epoch 5 starts meanwhile: the reads still queued are cancelled and never run, only the
+    ones already on a reader thread finish."""
+    import collections
+    import threading
+
+    from idxlake.loaders.stream import READ_THREADS
+
+    expected = fresh(many_groups, 5)
+    real, gate, counts = UnitReader.read, threading.Event(), collections.Counter()
+    held, lock = [], threading.Lock()
+
+    def read(self, unit):  # type: ignore[no-untyped-def]
+        with lock:
+            counts[unit] += 1
+            hold = counts[unit] == 3 and not gate.is_set()
+            if hold:
+                held.append(unit)
+        if hold:
+            gate.wait(30)
+        return real(self, unit)
+
+    monkeypatch.setattr(UnitReader, "read", read)
+    ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4, cache_bytes=0)
+    epoch_ids(ds, 0)
+    epoch_ids(ds, 1)  # reads epoch 2's first row groups ahead: they are held
+    assert ds._next is not None and ds._next.key[0] == 2
+    planned = list(ds._next.pending.values())
+    deadline = time.monotonic() + 10
+    while len(held) < min(READ_THREADS, len(planned)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(planned) > READ_THREADS and len(held) == READ_THREADS  # the others wait in the queue
+    timer = threading.Timer(1.0, gate.set)  # the pass of epoch 5 waits on the held threads until then
+    timer.start()
+    try:
+        assert epoch_ids(ds, 5) == expected
+    finally:
+        gate.set()
+        timer.cancel()
+    assert sum(f.cancelled() for f in planned) == len(planned) - READ_THREADS
+    assert all(f.done() for f in planned)
+    for future in ds._next.pending.values() if ds._next is not None else ():  # epoch 6's, read ahead
+        future.result()
+    assert ds._next is not None and ds._next.key[0] == 6
+    assert sum(counts.values()) == 3 * UNITS + READ_THREADS + len(ds._next.pending)  # nothing cancelled ran
+
+
 def test_a_cached_pass_reads_nothing_ahead(many_groups, decoded) -> None:  # noqa: F811
     ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4)  # the cache fits
     for epoch in range(3):
