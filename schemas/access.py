@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import unquote
+from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -231,6 +231,21 @@ def snapshot(uri: str, *, version: int | None = None, as_of: Timestamp | None = 
     return snapshot_of(dt, uri=uri, storage_options=storage_options)
 
 
+def data_file_uri(table: str, path: str, listed: str) -> str:
+    """Where a data file is, in the terms of :func:`~idxlake.schemas.storage.fs_path`.
+
+    For a local table, the table path as given joined with the log's relative ``path`` (a URI
+    reference: percent-decoded once). delta-rs's ``file_uris()`` percent-encodes the table's own
+    path there (``my%20tables/...``), which is no local file; cloud URIs (``listed``) are decoded by
+    ``fs_path`` already.
+    """
+    location = normalize(table)
+    if urlparse(path).scheme or path.startswith("/") or store_of(location).name != "local" \
+            or location.lower().startswith("file:"):
+        return listed  # an absolute path in the log (a shallow clone), a cloud URI, or file://
+    return f"{location.rstrip('/')}/{unquote(path)}"
+
+
 def snapshot_of(dt: DeltaTable, *, uri: str, storage_options: Mapping[str, str] | None = None) -> TableSnapshot:
     """Like :func:`snapshot`, from an already opened ``DeltaTable``."""
     protocol = dt.protocol()
@@ -250,8 +265,9 @@ def snapshot_of(dt: DeltaTable, *, uri: str, storage_options: Mapping[str, str] 
     if not all(unquote(u).endswith(unquote(a["path"])) for u, a in zip(uris, actions, strict=True)):
         by_path = {unquote(a["path"]): a for a in actions}  # pragma: no cover - delta-rs lists both alike
         actions = [next(a for p, a in by_path.items() if unquote(u).endswith(p)) for u in uris]
-    files = [DataFile(uri=u, split=a.get(f"partition.{SPLIT}") or "", size=int(a["size_bytes"]),
-                      num_records=int(a["num_records"] or 0), path=a["path"], min_id=a.get("min.id"))
+    files = [DataFile(uri=data_file_uri(uri, a["path"], u), split=a.get(f"partition.{SPLIT}") or "",
+                      size=int(a["size_bytes"]), num_records=int(a["num_records"] or 0), path=a["path"],
+                      min_id=a.get("min.id"))
              for u, a in zip(uris, actions, strict=True)]
     md = dt.metadata()
     files.sort(key=lambda f: (f.split, f.uri))

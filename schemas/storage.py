@@ -151,8 +151,26 @@ def resolved_options(uri: str, options: Mapping[str, str] | None) -> Options:
     return out
 
 
+def check_location(uri: str) -> None:
+    """Refuse a local table path that delta-rs does not read back as written.
+
+    Raises:
+        StorageConfigError: a local path with a ``%XX`` escape (delta-rs decodes ``a%41`` to ``aA``: it
+            writes the table in one folder and looks for it in another), ``#`` or ``?`` (read as the
+            URL's fragment or query: ``history()`` comes back empty, so commits cannot be confirmed).
+    """
+    if store_of(uri).name != "local" or normalize(uri).lower().startswith("file:"):
+        return
+    bad = re.search(r"%[0-9A-Fa-f]{2}|[#?]", uri)
+    if bad:
+        raise StorageConfigError(
+            f"{uri}: delta-rs reads {bad.group()!r} in a local table path as URL syntax (the table would not read "
+            "back as written); use a folder name without '%XX', '#' or '?'")
+
+
 def delta_options(uri: str, options: Mapping[str, str] | None) -> Options | None:
     """The ``storage_options`` to give deltalake for ``uri``: every given option, plus fast-fail defaults."""
+    check_location(uri)
     opts = check_options(uri, options)
     resolved = resolved_options(uri, options)
     if "endpoint" in resolved or true(resolved.get("use_emulator")) or GCS_CREDENTIALS & resolved.keys():
@@ -212,6 +230,7 @@ def check_writable(uri: str, options: Mapping[str, str] | None) -> None:
     Raises:
         StorageConfigError: a Databricks FUSE path without the single-writer option.
     """
+    check_location(uri)
     unsafe = {k.lower(): v for k, v in (options or {}).items()}
     single_writer = true(unsafe.get("allow_unsafe_rename") or unsafe.get("mount_allow_unsafe_rename"))
     if single_writer:

@@ -41,6 +41,7 @@ from idxlake.schemas import (
     PARTITION_BY,
     SPLIT,
     CommitConflictError,
+    CommitUncertainError,
     DataCorruptionError,
     StorageConfigError,
     TableNotFoundError,
@@ -119,8 +120,8 @@ class PendingFiles:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        """On any error, delete the files unless a commit already holds them."""
-        if exc_type is not None and not self.landed():
+        """On any error, delete the files unless a commit already holds them, or may (the log could not be read)."""
+        if exc_type is not None and not issubclass(exc_type, CommitUncertainError) and not self.landed():
             self.discard()
 
 
