@@ -9,6 +9,7 @@ from idxlake.schemas.access import (
     open_table,
     snapshot,
     snapshot_of,
+    unsupported_features,
 )
 from idxlake.schemas.datasets import DATASETS, GENERIC, DatasetSpec, SplitFiles, get_dataset
 from idxlake.schemas.dtypes import DTYPES_BY_NAME, IDX_DTYPES, IdxDtype, dtype_by_name
@@ -134,6 +135,7 @@ __all__ = [
     "snapshot_of",
     "storage_error",
     "store_of",
+    "unsupported_features",
     "version_range",
     "worker_context",
 ]

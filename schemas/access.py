@@ -246,18 +246,23 @@ def data_file_uri(table: str, path: str, listed: str) -> str:
     return f"{location.rstrip('/')}/{unquote(path)}"
 
 
-def snapshot_of(dt: DeltaTable, *, uri: str, storage_options: Mapping[str, str] | None = None) -> TableSnapshot:
-    """Like :func:`snapshot`, from an already opened ``DeltaTable``."""
+def unsupported_features(dt: DeltaTable) -> list[str]:
+    """The Delta reader features of ``dt`` that idxlake's Parquet readers cannot honour (sorted)."""
     protocol = dt.protocol()
     features = set(protocol.reader_features or ())
     if protocol.min_reader_version == 2:
         features.add("columnMapping")
-    unsupported = sorted(features & {"columnMapping", "deletionVectors"})
+    return sorted(features & {"columnMapping", "deletionVectors"})
+
+
+def snapshot_of(dt: DeltaTable, *, uri: str, storage_options: Mapping[str, str] | None = None) -> TableSnapshot:
+    """Like :func:`snapshot`, from an already opened ``DeltaTable``."""
+    unsupported = unsupported_features(dt)
     if unsupported:
         raise SchemaMismatchError(
             f"{uri}: table needs Delta reader features {unsupported} "
-            f"(reader version {protocol.min_reader_version}); idxlake reads plain Parquet tables. "
-            "Rewrite it with `idxlake ingest --mode overwrite`.")
+            f"(reader version {dt.protocol().min_reader_version}); idxlake reads plain Parquet tables. "
+            "Copy what you need elsewhere and delete it, or write the data to another path with `idxlake ingest`.")
     schema = pa.schema(dt.schema().to_arrow())
     meta = meta_from_schema(schema, where=uri)
     actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()

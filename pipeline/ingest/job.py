@@ -37,6 +37,7 @@ from idxlake.pipeline.ingest.sources import SplitSource, bundled_mnist, discover
 from idxlake.schemas import (
     GENERIC,
     LABEL,
+    PARTITION_BY,
     ROW_GROUP_ROWS,
     SchemaMismatchError,
     SourceError,
@@ -48,6 +49,7 @@ from idxlake.schemas import (
     get_dataset,
     meta_from_schema,
     open_table,
+    unsupported_features,
 )
 from idxlake.schemas.version import __version__
 
@@ -102,6 +104,12 @@ def _existing(table: str, storage_options: Mapping[str, str] | None,
         dt = open_table(table, storage_options=storage_options)
     except TableNotFoundError:
         return None, None, None
+    features, partitions = unsupported_features(dt), list(dt.metadata().partition_columns)
+    if features or partitions != list(PARTITION_BY):  # a write keeps both: the table would stay unreadable
+        found = f"reader features {features}" if features else f"partition columns {partitions}"
+        raise SchemaMismatchError(
+            f"{table}: the Delta table there has {found}, which a write keeps (idxlake reads plain Parquet tables "
+            f"partitioned by {list(PARTITION_BY)}); delete that table or write to another path")
     try:
         meta = meta_from_schema(pa.schema(dt.schema().to_arrow()), where=table)
     except SchemaMismatchError:

@@ -1,0 +1,48 @@
+"""What an ingest may write over: ``overwrite`` replaces another Delta table only when the result is a
+table idxlake reads (a write keeps the table's partition columns and protocol)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from conftest import make_source
+from deltalake import DeltaTable, write_deltalake
+
+from idxlake import ingest
+from idxlake.cli import main
+from idxlake.loaders import DeltaIterableDataset
+from idxlake.schemas import SchemaMismatchError, snapshot
+
+
+def test_overwrite_of_a_table_partitioned_otherwise_is_refused(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    table = str(tmp_path / "plain")
+    write_deltalake(table, pa.table({"a": [1, 2, 3]}))
+    src = make_source(tmp_path / "src", rows={"test": 10})
+    with pytest.raises(SchemaMismatchError, match=r"has partition columns \[\], which a write keeps .*"
+                                                  r"partitioned by \['split'\].*delete that table"):
+        ingest(src.root, table, mode="overwrite")
+    assert DeltaTable(table).version() == 0 and DeltaTable(table).to_pyarrow_table().num_rows == 3
+    assert len(list(Path(table).glob("*.parquet"))) == 1 and not (Path(table) / "split=test").exists()
+    assert main(["ingest", str(src.root), table, "--mode", "overwrite", "--no-progress"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_overwrite_of_a_table_with_deletion_vectors_is_refused(tmp_path: Path) -> None:
+    table = str(tmp_path / "dv")
+    write_deltalake(table, pa.table({"a": [1, 2], "split": ["train", "test"]}), partition_by=["split"],
+                    configuration={"delta.enableDeletionVectors": "true"})
+    with pytest.raises(SchemaMismatchError, match=r"has reader features \['deletionVectors'\]"):
+        ingest(make_source(tmp_path / "src", rows={"test": 10}).root, table, mode="overwrite")
+    assert DeltaTable(table).version() == 0
+
+
+def test_overwrite_of_another_table_partitioned_by_split_gives_a_readable_table(tmp_path: Path) -> None:
+    table = str(tmp_path / "other")
+    write_deltalake(table, pa.table({"a": [1, 2], "split": ["train", "test"]}), partition_by=["split"])
+    ingest(make_source(tmp_path / "src", rows={"train": 20, "test": 10}).root, table, mode="overwrite")
+    snap = snapshot(table)
+    assert snap.version == 1 and {s: m.rows for s, m in snap.meta.splits.items()} == {"train": 20, "test": 10}
+    assert sum(len(b["id"]) for b in DeltaIterableDataset(table, split="train", batch_size=8)) == 20
