@@ -114,3 +114,71 @@ def test_vacuum_safe_defaults(tmp_path: Path, synthetic_source: SyntheticSource,
     assert capsys.readouterr().out.splitlines()[2].strip() == "800"
     assert main(["sql", table, "SELECT count(*) FROM t", "--version", "1", "--engine", "duckdb"]) == 2
     assert "missing" in capsys.readouterr().err  # vacuum ended time travel to older versions
+
+
+def _age_removed_files(table: str, days: float) -> list[Path]:
+    """Make every file the log removed look removed (and last written) ``days`` ago."""
+    import json
+    import os
+    import time
+
+    then = time.time() - days * 86400
+    removed = []
+    for commit in sorted(Path(table, "_delta_log").glob("*.json")):
+        lines = []
+        for line in commit.read_text().splitlines():
+            action = json.loads(line)
+            if "remove" in action:
+                action["remove"]["deletionTimestamp"] = int(then * 1000)
+                removed.append(Path(table, action["remove"]["path"]))
+            lines.append(json.dumps(action))
+        commit.write_text("\n".join(lines) + "\n")
+    for path in removed:
+        os.utime(path, (then, then))
+    return removed
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_vacuum_keeps_what_the_tables_own_retention_keeps(tmp_path: Path, synthetic_source: SyntheticSource,
+                                                          full: bool) -> None:
+    """A table that keeps removed files 30 days: files removed 10 days ago stay, also with ``full`` (which
+    used Delta's default 168 h and deleted them); 40 days ago they go."""
+    from deltalake import DeltaTable
+
+    table = str(tmp_path / "t")
+    ingest(synthetic_source.root, table)
+    ingest(synthetic_source.root, table, mode="append", allow_duplicate=True)
+    optimize(table)
+    DeltaTable(table).alter.set_table_properties({"delta.deletedFileRetentionDuration": "interval 30 days"})
+    removed = _age_removed_files(table, days=10)
+    assert len(removed) == 4
+    assert vacuum(table, full=full, dry_run=True).files == [] and vacuum(table, full=full).files == []
+    assert all(p.exists() for p in removed) and len(_content(table, version=1)) == 800  # time travel intact
+    with pytest.raises(MaintenanceError, match=r"below the table's minimum \(720 h"):
+        vacuum(table, retain_hours=200, full=full)
+    _age_removed_files(table, days=40)
+    assert len(vacuum(table, full=full).files) == 4 and not any(p.exists() for p in removed)
+
+
+@pytest.mark.parametrize("value,hours", [(None, 168), ("interval 30 days", 720), ("INTERVAL 1 WEEK", 168),
+                                         ("interval 90 minutes", 1.5), ("interval 36 hour", 36)])
+def test_retention_hours_reads_the_table_property(value: str | None, hours: float) -> None:
+    from idxlake.pipeline.inspect.retention import retention_hours
+
+    config = {} if value is None else {"delta.deletedFileRetentionDuration": value}
+    assert retention_hours(config, where="t") == hours
+
+
+def test_a_retention_that_is_no_interval_is_an_error(tmp_path: Path, synthetic_source: SyntheticSource) -> None:
+    from deltalake import DeltaTable
+
+    from idxlake.pipeline.inspect.retention import retention_hours
+
+    with pytest.raises(MaintenanceError, match=r"t: table property delta.deletedFileRetentionDuration = '30 days' "
+                                               r"is not an interval such as 'interval 30 days'"):
+        retention_hours({"delta.deletedFileRetentionDuration": "30 days"}, where="t")
+    table = str(tmp_path / "t")
+    ingest(synthetic_source.root, table)
+    DeltaTable(table).alter.set_table_properties({"delta.deletedFileRetentionDuration": "interval 2 fortnights"})
+    with pytest.raises(MaintenanceError, match="is not an interval"):
+        vacuum(table, full=True)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 
 import pyarrow as pa
 
+from idxlake.pipeline.inspect.retention import RETENTION_KEY, retention_hours
 from idxlake.schemas import (
     SPLIT,
     CommitConflictError,
@@ -45,8 +46,6 @@ from idxlake.schemas import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_RETENTION_HOURS = 168
-"""Delta's default minimum retention for vacuum (7 days)."""
 MIN_UNTRACKED_AGE_HOURS = 24
 """vacuum never deletes a file the log does not reference that is younger than this (``force`` cannot lower it)."""
 _TEMP_LOG = re.compile(r"^(?:\d{20}\.(?:json|checkpoint\.parquet)|_last_checkpoint|_commit_[^/]*)#\d+$"
@@ -255,23 +254,26 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
     if retain_hours is not None and retain_hours < 0:
         raise MaintenanceError(f"--retain-hours must be >= 0, got {retain_hours}")
     dt = open_table(table, storage_options=storage_options)
+    retention = retention_hours(dt.metadata().configuration, where=table)
     try:
         # Removed files by the retention (lite mode touches only files the log removed); a dry run
         # deletes nothing, so it may list below the minimum retention without --force ...
         enforce = not (force or dry_run)
         files = set(dt.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=enforce))
         if full:  # ... untracked ones only when older than the floor: a writer may be about to commit them
-            floor = max(retain_hours if retain_hours is not None else DEFAULT_RETENTION_HOURS,
-                        MIN_UNTRACKED_AGE_HOURS)
+            kept = retain_hours if retain_hours is not None else math.ceil(retention)  # the table's, not 168 h
+            floor = max(kept, MIN_UNTRACKED_AGE_HOURS)
             files |= set(dt.vacuum(retention_hours=floor, dry_run=dry_run, enforce_retention_duration=False,
                                    full=True))
     except DeltaError as exc:
         if "retention" in str(exc).lower():
             raise MaintenanceError(
                 f"{table}: retention of {retain_hours} hours is below the table's minimum "
-                f"({DEFAULT_RETENTION_HOURS} h unless delta.deletedFileRetentionDuration says otherwise); "
+                f"({retention:g} h, {RETENTION_KEY} or Delta's default); "
                 "readers of older versions would lose their files. Pass --force to do it anyway") from exc
         raise
+    root = pyarrow_filesystem(table, storage_options)[1].rstrip("/") + "/"
+    files = {f.removeprefix(root).removeprefix("/" + root) for f in files}  # delta-rs: lite absolute, full relative
     if full:
         files |= set(stale_log_files(table, storage_options=storage_options, delete=not dry_run))
     logger.info("%s: vacuum %s %d files", table, "would delete" if dry_run else "deleted", len(files))
