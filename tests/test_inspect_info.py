@@ -129,3 +129,22 @@ def test_ddl_helpers() -> None:
     for bad in ("a.b.c.d", "my-table", "a..b", ""):
         with pytest.raises(QueryError, match="CATALOG"):
             check_table_name(bad)
+
+
+def test_ddl_comment_lines_cannot_start_a_statement(tmp_path: Path, synthetic_source: SyntheticSource) -> None:
+    """Column names and comments come from the log (anyone's): a newline in them is written as an escape."""
+    table = tmp_path / "t"
+    ingest(synthetic_source.root, str(table))
+    commit = table / "_delta_log" / "00000000000000000000.json"
+    actions = [json.loads(line) for line in commit.read_text().splitlines()]
+    for action in actions:
+        if "metaData" in action:
+            schema = json.loads(action["metaData"]["schemaString"])
+            field = next(f for f in schema["fields"] if f["name"] == "id")
+            field["metadata"]["comment"] = "row id\nDROP TABLE main.prod.customers;\n-- "
+            action["metaData"]["schemaString"] = json.dumps(schema)
+    commit.write_text("\n".join(json.dumps(a) for a in actions) + "\n")
+    text = spark_ddl(str(table), name="main.ml.mnist")
+    statements = [line for line in text.splitlines() if line and not line.startswith("--")]
+    assert statements[0] == "CREATE TABLE IF NOT EXISTS main.ml.mnist" and len(statements) == 4
+    assert "row id\\nDROP TABLE main.prod.customers;\\n-- " in text

@@ -38,6 +38,15 @@ def spark_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def comment_text(text: str) -> str:
+    """``text`` safe on a ``--`` comment line: control characters (a newline would end the comment and
+    start a statement: column names and comments come from the log, anyone's) written as escapes."""
+    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
 def table_location(uri: str) -> str:
     """The location Spark should see: URIs as given, local paths as absolute ``file:`` URIs."""
     if urlparse(uri).scheme and len(urlparse(uri).scheme) > 1:
@@ -74,10 +83,12 @@ def spark_ddl_of(snap: TableSnapshot, *, name: str | None = None) -> str:
             extra.append(f'metadata "{META_KEY}": shape {list(meta.shape)}, dtype {meta.dtype}, class names, stats')
         rows.append((f.name, spark_type(f.type) + ("" if f.nullable else " NOT NULL"), comment, "; ".join(extra)))
     w0, w1 = max(len(r[0]) for r in rows), max(len(r[1]) for r in rows)
-    columns = [f"--   {n.ljust(w0)}  {t.ljust(w1)}  {c}" + (f"  [{x}]" if x else "") for n, t, c, x in rows]
+    columns = [comment_text(f"--   {n.ljust(w0)}  {t.ljust(w1)}  {c}" + (f"  [{x}]" if x else ""))
+               for n, t, c, x in rows]
     description = snap.description or meta.describe()
     return "\n".join([
-        f"-- Registers the Delta table {snap.uri} (written by idxlake's ingest, now at version {snap.version})",
+        comment_text(f"-- Registers the Delta table {snap.uri} (written by idxlake's ingest, now at version "
+                     f"{snap.version})"),
         "-- in a Spark metastore or Unity Catalog. Schema, partitioning and column comments come from the log:",
         *columns,
         "-- No column list on purpose: over an existing Delta location it must match the log exactly,",
