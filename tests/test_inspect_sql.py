@@ -12,14 +12,9 @@ from conftest import MNIST_TEST_COUNTS, MNIST_TRAIN_COUNTS
 
 from idxlake import ingest
 from idxlake.cli import main
+from idxlake.pipeline.inspect.identifiers import check_identifier, table_identifier
 from idxlake.pipeline.inspect.sql import display_table, query
-from idxlake.pipeline.inspect.sqltext import (
-    check_identifier,
-    check_read_only,
-    rewrite_binary_lengths,
-    table_identifier,
-    tokenize,
-)
+from idxlake.pipeline.inspect.sqltext import check_read_only, rewrite_binary_lengths, tokenize
 from idxlake.schemas import QueryError, TableNotFoundError
 
 ROOT = Path(__file__).resolve().parents[1]

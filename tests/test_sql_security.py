@@ -147,7 +147,7 @@ def _payload(template: str, place: dict[str, Path]) -> str:
 def test_escape_attempt_is_refused(template: str, guarded: bool, engine: str, watched: dict[str, Path],
                                    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     if not guarded:  # the text pass does nothing: the engine alone must refuse
-        monkeypatch.setattr(sql_module, "check_read_only", lambda sql: sql.strip().rstrip(";").strip())
+        monkeypatch.setattr(sql_module, "check_read_only", lambda sql, **kw: sql.strip().rstrip(";").strip())
     code = main(["sql", str(watched["table"]), _payload(template, watched), "--engine", engine, "--name", "mnist"])
     err = capsys.readouterr().err
     assert code == 2, err
@@ -292,7 +292,7 @@ def test_show_where_goes_through_the_same_engine_path(where: str, guarded: bool,
                                                       watched: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     if not guarded:
-        monkeypatch.setattr(sql_module, "check_read_only", lambda sql: sql.strip().rstrip(";").strip())
+        monkeypatch.setattr(sql_module, "check_read_only", lambda sql, **kw: sql.strip().rstrip(";").strip())
     argv = ["show", str(watched["table"]), "--where", _payload(where, watched), "--engine", engine, "--name", "mnist"]
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -322,7 +322,7 @@ _PIECES = ["SELECT", "*", "1", "FROM", "mnist", "VERSION", "AS", "OF", "0", "@v1
 def test_fuzzed_statements_never_write_or_crash(words: list[str], engine: str, watched: dict[str, Path],
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Token soups, with the text pass off: the engine runs or refuses them, nothing is written, no crash."""
-    monkeypatch.setattr(sql_module, "check_read_only", lambda sql: sql.strip().rstrip(";").strip())
+    monkeypatch.setattr(sql_module, "check_read_only", lambda sql, **kw: sql.strip().rstrip(";").strip())
     before = _tree(watched["base"])
     sql = _payload(" ".join(words), watched)
     with contextlib.suppress(IdxlakeError):  # a refusal or an engine error; anything else fails the test

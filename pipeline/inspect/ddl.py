@@ -69,7 +69,7 @@ def check_table_name(name: str) -> str:
 
 def spark_ddl_of(snap: TableSnapshot, *, name: str | None = None) -> str:
     """The registration DDL for a pinned table (see :func:`spark_ddl`)."""
-    from idxlake.pipeline.inspect.sqltext import table_identifier
+    from idxlake.pipeline.inspect.identifiers import table_identifier
 
     name = check_table_name(name) if name else table_identifier(snap.name or snap.uri)
     meta = snap.meta

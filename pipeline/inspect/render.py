@@ -240,8 +240,8 @@ def select_images(table: str, *, split: str | None = None, where: str | None = N
     Returns:
         ``(rows, meta)``: a table with columns split, id, label, image.
     """
+    from idxlake.pipeline.inspect.identifiers import check_identifier, table_identifier
     from idxlake.pipeline.inspect.sql import query
-    from idxlake.pipeline.inspect.sqltext import check_identifier, table_identifier
     from idxlake.schemas import snapshot
 
     name = check_identifier(name) if name else table_identifier(table)

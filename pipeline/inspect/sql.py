@@ -17,7 +17,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, NoReturn
+from typing import TYPE_CHECKING, Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,7 +33,8 @@ from idxlake.pipeline.inspect.engines import (
     open_datafusion,
     open_duckdb,
 )
-from idxlake.pipeline.inspect.sqltext import check_identifier, check_read_only, rewrite_binary_lengths, table_identifier
+from idxlake.pipeline.inspect.identifiers import check_identifier, table_identifier
+from idxlake.pipeline.inspect.sqltext import check_read_only, rewrite_binary_lengths
 from idxlake.pipeline.inspect.timetravel import TravelClause, rewrite_time_travel
 from idxlake.schemas import DataCorruptionError, IdxlakeError, QueryError, open_table, snapshot_of
 from idxlake.schemas.storage import one_line
@@ -96,13 +97,18 @@ def _hint(message: str, name: str) -> str:
 
 
 _DAMAGED = re.compile(r"CRC checksum verification failed|could not verify page integrity|Couldn't deserialize "
-                      r"thrift|Parquet magic bytes not found|Corrupt(ed)? (parquet|page|footer)", re.IGNORECASE)
+                      r"thrift|Parquet magic bytes not found|Corrupt(ed)? (parquet|page|footer)|Invalid page header"
+                      r"|Unexpected encoding", re.IGNORECASE)
 """Engine messages that mean a data file is damaged (not a problem with the statement)."""
+_PARQUET = re.compile(r"Parquet (argument )?error", re.IGNORECASE)
+"""Any error of the Parquet reader (a damaged page header reads as 'Required field type_ is missing'): the
+files are checked, and a damaged one is reported as such."""
 
 
 def _raise_damaged(table: str, tables: Mapping[str, DeltaTable], storage_options: Mapping[str, str] | None,
-                   message: str, exc: BaseException) -> NoReturn:
-    """Raise :class:`DataCorruptionError` naming the table, version and damaged file behind ``exc``."""
+                   message: str, exc: BaseException) -> None:
+    """Raise :class:`DataCorruptionError` naming the table, version and damaged file behind ``exc``; without
+    such a file, only when the message itself says a file is damaged."""
     from idxlake.pipeline.inspect.verify import first_damaged_file
 
     for dt in {dt.version(): dt for dt in tables.values()}.values():
@@ -111,8 +117,9 @@ def _raise_damaged(table: str, tables: Mapping[str, DeltaTable], storage_options
         if found:
             raise DataCorruptionError(f"{table}@v{snap.version}: data file {found[0]} cannot be read: {found[1]}; "
                                       f"run `idxlake verify {table}`") from exc
-    raise DataCorruptionError(f"{table}: a data file cannot be read ({message}); run `idxlake verify {table}`") \
-        from exc
+    if _DAMAGED.search(message):
+        raise DataCorruptionError(f"{table}: a data file cannot be read ({message}); run `idxlake verify {table}`") \
+            from exc
 
 
 def query(table: str, sql: str, *, engine: Engine = DEFAULT_ENGINE, name: str | None = None,
@@ -147,7 +154,7 @@ def query(table: str, sql: str, *, engine: Engine = DEFAULT_ENGINE, name: str | 
         raise QueryError(f"unknown engine {engine!r}; choose one of {sorted(ENGINES)}")
     limits = Limits(timeout_s=timeout, memory_mb=memory_mb)
     name = check_identifier(name) if name else table_identifier(table)
-    statement = check_read_only(sql)
+    statement = check_read_only(sql, engine=engine)
     main = open_table(table, version=version, as_of=as_of, storage_options=storage_options)
     versions: list[VersionRange] = []
 
@@ -168,6 +175,10 @@ def query(table: str, sql: str, *, engine: Engine = DEFAULT_ENGINE, name: str | 
     for dt in tables.values():
         binary |= binary_columns(pa.schema(dt.schema().to_arrow()))
     rewritten = rewrite_binary_lengths(rewritten, binary, engine=engine)
+    if version is not None or as_of is not None or travelled:  # an older version: its files may be vacuumed,
+        for dt in {dt.version(): dt for dt in tables.values()}.values():  # and DataFusion answers count(*) from
+            snap = snapshot_of(dt, uri=table, storage_options=storage_options)  # the log's statistics alone
+            snap.check_files(snap.files)
     if rewritten != statement:
         logger.debug("rewrote the statement: %s", rewritten)
     try:
@@ -177,7 +188,7 @@ def query(table: str, sql: str, *, engine: Engine = DEFAULT_ENGINE, name: str | 
         raise
     except Exception as exc:  # engines raise plain Exception, ValueError or duckdb.Error subclasses
         message = one_line(exc)
-        if _DAMAGED.search(message):  # the engine's read error names no file: find it
+        if _DAMAGED.search(message) or _PARQUET.search(message):  # the engine's read error names no file: find it
             _raise_damaged(table, tables, storage_options, f"{engine}: {message}", exc)
         if re.search(r"not found|no such file", message, re.IGNORECASE):
             for dt in tables.values():  # a vacuumed version: say so, and when

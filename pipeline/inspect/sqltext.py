@@ -43,10 +43,6 @@ TokenKind = Literal["word", "quoted", "string", "number", "punct"]
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?|\.[0-9]+([eE][+-]?[0-9]+)?")
-_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]*")
-_RESERVED = frozenset({"select", "from", "where", "table", "order", "group", "by", "limit", "join", "on",
-                       "and", "or", "not", "as", "with", "values", "union", "all", "case", "when", "then",
-                       "else", "end", "null", "true", "false", "in", "is", "having", "distinct", "default"})
 
 
 @dataclass(frozen=True)
@@ -179,11 +175,20 @@ def _statement_keyword(stmt: list[Token]) -> str:
     return first if not inner or inner in READ_STATEMENTS else inner
 
 
-def check_read_only(sql: str) -> str:
-    """Refuse anything but one read-only statement.
+MAX_SQL_CHARS = 64 << 10
+"""Longest SQL text accepted (checked before any parser runs)."""
+MAX_OPERATORS = 1000
+"""Most operators in one statement: DuckDB's expression depth limit. DataFusion plans a chain ``1+1+...``
+in quadratic time and overflows its stack near 10000 terms (SIGSEGV), with no limit of its own."""
+_OPERATORS = frozenset("+-*/%|&^<>=!~")
+
+
+def check_read_only(sql: str, *, engine: str | None = None) -> str:
+    """Refuse anything but one read-only statement, of a bounded size.
 
     Args:
         sql: The user's SQL text.
+        engine: The engine that will run it (``FROM``-first statements are DuckDB's only).
 
     Returns:
         The statement without trailing semicolons and whitespace.
@@ -192,7 +197,13 @@ def check_read_only(sql: str) -> str:
         QueryError: for an empty text, several statements, or a statement that could modify
             anything (the table, the session, or files).
     """
+    if len(sql) > MAX_SQL_CHARS:
+        raise QueryError(f"the SQL text is {len(sql)} characters, more than {MAX_SQL_CHARS}; shorten it")
     tokens = tokenize(sql)
+    operators = sum((t.kind == "punct" and t.text in _OPERATORS) or t.upper in ("AND", "OR") for t in tokens)
+    if operators > MAX_OPERATORS:
+        raise QueryError(f"the statement has {operators} operators, more than {MAX_OPERATORS}; "
+                         "use IN (...) lists or split the query")
     statements = _statements(tokens)
     if not statements:
         raise QueryError("empty SQL statement; e.g. \"SELECT split, label, count(*) FROM t GROUP BY 1, 2\"")
@@ -201,6 +212,9 @@ def check_read_only(sql: str) -> str:
     stmt = statements[0]
     kind = _statement_keyword(stmt)
     writes = sorted({t.upper for t in stmt if t.kind == "word" and t.upper in WRITE_KEYWORDS})
+    if kind in ("FROM", "TABLE", "SUMMARIZE") and engine == "datafusion":
+        raise QueryError(f"{kind}-first statements are DuckDB syntax (DataFusion reads `FROM t` as a select of no "
+                         "columns); write SELECT ... FROM, or use --engine duckdb")
     if kind in READ_STATEMENTS and not writes:
         return sql[:stmt[-1].end].strip()
     if kind not in READ_STATEMENTS and kind not in WRITE_KEYWORDS and not writes:
@@ -286,28 +300,3 @@ def _bare_select_item(tokens: list[Token], i: int, j: int) -> bool:
         if t.depth == depth and t.kind == "word" and t.upper in _CLAUSES:
             return False
     return False
-
-
-def table_identifier(uri: str) -> str:
-    """A valid, lower-case SQL identifier from the last path component of a table URI.
-
-    ``/data/My-Table`` -> ``my_table``; ``s3://b/2024/`` -> ``t_2024``; reserved words get ``t_``.
-    """
-    last = uri.rstrip("/").replace("\\", "/").rsplit("/", 1)[-1]
-    name = re.sub(r"[^a-z0-9_]+", "_", last.lower()).strip("_") or "t"
-    if name[0].isdigit() or name in _RESERVED:
-        name = f"t_{name}"
-    return name
-
-
-def check_identifier(name: str) -> str:
-    """Validate a user-given table name for SQL (returned lower-cased).
-
-    Raises:
-        QueryError: if ``name`` is not a plain identifier.
-    """
-    lowered = name.lower()
-    if not _IDENTIFIER.fullmatch(lowered) or lowered in _RESERVED:
-        raise QueryError(f"--name {name!r} is not a plain SQL identifier (letters, digits, _; not a keyword); "
-                         f"try {table_identifier(name)!r}")
-    return lowered
