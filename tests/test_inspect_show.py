@@ -117,7 +117,22 @@ def test_show_time_travel_and_empty(tmp_path: Path, synthetic_source: SyntheticS
 def test_show_rejects_writes_and_bad_options(mnist_table: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(QueryError, match="refused"):
         select_images(mnist_table, where="label IN (DELETE FROM mnist RETURNING label)")
-    with pytest.raises(QueryError, match="2 SQL statements given"):
+    with pytest.raises(QueryError, match=r"--where '1 = 1; SELECT 1' is not one predicate: it has ';'"):
         select_images(mnist_table, where="1 = 1; SELECT 1")
     assert main(["show", mnist_table, "--limit", "0"]) == 2
     assert "must be positive" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("where", ["label = 3) OR (1=1) --", "label = 3 /* open", "label = 'x", "(label = 3",
+                                   'label = "x', "label = 3;"])
+def test_a_where_that_is_no_single_predicate_is_refused(mnist_table: str, where: str) -> None:
+    """``label = 3) OR (1=1) --`` dropped the split filter, the order and the limit (every row rendered)."""
+    with pytest.raises(QueryError, match="is not one predicate"):
+        select_images(mnist_table, where=where, split="test", limit=2)
+
+
+def test_a_where_may_end_in_a_comment_and_the_limit_holds(mnist_table: str) -> None:
+    rows, _ = select_images(mnist_table, where="label = 3 -- threes", split="test", limit=2)
+    assert rows.column("label").to_pylist() == [3, 3] and set(rows.column("split").to_pylist()) == {"test"}
+    rows, _ = select_images(mnist_table, where="(label = 3) OR (label = 4 AND id < 100)", split="test", limit=3)
+    assert rows.num_rows == 3 and set(rows.column("label").to_pylist()) <= {3, 4}

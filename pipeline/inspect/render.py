@@ -245,16 +245,40 @@ def select_images(table: str, *, split: str | None = None, where: str | None = N
     from idxlake.schemas import snapshot
 
     name = check_identifier(name) if name else table_identifier(table)
-    conditions = [f"({where})"] if where and where.strip() else []
+    conditions = [f"(\n{check_predicate(where)}\n)"] if where and where.strip() else []
     if split is not None:
         conditions.append("split = '" + split.replace("'", "''") + "'")
     sql = (f"SELECT split, id, label FROM {name}"  # images are read by verified_images
            + (f" WHERE {' AND '.join(conditions)}" if conditions else "")
            + f" ORDER BY split, id LIMIT {int(limit)}")
-    result = query(table, sql, engine=engine, name=name, version=version, as_of=as_of,
+    result = query(table, sql, engine=engine, name=name, version=version, as_of=as_of, max_rows=int(limit),
                    storage_options=storage_options, timeout=timeout, memory_mb=memory_mb)
     snap = snapshot(table, version=result.versions[name], storage_options=storage_options)
     return verified_images(snap, result.table), snap.meta
+
+
+def check_predicate(where: str) -> str:
+    """``where`` if it is one self-contained predicate: no ``;``, parentheses balanced, every string, quoted
+    name and comment closed (it is pasted into ``WHERE (...) AND split = ... ORDER BY ... LIMIT``, and
+    ``label = 3) OR (1=1) --`` would drop the split, the order and the limit).
+
+    Raises:
+        QueryError: naming what is unbalanced.
+    """
+    from idxlake.pipeline.inspect.sqltext import tokenize
+    from idxlake.schemas import QueryError
+
+    tokens = tokenize(f"{where}\n0")
+    closed = bool(tokens) and tokens[-1].start == len(where) + 1  # the sentinel 0 is not swallowed
+    depth = 0
+    for token in tokens[:-1]:
+        depth += {"(": 1, ")": -1}.get(token.text, 0) if token.kind == "punct" else 0
+        if depth < 0 or (token.kind == "punct" and token.text == ";"):
+            closed = False
+    if not closed or depth:
+        raise QueryError(f"--where {where!r} is not one predicate: it has ';', unbalanced parentheses, or an "
+                         "unclosed string, quoted name or comment")
+    return where
 
 
 def verified_images(snap: TableSnapshot, rows: pa.Table) -> pa.Table:
