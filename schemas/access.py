@@ -21,7 +21,13 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
-from idxlake.schemas.errors import MissingDataFileError, NotATableError, SchemaMismatchError, TableNotFoundError
+from idxlake.schemas.errors import (
+    MissingDataFileError,
+    NotATableError,
+    SchemaMismatchError,
+    StorageUnreachableError,
+    TableNotFoundError,
+)
 from idxlake.schemas.storage import (
     delta_options,
     fs_path,
@@ -81,7 +87,7 @@ class TableSnapshot:
     meta: TableMeta
     schema: pa.Schema
     files: tuple[DataFile, ...]
-    storage_options: Mapping[str, str] | None = None
+    storage_options: Mapping[str, str] | None = field(default=None, repr=False)  # keys and tokens: never printed
     name: str | None = None
     description: str | None = None
     _fs: dict[int, pafs.FileSystem] = field(default_factory=dict, repr=False, compare=False)
@@ -103,7 +109,11 @@ class TableSnapshot:
     def check_files(self, files: Sequence[DataFile]) -> None:
         """Raise :class:`MissingDataFileError` if a file of the pinned version is gone."""
         fs = self.filesystem()
-        infos = fs.get_file_info([self.file_path(f) for f in files])
+        try:
+            infos = fs.get_file_info([self.file_path(f) for f in files])
+        except OSError as exc:  # pyarrow's: refused credentials, an endpoint that does not answer
+            raise (storage_error(self.uri, exc) or StorageUnreachableError(
+                f"{self.uri}: cannot list the data files of version {self.version} ({one_line(exc)[:300]})")) from exc
         for info, data_file in zip(infos, files, strict=True):
             if info.type == pafs.FileType.NotFound:
                 try:

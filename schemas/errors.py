@@ -73,6 +73,10 @@ class StorageUnreachableError(IdxlakeError, RuntimeError):
     """The storage behind a location did not answer (endpoint down, wrong port, no network)."""
 
 
+class StorageAccessError(IdxlakeError, PermissionError):
+    """The storage answered but refused the request: wrong or expired credentials, or no permission (401/403)."""
+
+
 class DownloadError(IdxlakeError, RuntimeError):
     """A download failed on every mirror (no network, HTTP errors, cut connections)."""
 

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urlparse
 import pyarrow.fs as pafs
 
 from idxlake.schemas import storage_keys as keys
-from idxlake.schemas.errors import StorageConfigError, StorageUnreachableError
+from idxlake.schemas.errors import StorageAccessError, StorageConfigError, StorageUnreachableError
 from idxlake.schemas.storage_fs import azure_filesystem, gcs_filesystem, local_filesystem, s3_filesystem, true
 
 logger = logging.getLogger(__name__)
@@ -249,19 +249,42 @@ def fuse_hint(uri: str) -> str:
 
 ANSI_ESCAPE = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[@-Z\\-_]")
 """CSI sequences (colours, cursor moves), OSC sequences (titles, links) and two-byte escapes."""
-_UNREACHABLE = re.compile(r"error (sending request|performing)|connect|timed out|dns error|retry policy exhausted",
-                          re.IGNORECASE)
+_UNREACHABLE = re.compile(r"error sending request|tcp connect error|connection (refused|reset)|"
+                          r"error trying to connect|could(n'?t| not) connect|timed out|dns error|"
+                          r"failed to lookup address|retry policy exhausted", re.IGNORECASE)
+"""Transport failures: the storage did not answer (matched on the message with the location removed)."""
+_REFUSED = re.compile(r"\b(401|403)\b|unauthori[sz]ed|forbidden|Authorization(Permission)?(Failure|Mismatch)|"
+                      r"AuthenticationFailed|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|ExpiredToken|"
+                      r"lacked the necessary privileges", re.IGNORECASE)
+"""The storage answered and refused: credentials or permissions."""
+
+
+SECRET_PARAMETER = re.compile(
+    r"\b(sig|x-amz-signature|x-amz-security-token|x-amz-credential|x-goog-signature|x-goog-credential|"
+    r"access_token|client_secret|account_key|access_key|secret_access_key)=[^&\s'\",;)]+", re.IGNORECASE)
+"""URL query parameters and ``key=value`` pairs that carry secrets (an Azure SAS ``sig``, S3/GCS presigned
+signatures): client libraries put whole request URLs into their error messages."""
+
+
+def redact(text: str) -> str:
+    """``text`` with the values of :data:`SECRET_PARAMETER` replaced by ``REDACTED``."""
+    return SECRET_PARAMETER.sub(lambda m: f"{m.group(1)}=REDACTED", text)
 
 
 def one_line(exc: BaseException) -> str:
-    """``exc`` as one line, without the ANSI colours and arrows of delta-rs' error chains."""
-    return " ".join(ANSI_ESCAPE.sub("", str(exc)).replace("↳", " ").split()) or type(exc).__name__
+    """``exc`` as one line, without the ANSI colours and arrows of delta-rs' error chains, secrets redacted."""
+    return redact(" ".join(ANSI_ESCAPE.sub("", str(exc)).replace("↳", " ").split())) or type(exc).__name__
 
 
-def storage_error(uri: str, exc: BaseException) -> StorageUnreachableError | None:
-    """A :class:`StorageUnreachableError` when ``exc`` says the storage did not answer, else ``None``."""
+def storage_error(uri: str, exc: BaseException) -> StorageAccessError | StorageUnreachableError | None:
+    """The idxlake error for a storage failure: :class:`StorageAccessError` when the storage refused the
+    credentials, :class:`StorageUnreachableError` when it did not answer, else ``None`` (the caller's)."""
     text = one_line(exc)
-    if not _UNREACHABLE.search(text) or "rename" in text.lower():
+    probe = text.replace(normalize(uri), " ").replace(fs_path(uri), " ")  # a path holding "connect" is no answer
+    if _REFUSED.search(probe):
+        return StorageAccessError(f"{uri}: the storage refused the request ({text[:300]}); check the credentials "
+                                  "(an expired SAS token or session? the wrong key?) and their permissions on it")
+    if not _UNREACHABLE.search(probe) or "non-2xx" in probe or "rename" in probe.lower():
         return None
     return StorageUnreachableError(f"{uri}: storage did not answer ({text[:300]}); check the endpoint, "
                                    "the network and the storage options")

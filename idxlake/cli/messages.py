@@ -11,7 +11,7 @@ import re
 import sys
 from typing import TextIO
 
-from idxlake.schemas.storage import ANSI_ESCAPE
+from idxlake.schemas.storage import ANSI_ESCAPE, redact
 
 MAX_LINE = 600
 """Longest one-line message; longer ones end with an ellipsis (``--debug`` shows the whole text)."""
@@ -24,8 +24,9 @@ def strip_ansi(text: str) -> str:
 
 
 def one_line(text: str, *, limit: int = MAX_LINE) -> str:
-    """A message as one readable line: escapes removed, blank and backtrace lines dropped, lines joined."""
-    lines = [ln.strip() for ln in strip_ansi(text).splitlines()]
+    """A message as one readable line: escapes removed, blank and backtrace lines dropped, lines joined,
+    secrets in URLs redacted (an Azure SAS signature in a pyarrow error)."""
+    lines = [ln.strip() for ln in redact(strip_ansi(text)).splitlines()]
     kept = [ln for ln in lines if ln and not ln.startswith(("at ", "stack backtrace", "note: run with"))
             and not re.match(r"^\d+: ", ln)]
     line = "; ".join(dict.fromkeys(kept)) or "(no message)"

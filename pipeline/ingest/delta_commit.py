@@ -66,7 +66,7 @@ class PendingFiles:
     fs: pafs.FileSystem
     root: str
     table: str = ""
-    storage_options: Mapping[str, str] | None = None
+    storage_options: Mapping[str, str] | None = field(default=None, repr=False)
     actions: list[Any] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
     root_existed: bool = True
