@@ -35,6 +35,7 @@ from idxlake.schemas.errors import (
     StorageUnreachableError,
     TableExistsError,
     TableNotFoundError,
+    TimeTravelError,
 )
 from idxlake.schemas.storage import (
     SCHEMES,
@@ -117,6 +118,7 @@ __all__ = [
     "TableExistsError",
     "TableMeta",
     "TableNotFoundError",
+    "TimeTravelError",
     "TableSnapshot",
     "VersionRange",
     "arrow_schema",

@@ -250,10 +250,10 @@ def data_file_uri(table: str, path: str, listed: str) -> str:
     ``fs_path`` already.
     """
     location = normalize(table)
-    if urlparse(path).scheme or path.startswith("/") or store_of(location).name != "local" \
-            or location.lower().startswith("file:"):
-        return listed  # an absolute path in the log (a shallow clone), a cloud URI, or file://
-    return f"{location.rstrip('/')}/{unquote(path)}"
+    if urlparse(path).scheme or path.startswith("/") or store_of(location).name != "local":
+        return listed  # an absolute path in the log (a shallow clone), or a cloud URI
+    root = fs_path(location) if location.lower().startswith("file:") else location  # file:// decoded once
+    return f"{root.rstrip('/')}/{unquote(path)}"
 
 
 def unsupported_features(dt: DeltaTable) -> list[str]:

@@ -53,6 +53,11 @@ class LoaderConfigError(IdxlakeError, ValueError):
     """A loader was configured wrongly: unknown column, empty selection, bad batch size."""
 
 
+class TimeTravelError(IdxlakeError, ValueError):
+    """A time-travel request is malformed: text that is no timestamp, or a version and a timestamp together.
+    (A version or time outside the table's range is :class:`TableNotFoundError`.)"""
+
+
 class MissingDataFileError(IdxlakeError, FileNotFoundError):
     """A data file referenced by a pinned table version is gone (e.g. vacuumed)."""
 

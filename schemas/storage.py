@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -97,7 +98,8 @@ def normalize(uri: str) -> str:
     """The location as delta-rs and pyarrow should see it: ``dbfs:/x`` becomes ``/dbfs/x``."""
     uri = str(uri)
     if uri.lower().startswith("dbfs:"):
-        return "/dbfs/" + uri[5:].lstrip("/")
+        rest = uri[5:].lstrip("/")
+        return "/" + rest if rest.startswith("Volumes/") else "/dbfs/" + rest  # a volume's URI form is /Volumes/...
     return uri
 
 
@@ -218,7 +220,9 @@ def worker_context(uri: str) -> WorkerContext:
 
 def is_fuse_mount(uri: str) -> bool:
     """True for Databricks FUSE paths (``/dbfs/...``, ``/Volumes/...``, ``dbfs:/...``): no hard links."""
-    path = normalize(uri)
+    path = fs_path(uri) if store_of(uri).name == "local" else ""  # file:///Volumes/... too
+    if sys.platform == "darwin" and path.startswith("/Volumes"):
+        return False  # macOS mounts its disks there
     return any(path.startswith(p) or path == p.rstrip("/") for p in FUSE_PREFIXES)
 
 

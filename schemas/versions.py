@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, SupportsIndex
 
-from idxlake.schemas.errors import TableNotFoundError
+from idxlake.schemas.errors import TableNotFoundError, TimeTravelError
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -35,7 +35,7 @@ def parse_timestamp(value: Timestamp) -> datetime:
     (``2026-11-24`` = midnight UTC) and Databricks' compact ``yyyyMMddHHmmss[SSS]``.
 
     Raises:
-        TableNotFoundError: for text that is not a timestamp (a bad time-travel request).
+        TimeTravelError: for text that is not a timestamp (a bad time-travel request).
     """
     if isinstance(value, datetime):
         stamp = value
@@ -47,15 +47,17 @@ def parse_timestamp(value: Timestamp) -> datetime:
             else:
                 stamp = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith(("Z", "z")) else text)
         except ValueError:
-            raise TableNotFoundError(
+            raise TimeTravelError(
                 f"{value!r} is not a timestamp; write e.g. '2026-11-24 02:41:00' (UTC), "
                 "'2026-11-24T02:41:00Z' or '2026-11-24'") from None
     return stamp.replace(tzinfo=timezone.utc) if stamp.tzinfo is None else stamp.astimezone(timezone.utc)
 
 
-def iso_seconds(millis: int) -> str:
-    """A commit time (ms since the epoch) as ``2026-11-24T02:40:57Z``."""
-    return datetime.fromtimestamp(millis // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def iso_millis(millis: int) -> str:
+    """A commit time (ms since the epoch) as ``2026-11-24T02:40:57.461Z``: to the millisecond the commits are
+    compared at, so a time copied from a message selects the version it names."""
+    stamp = datetime.fromtimestamp(millis // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{stamp}.{millis % 1000:03d}Z"
 
 
 def _iso(stamp: datetime) -> str:
@@ -88,9 +90,9 @@ class VersionRange:
     def describe(self) -> str:
         """``table has versions 0-3 (2026-11-24T02:40:57Z .. 2026-11-24T02:41:05Z)``."""
         if self.first == self.latest:
-            return f"table has version {self.first} only ({iso_seconds(self.commits[0][1])})"
-        return (f"table has versions {self.first}-{self.latest} ({iso_seconds(self.commits[0][1])} .. "
-                f"{iso_seconds(self.commits[-1][1])})")
+            return f"table has version {self.first} only ({iso_millis(self.commits[0][1])})"
+        return (f"table has versions {self.first}-{self.latest} ({iso_millis(self.commits[0][1])} .. "
+                f"{iso_millis(self.commits[-1][1])})")
 
     def timestamp_of(self, version: int) -> int | None:
         """Commit time (ms) of ``version``, if in the log."""
@@ -123,7 +125,7 @@ class VersionRange:
     def resolve(self, *, version: int | None = None, as_of: Timestamp | None = None) -> int:
         """``version`` (checked), the version at ``as_of``, or the latest."""
         if version is not None and as_of is not None:
-            raise TableNotFoundError(f"{self.uri}: give a version or a timestamp (as_of), not both")
+            raise TimeTravelError(f"{self.uri}: give a version or a timestamp (as_of), not both")
         if as_of is not None:
             return self.at(as_of)
         return self.latest if version is None else self.check_version(version)
@@ -132,7 +134,7 @@ class VersionRange:
         """``"vacuumed at ... (version 4)"`` when a VACUUM commit after ``version`` exists."""
         for v, ms, operation in self.commits:
             if v > version and operation.upper().startswith("VACUUM"):
-                return f"vacuumed at {iso_seconds(ms)} (VACUUM, version {v})"
+                return f"vacuumed at {iso_millis(ms)} (VACUUM, version {v})"
         return None
 
 

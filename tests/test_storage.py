@@ -58,9 +58,14 @@ def test_paths_in_pyarrow_terms(uri: str, path: str) -> None:
     assert fs_path(uri) == path
 
 
-def test_databricks_paths() -> None:
-    assert normalize("dbfs:/Volumes/x") == "/dbfs/Volumes/x" and normalize("DBFS:/mnt/a") == "/dbfs/mnt/a"
+def test_databricks_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a volume's URI form is dbfs:/Volumes/..., its POSIX path /Volumes/... (no /dbfs on serverless compute)
+    assert normalize("dbfs:/Volumes/c/s/v/t") == "/Volumes/c/s/v/t" and normalize("DBFS:/mnt/a") == "/dbfs/mnt/a"
     assert is_fuse_mount("dbfs:/t") and is_fuse_mount("/Volumes/c/s/v/t") and is_fuse_mount("/dbfs/t")
+    assert is_fuse_mount("file:///Volumes/c/s/v/t") and is_fuse_mount("dbfs:/Volumes/c/s/v/t")
+    with monkeypatch.context() as m:
+        m.setattr("sys.platform", "darwin")
+        assert not is_fuse_mount("/Volumes/MyUSB/t") and is_fuse_mount("/dbfs/t")  # macOS mounts disks there
     assert not is_fuse_mount("/tmp/Volumes/t") and not is_fuse_mount("s3://b/Volumes")
     with pytest.raises(StorageConfigError, match=r"no hard links.*cloud URI.*allow_unsafe_rename=true"):
         check_writable("/Volumes/c/s/v/t", None)

@@ -18,10 +18,10 @@ from idxlake.pipeline.inspect.verify import verify_table
 from idxlake.schemas import CommitUncertainError, StorageConfigError, TableNotFoundError, snapshot
 
 
-@pytest.mark.parametrize("folder", ["my tables/mnist", "données x/t", "a%b", "semi;colon,comma"])
+@pytest.mark.parametrize("folder", ["my tables/mnist", "données x/t", "a%b", "semi;colon,comma", "file:sp ace"])
 def test_a_table_in_a_folder_delta_rs_encodes_reads_back(tmp_path: Path, folder: str) -> None:
     src = make_source(tmp_path / "src", rows={"train": 40, "test": 10}, seed=2)
-    table = str(tmp_path / folder)
+    table = (tmp_path / folder.removeprefix("file:")).as_uri() if folder.startswith("file:") else str(tmp_path / folder)
     ingest(src.root, table)
     snap = snapshot(table)
     assert all(Path(f.uri).is_file() for f in snap.files) and len(snap.files) == 2

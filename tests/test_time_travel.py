@@ -28,6 +28,7 @@ from idxlake.schemas import (
     MissingDataFileError,
     QueryError,
     TableNotFoundError,
+    TimeTravelError,
     parse_timestamp,
     snapshot,
     version_range,
@@ -90,7 +91,7 @@ def test_unaliased_clause_keeps_the_table_name(four: Four, engine: str) -> None:
 
 
 def test_out_of_range_messages_name_the_range(four: Four) -> None:
-    span = (f"{four.table}: table has versions 0-3 ({four.iso(0)[:19]}Z .. {four.iso(3)[:19]}Z)")
+    span = (f"{four.table}: table has versions 0-3 ({four.iso(0)} .. {four.iso(3)})")
     with pytest.raises(TableNotFoundError) as info:
         query(four.table, "SELECT count(*) FROM mnist VERSION AS OF 5")
     assert str(info.value) == f"{span}; version 5 does not exist"
@@ -103,9 +104,9 @@ def test_out_of_range_messages_name_the_range(four: Four) -> None:
     with pytest.raises(TableNotFoundError, match=rf"^{span.replace('(', '.').replace(')', '.')}; "
                                                  rf"{future.strftime('%Y-%m-%dT%H:%M:%S')}Z is in the future$"):
         snapshot(four.table, as_of=future)
-    with pytest.raises(TableNotFoundError, match="is not a timestamp"):
+    with pytest.raises(TimeTravelError, match="is not a timestamp"):
         snapshot(four.table, as_of="yesterday")
-    with pytest.raises(TableNotFoundError, match="give a version or a timestamp"):
+    with pytest.raises(TimeTravelError, match="give a version or a timestamp"):
         snapshot(four.table, version=1, as_of=four.iso(1))
 
 
@@ -167,8 +168,9 @@ def test_vacuumed_version_says_so_and_when(four: Four, tmp_path: Path) -> None:
     vacuum(table, retain_hours=0, force=True)
     history = {int(c["version"]): c for c in DeltaTable(table).history()}
     vac = min(v for v, c in history.items() if str(c["operation"]).startswith("VACUUM"))
-    when = datetime.fromtimestamp(int(history[vac]["timestamp"]) // 1000, tz=timezone.utc)
-    note = f"version 0 was vacuumed at {when.strftime('%Y-%m-%dT%H:%M:%S')}Z (VACUUM, version {vac})"
+    ms = int(history[vac]["timestamp"])
+    when = datetime.fromtimestamp(ms // 1000, tz=timezone.utc)
+    note = f"version 0 was vacuumed at {when.strftime('%Y-%m-%dT%H:%M:%S')}.{ms % 1000:03d}Z (VACUUM, version {vac})"
     for engine in ENGINES:
         with pytest.raises(MissingDataFileError) as info:
             query(table, "SELECT count(*) FROM mnist VERSION AS OF 0 WHERE id >= 0", engine=engine)  # type: ignore[arg-type]
@@ -265,3 +267,16 @@ def test_readme_time_travel_commands_run_as_written(four: Four, capsys: pytest.C
             assert code == 0 and captured.out.splitlines()[0].split() == expected.split()
         ran += 1
     assert ran == 3
+
+
+def test_the_times_a_message_names_select_the_versions_it_names(four: Four) -> None:
+    """The range in messages was printed in whole seconds while commits compare in milliseconds: the
+    printed lower bound came out as "no version existed at" that very time."""
+    import re
+
+    vr = version_range(four.table)
+    first, last = re.findall(r"\d{4}-\d\d-\d\dT[\d:.]+Z", vr.describe())
+    assert vr.at(first) == vr.first and vr.at(last) == vr.latest
+    with pytest.raises(TimeTravelError, match="not both"):
+        vr.resolve(version=1, as_of=first)
+    assert issubclass(TimeTravelError, ValueError) and not issubclass(TimeTravelError, FileNotFoundError)
