@@ -32,8 +32,9 @@ def text_table(table: pa.Table, *, max_cell: int = MAX_CELL) -> str:
     names = table.column_names
     numeric = [pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
                for t in table.schema.types]
+    columns = [c.to_pylist() for c in table.columns]  # by position: two columns may share a name (a self-join)
     rows = [[[(line if len(line) <= max_cell else line[:max_cell - 1] + "…") for line in _cell(v).split("\n")]
-             for v in row.values()] for row in table.to_pylist()]
+             for v in values] for values in zip(*columns, strict=True)] if columns else []
     widths = [max([len(n)] + [max(len(x) for x in r[i]) for r in rows]) for i, n in enumerate(names)]
     out = ["  ".join(n.ljust(w) for n, w in zip(names, widths, strict=True)).rstrip(),
            "  ".join("-" * w for w in widths)]
@@ -51,6 +52,11 @@ def csv_text(table: pa.Table) -> str:
     """The table as CSV with a header row (pyarrow's writer)."""
     import pyarrow.csv as pacsv
 
+    for i, field in enumerate(table.schema):  # lists, structs and maps: as JSON text (CSV has no nesting)
+        if pa.types.is_nested(field.type):
+            text = [None if v is None else json.dumps(_clean(v), default=_json_default, allow_nan=False)
+                    for v in table.column(i).to_pylist()]
+            table = table.set_column(i, pa.field(field.name, pa.string()), pa.array(text, pa.string()))
     sink = io.BytesIO()
     pacsv.write_csv(table, sink)
     return sink.getvalue().decode()
@@ -77,7 +83,17 @@ def _clean(value: Any) -> Any:
 
 
 def json_rows(table: pa.Table) -> str:
-    """A JSON array of row objects, one row per line (NaN/inf become null)."""
+    """A JSON array of row objects, one row per line (NaN/inf become null).
+
+    Raises:
+        QueryError: two columns share a name (one would silently replace the other in each object).
+    """
+    from idxlake.schemas.errors import QueryError
+
+    shared = sorted({n for n in table.column_names if table.column_names.count(n) > 1})
+    if shared:
+        raise QueryError(f"columns {', '.join(map(repr, shared))} appear more than once; JSON rows need distinct "
+                         "names: alias them with AS (SELECT a.id AS a_id, b.id AS b_id ...)")
     rows = [json.dumps(_clean(r), default=_json_default, allow_nan=False) for r in table.to_pylist()]
     return "[\n" + ",\n".join(rows) + ("\n" if rows else "") + "]\n"
 

@@ -24,18 +24,19 @@ into Python count against the same memory limit.
 
 from __future__ import annotations
 
-import signal
-import threading
+import logging
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from idxlake.pipeline.inspect.interrupts import DeadlineAlarm, deadline, off_thread
 from idxlake.schemas import QueryError, snapshot_of
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -103,52 +104,7 @@ class Session:
 
     run: Callable[[str], Running]
     interrupt: Callable[[], None] | None = None
-
-
-class _Alarm(Exception):
-    """Raised by the SIGALRM handler inside a DataFusion call."""
-
-
-@contextmanager
-def deadline(seconds: float, interrupt: Callable[[], None] | None = None) -> Iterator[threading.Event]:
-    """Enforce a wall-clock limit on the block; yields an event set once it expired.
-
-    In the main thread a SIGALRM handler raises inside the running engine call (DataFusion
-    polls for signals while it waits). ``interrupt`` (e.g. DuckDB's) is called from a timer
-    thread instead, from any thread.
-    """
-    expired, armed = threading.Event(), threading.Event()
-    armed.set()
-    use_signal = interrupt is None and threading.current_thread() is threading.main_thread() \
-        and hasattr(signal, "setitimer")
-    previous: Any = None
-    timer: threading.Timer | None = None
-    if use_signal:
-        def on_alarm(signum: int, frame: object) -> None:
-            if armed.is_set():  # a late signal after the block is ignored
-                expired.set()
-                raise _Alarm()
-
-        previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, seconds)
-    else:
-        def on_timer() -> None:
-            expired.set()
-            if interrupt is not None:
-                interrupt()
-
-        timer = threading.Timer(seconds, on_timer)
-        timer.daemon = True
-        timer.start()
-    try:
-        yield expired
-    finally:
-        armed.clear()
-        if use_signal:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            signal.signal(signal.SIGALRM, previous)
-        if timer is not None:
-            timer.cancel()
+    close: Callable[[], None] | None = None
 
 
 def binary_columns(schema: pa.Schema) -> set[str]:
@@ -232,7 +188,7 @@ def open_duckdb(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: str,
         reader = con.sql(sql).to_arrow_reader(BATCH_ROWS)
         return Running(reader.schema, iter(reader))
 
-    return Session(run, con.interrupt)
+    return Session(run, con.interrupt, con.close)
 
 
 def is_memory_error(message: str) -> bool:
@@ -264,6 +220,25 @@ def collect(session: Session, sql: str, limits: Limits, *, max_rows: int | None)
     Raises:
         QueryError: over the time or memory limit (one line), or the engine's own refusal.
     """
+    try:
+        if session.interrupt is None:  # DataFusion: stopped by the alarm signal, in this thread
+            return _gather(session, sql, limits, max_rows=max_rows)
+        return off_thread(session.interrupt, lambda: _gather(session, sql, limits, max_rows=max_rows))
+    finally:
+        if session.close is not None:
+            try:
+                session.close()  # an unclosed DuckDB connection aborted the process at exit (SIGABRT) after errors
+            except Exception:  # an interrupted statement's result, still referenced by its error's frames
+                import gc
+
+                gc.collect()
+                try:
+                    session.close()
+                except Exception as exc:  # never in place of the statement's own error
+                    logger.debug("closing the engine session failed: %s", exc)
+
+
+def _gather(session: Session, sql: str, limits: Limits, *, max_rows: int | None) -> tuple[pa.Table, bool]:
     budget = limits.memory_mb << 20
     batches: list[pa.RecordBatch] = []
     rows, size, truncated = 0, 0, False
@@ -272,7 +247,7 @@ def collect(session: Session, sql: str, limits: Limits, *, max_rows: int | None)
             running = session.run(sql)
             for batch in running.batches:
                 if expired.is_set():
-                    raise _Alarm()
+                    raise DeadlineAlarm()
                 if max_rows is not None and rows + batch.num_rows > max_rows:
                     batches.append(batch.slice(0, max_rows - rows))
                     truncated = True
@@ -283,7 +258,7 @@ def collect(session: Session, sql: str, limits: Limits, *, max_rows: int | None)
                 batches.append(batch)
                 rows += batch.num_rows
             schema = running.schema
-        except _Alarm:
+        except DeadlineAlarm:
             raise QueryError(limits.timeout_message()) from None
         except QueryError:
             raise
@@ -294,6 +269,8 @@ def collect(session: Session, sql: str, limits: Limits, *, max_rows: int | None)
             if is_memory_error(message):
                 raise QueryError(limits.memory_message(_short(message))) from exc
             raise
+        finally:  # the error's traceback keeps this frame: without the reader, so the connection can close
+            running = None
     if batches and batches[0].schema != schema:
         schema = batches[0].schema
     return pa.Table.from_batches(batches, schema=schema), truncated

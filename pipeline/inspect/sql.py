@@ -225,6 +225,8 @@ def display_table(table: pa.Table) -> pa.Table:
             column = summarize_binary(column)
         elif pa.types.is_string_view(t):
             column = column.cast(pa.string())
+        elif (pa.types.is_timestamp(t) or pa.types.is_duration(t) or pa.types.is_time64(t)) and t.unit == "ns":
+            column = column.cast(pa.string())  # Python's datetime has no nanoseconds (now() in DataFusion)
         columns.append(column)
         fields.append(pa.field(field.name, column.type, nullable=field.nullable))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields))
