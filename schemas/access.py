@@ -162,6 +162,11 @@ def check_not_a_file(uri: str) -> None:
                              "give a directory path")
 
 
+DIRECT_VERSIONS = 1_000_000
+"""Versions below this are opened directly; above, the latest first: delta-rs walks towards a version it is
+asked for one commit at a time (2**63-1 ran for minutes), and the table's range says at once if it exists."""
+
+
 def open_table(uri: str, *, version: int | None = None, as_of: Timestamp | None = None,
                storage_options: Mapping[str, str] | None = None) -> DeltaTable:
     """Open a Delta table, turning delta-rs errors into idxlake ones.
@@ -189,7 +194,7 @@ def open_table(uri: str, *, version: int | None = None, as_of: Timestamp | None 
     options = delta_options(uri, storage_options)
     location = normalize(uri)
     number = as_version(version)
-    if number is not None and as_of is None and number >= 0:
+    if number is not None and as_of is None and 0 <= number < DIRECT_VERSIONS:
         try:  # the common case: one log read
             return DeltaTable(location, version=number, storage_options=options)
         except DeltaTableNotFound as exc:

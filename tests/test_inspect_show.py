@@ -119,8 +119,9 @@ def test_show_rejects_writes_and_bad_options(mnist_table: str, capsys: pytest.Ca
         select_images(mnist_table, where="label IN (DELETE FROM mnist RETURNING label)")
     with pytest.raises(QueryError, match=r"--where '1 = 1; SELECT 1' is not one predicate: it has ';'"):
         select_images(mnist_table, where="1 = 1; SELECT 1")
-    assert main(["show", mnist_table, "--limit", "0"]) == 2
-    assert "must be positive" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["show", mnist_table, "--limit", "0"])
+    assert exit_info.value.code == 2 and "argument --limit: must be >= 1, got 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("where", ["label = 3) OR (1=1) --", "label = 3 /* open", "label = 'x", "(label = 3",

@@ -11,9 +11,11 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from idxlake.cli.messages import CleanFormatter, StderrHandler, one_line, strip_ansi
 from idxlake.schemas import IdxlakeError
@@ -29,19 +31,28 @@ COMMAND_MODULES: tuple[str, ...] = (
 """Modules that each define ``register(subparsers)``; the registry of subcommands."""
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+PATH_ERRORS = (FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+"""OS errors naming a path: e.g. an OUTDIR that is a plain file (exit 2, one line)."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are ONE line, ``idxlake <command>: error: ...`` (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {strip_ansi(message)} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser."""
     from idxlake.schemas.version import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="idxlake", description="IDX image datasets into Delta Lake and back into PyTorch training.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     # Global --version (before the command) prints the release; `COMMAND --version N` is time travel.
     parser.add_argument("-V", "--version", action="version", version=f"idxlake {__version__}",
                         help="print the idxlake version and exit")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=OneLineParser)
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -80,7 +91,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     Every error is ONE line on stderr, without ANSI escapes; ``--debug`` adds the traceback.
     """
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the command's own parser: `idxlake history: error: unrecognized arguments ...`
+        command = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+        if args.command == "ingest" and not any(e.startswith("-") for e in extra):
+            args.paths += extra  # options between SOURCE and TABLE: `ingest SRC --mode append TABLE`
+        else:
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
+    if not args.debug:  # delta-rs' Rust logger writes warnings (IMDS probes...) straight to stderr
+        os.environ.setdefault("RUST_LOG", "error")
     try:
         with _logging_to_stderr(args.debug):
             return int(args.run(args) or 0)
@@ -96,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     except Exception as exc:
         _debug_trace(args.debug)
+        if isinstance(exc, PATH_ERRORS) and exc.filename is not None:  # a path given that cannot be used: bad input
+            print(f"idxlake {args.command}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_USAGE
         hint = "" if args.debug else " (rerun with --debug for details)"
         print(f"idxlake {args.command}: {type(exc).__name__}: {one_line(str(exc))}{hint}", file=sys.stderr)
         return EXIT_FAILURE

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 
 def parse_storage_options(pairs: list[str] | None) -> dict[str, str] | None:
@@ -54,7 +55,7 @@ def add_table_options(parser: argparse.ArgumentParser, *, version: bool = True, 
                         help="object-store option passed to delta-rs/pyarrow (repeatable), "
                              "e.g. AWS_ENDPOINT_URL=http://127.0.0.1:9000")
     if version:
-        parser.add_argument("--version", type=int, default=None, metavar="N",
+        parser.add_argument("--version", type=VERSION_NUMBER, default=None, metavar="N",
                             help="read this table version (time travel); default: latest")
     if as_of:
         parser.add_argument("--as-of", default=None, metavar="TIMESTAMP",
@@ -86,3 +87,35 @@ def storage_options(args: argparse.Namespace) -> dict[str, str] | None:
 def is_tty() -> bool:
     """True when stderr is a terminal (progress bars go there)."""
     return sys.stderr.isatty()
+
+
+def output_dir(text: str) -> str:
+    """argparse ``type`` for a local output directory: created if missing, so never an existing plain file."""
+    import os
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path")
+    if "://" not in text and os.path.exists(text) and not os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"{text} is a file; give a directory (it is created if missing)")
+    return text
+
+
+def bounded_int(low: int, high: int) -> Callable[[str], int]:
+    """argparse ``type`` for an integer in ``[low, high]`` (a huge value is a usage error, not an overflow)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high}, got {text}")
+        return value
+
+    parse.__name__ = "integer"  # argparse's "invalid integer value" wording
+    return parse
+
+
+VERSION_NUMBER = bounded_int(0, 2**63 - 1)
+"""A Delta version (a signed 64-bit integer in the log)."""

@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from idxlake.cli.common import add_json_option, is_tty
+from idxlake.cli.common import add_json_option, is_tty, output_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "or sha256 of the uncompressed payload for re-compressed mirrors) before it is renamed into "
                     "DIR; a bad file is never kept.")
     parser.add_argument("dataset", help="registered dataset name, e.g. mnist, fashion-mnist, kmnist")
-    parser.add_argument("directory", metavar="DIR", help="directory to download into (created)")
+    parser.add_argument("directory", metavar="DIR", type=output_dir, help="directory to download into (created)")
     parser.add_argument("--mirror", action="append", default=None, metavar="URL",
                         help="base URL to try instead of the published mirrors (repeatable, tried in order)")
     add_json_option(parser, "the files kept")

@@ -12,6 +12,7 @@ from idxlake.cli.common import (
     is_tty,
     key_value,
     non_empty,
+    output_dir,
     parse_storage_options,
     positive_int,
     storage_options,
@@ -61,7 +62,7 @@ def register(sub: Any) -> None:
                                    "--format parquet: the live rows of one version as plain Parquet (same columns, "
                                    "field metadata and row groups), for readers without Delta support.")
     e.add_argument("table", help="table path or URI")
-    e.add_argument("outdir", help="directory to write the IDX files into (created if missing)")
+    e.add_argument("outdir", type=output_dir, help="directory to write the IDX files into (created if missing)")
     e.add_argument("--format", choices=["idx", "parquet"], default="idx",
                    help="idx (default): IDX files; parquet: a plain-Parquet snapshot of one version")
     e.add_argument("--split", action="append", default=None, help="split to export (repeatable; default all)")

@@ -11,7 +11,14 @@ import shutil
 import sys
 from typing import Any
 
-from idxlake.cli.common import add_json_option, add_table_options, positive_int, storage_options, time_travel
+from idxlake.cli.common import (
+    add_json_option,
+    add_table_options,
+    bounded_int,
+    positive_int,
+    storage_options,
+    time_travel,
+)
 
 DEFAULT_SQL_LIMIT = 100
 """Rows printed by ``idxlake sql --format table`` unless ``--limit`` says otherwise."""
@@ -45,6 +52,10 @@ def _out(text: str) -> None:
     sys.stdout.flush()
 
 
+MAX_SHOW = 10_000
+"""Most images one `show` renders."""
+
+
 def register(sub: Any) -> None:
     """Add the inspect and maintenance subcommands."""
     p = sub.add_parser("sql", help="run a read-only SQL query over a table (DataFusion or DuckDB)",
@@ -61,7 +72,7 @@ def register(sub: Any) -> None:
                         "duckdb: DuckDB over the table's Arrow dataset")
     p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     p.add_argument("--json", dest="format", action="store_const", const="json", help="the same as --format json")
-    p.add_argument("--limit", type=int, default=None, metavar="N",
+    p.add_argument("--limit", type=bounded_int(0, 2**62), default=None, metavar="N",
                    help=f"print at most N rows (0 = all; default {DEFAULT_SQL_LIMIT} for table, all for csv/json)")
     _add_limits(p)
     add_table_options(p, as_of=True)
@@ -80,7 +91,7 @@ def register(sub: Any) -> None:
                        description="List the table's commits, newest first: version, timestamp, operation "
                                    "and the idxlake lineage recorded with it.")
     p.add_argument("table", help="table path or URI")
-    p.add_argument("--limit", type=positive_int, default=None, metavar="N", help="newest N versions only")
+    p.add_argument("--limit", type=bounded_int(1, 2**62), default=None, metavar="N", help="newest N versions only")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_table_options(p, version=False)
     p.set_defaults(run=run_history)
@@ -92,11 +103,14 @@ def register(sub: Any) -> None:
     p.add_argument("table", help="table path or URI")
     p.add_argument("--split", default=None, help="only this split")
     p.add_argument("--where", default=None, metavar="SQL", help="SQL predicate, e.g. \"label = 3 AND id < 500\"")
-    p.add_argument("--limit", type=int, default=16, metavar="N", help="number of images (default 16)")
+    p.add_argument("--limit", type=bounded_int(1, MAX_SHOW), default=16, metavar="N",
+                   help=f"number of images (default 16, at most {MAX_SHOW})")
     p.add_argument("--png", default=None, metavar="FILE", help="write a PNG grid instead of printing text")
-    p.add_argument("--columns", type=int, default=None, metavar="C", help="images per grid row (PNG; default 8)")
-    p.add_argument("--scale", type=int, default=3, metavar="S", help="PNG magnification (default 3)")
-    p.add_argument("--width", type=int, default=28, metavar="W", help="characters per image in text (default 28)")
+    p.add_argument("--columns", type=bounded_int(1, 1000), default=None, metavar="C",
+                   help="images per grid row (PNG; default 8)")
+    p.add_argument("--scale", type=bounded_int(1, 64), default=3, metavar="S", help="PNG magnification (default 3)")
+    p.add_argument("--width", type=bounded_int(1, 1000), default=28, metavar="W",
+                   help="characters per image in text (default 28)")
     p.add_argument("--engine", choices=["datafusion", "duckdb"], default="datafusion",
                    help="engine evaluating --where")
     p.add_argument("--name", default=None, help="table name usable in --where subqueries")
@@ -123,7 +137,7 @@ def register(sub: Any) -> None:
                                    "(default 168 h) and so needed by no recent version. Versions older than "
                                    "the retention can no longer be read afterwards.")
     p.add_argument("table", help="table path or URI")
-    p.add_argument("--retain-hours", type=int, default=None, metavar="H",
+    p.add_argument("--retain-hours", type=bounded_int(0, 10**7), default=None, metavar="H",
                    help="retention in hours (default: the table's delta.deletedFileRetentionDuration or 168)")
     p.add_argument("--dry-run", action="store_true", help="only list the files that would be deleted")
     p.add_argument("--force", action="store_true",

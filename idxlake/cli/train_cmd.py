@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from idxlake.cli.common import add_json_option, add_table_options, storage_options
+from idxlake.cli.common import add_json_option, add_table_options, bounded_int, storage_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--epochs", type=int, default=2, metavar="N", help="epochs (default 2)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N",
                         help="rows per batch and rank (default 64, as PyTorch's examples/mnist)")
-    parser.add_argument("--workers", type=int, default=0, metavar="N",
+    parser.add_argument("--workers", type=bounded_int(0, 64), default=0, metavar="N",
                         help="DataLoader workers per rank (default 0: read in the training process)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="train on at most N samples per epoch and test on at most N (quick runs)")
