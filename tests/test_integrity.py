@@ -66,10 +66,11 @@ def test_one_flipped_bit_is_caught_by_loader_export_and_verify(
     assert not report.ok and report.failed == {"pages"}
     assert report.problems == [f"pages: {rel}: row group 1: could not verify page integrity, CRC checksum "
                                "verification failed for page_ordinal 0"]
-    assert "lineage of split 'train' not compared: its files are damaged" in report.notes
+    assert report.not_compared == {"lineage": ["split 'train' (its files are damaged)"]}
     assert main(["verify", table]) == 1
     text = capsys.readouterr().out
-    assert "  pages       FAILED" in text and "  lineage     ok" in text and rel in text
+    assert "  pages       FAILED" in text and rel in text
+    assert "  lineage     not compared: split 'train' (its files are damaged)" in text
     assert main(["verify", table, "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] is False and doc["checks"]["pages"] is False and doc["checks"]["files"] is True
@@ -149,9 +150,32 @@ def test_appended_split_has_no_single_lineage_but_its_pages_are_checked(syntheti
     table, source = synthetic_table
     ingest(source.root, table, mode="append", allow_duplicate=True)
     report = verify_table(table)
-    assert report.ok and report.rows == 800
-    assert "lineage of split 'test' not comparable: it holds 2 ingested source pairs (appends)" in report.notes[0]
+    assert report.ok and report.rows == 800 and not report.complete  # no problem, and NOT "verified"
+    assert report.not_compared == {"lineage": [
+        "split 'test' (2 ingested source pairs, appends: no single sha256)",
+        "split 'train' (2 ingested source pairs, appends: no single sha256)"]}
     assert pc.sum(snapshot(table).dataset().to_table()["id"]).as_py() > 0
+
+
+def test_verify_never_says_verified_without_comparing(synthetic_table, capsys: pytest.CaptureFixture[str]) -> None:
+    """An append-built split (no single sha256) whose files delta-rs compacted (no page CRCs) printed
+    "lineage ok", "pages ok" and "verified: every check holds" although neither was compared."""
+    from deltalake import DeltaTable
+
+    from idxlake import ingest
+
+    table, source = synthetic_table
+    ingest(source.root, table, mode="append", allow_duplicate=True)
+    DeltaTable(table).optimize.compact()  # parquet-rs files: no page checksums
+    assert main(["verify", table, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True and doc["complete"] is False
+    assert doc["checks"] == {"files": True, "footers": True, "row_counts": True, "pages": None, "lineage": None}
+    assert all("written by delta-rs" in where for where in doc["not_compared"]["pages"])
+    assert main(["verify", table]) == 0
+    out = capsys.readouterr().out
+    assert "verified" not in out.replace("NOT verified", "") and "no problem found, but NOT verified" in out
+    assert "  lineage     not compared: split 'test'" in out and "  pages       not compared: split=" in out
 
 
 @pytest.mark.parametrize("engine", ["datafusion", "duckdb"])

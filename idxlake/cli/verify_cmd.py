@@ -35,7 +35,9 @@ def run_verify(args: argparse.Namespace) -> int:
     else:
         print(f"{report.table}@v{report.version}: {report.files} files, {report.rows:,} rows")
         for check in CHECKS:
-            print(f"  {check:<11} {'FAILED' if check in report.failed else 'ok'}")
+            gaps = report.not_compared.get(check, [])
+            state = "FAILED" if check in report.failed else f"not compared: {'; '.join(gaps)}" if gaps else "ok"
+            print(f"  {check:<11} {state}")
         for problem in report.problems:
             print(f"  problem: {problem}")
         for note in report.notes:
@@ -44,5 +46,7 @@ def run_verify(args: argparse.Namespace) -> int:
             print(f"  orphan (not in the log): {path}")
         for path in report.stale_log_files:
             print(f"  stale temporary log file: {path}")
-        print("verified: every check holds" if report.ok else f"FAILED: {len(report.problems)} problem(s)")
+        print(f"FAILED: {len(report.problems)} problem(s)" if not report.ok else "verified: every check holds"
+              if report.complete else f"no problem found, but NOT verified: {', '.join(report.not_compared)} could "
+              "not compare everything (above)")
     return 0 if report.ok else 1

@@ -34,6 +34,9 @@ from idxlake.schemas import IMAGE, LABEL, DataFile, IdxlakeError, TableSnapshot,
 logger = logging.getLogger(__name__)
 
 CHECKS: tuple[str, ...] = ("files", "footers", "row_counts", "pages", "lineage")
+CHECKSUMMING_WRITER = "parquet-cpp-arrow"
+"""``created_by`` of the files idxlake writes (pyarrow, with page CRCs); files of other writers (delta-rs'
+``optimize.compact()``, Spark) are decoded but have no page checksums to verify."""
 """The checks of :func:`verify_table`, in the order they run."""
 
 
@@ -62,11 +65,21 @@ class VerifyReport:
     notes: list[str] = field(default_factory=list)
     orphans: list[str] = field(default_factory=list)
     stale_log_files: list[str] = field(default_factory=list)
+    not_compared: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         """True when every check held."""
         return not self.problems
+
+    @property
+    def complete(self) -> bool:
+        """True when every check covered everything: no split left uncompared, no page without a checksum."""
+        return not self.not_compared
+
+    def skip(self, check: str, where: str) -> None:
+        """Record that ``check`` could not compare ``where`` (it is neither a failure nor verified)."""
+        self.not_compared.setdefault(check, []).append(where)
 
     def fail(self, check: str, where: str, what: str) -> None:
         """Record a failure of ``check`` concerning ``where`` (a file or a split)."""
@@ -76,8 +89,9 @@ class VerifyReport:
     def to_json(self) -> dict[str, Any]:
         """The stable JSON document of ``idxlake verify --json``."""
         return {"table": self.table, "version": self.version, "ok": self.ok, "files": self.files, "rows": self.rows,
-                "checks": {c: c not in self.failed for c in CHECKS}, "problems": self.problems, "notes": self.notes,
-                "orphans": self.orphans, "stale_log_files": self.stale_log_files}
+                "checks": {c: False if c in self.failed else None if c in self.not_compared else True for c in CHECKS},
+                "complete": self.complete, "not_compared": self.not_compared, "problems": self.problems,
+                "notes": self.notes, "orphans": self.orphans, "stale_log_files": self.stale_log_files}
 
 
 def _page_errors(snap: TableSnapshot, data_file: DataFile, pf: pq.ParquetFile) -> str | None:
@@ -136,6 +150,9 @@ def _check_files(snap: TableSnapshot, report: VerifyReport) -> set[str]:
         if error:
             report.fail("pages", name, error)
             damaged.add(data_file.split)
+        elif not (pf.metadata.created_by or "").startswith(CHECKSUMMING_WRITER):
+            report.skip("pages", f"{name} (written by {pf.metadata.created_by or 'an unknown writer'}: decoded, "
+                                 "but its pages carry no checksums idxlake wrote)")
     for split, meta in sorted(snap.meta.splits.items()):
         if per_split.get(split, 0) != meta.rows:
             report.fail("row_counts", f"split {split!r}", f"the log's files hold {per_split.get(split, 0)} rows, "
@@ -147,12 +164,11 @@ def _check_lineage(snap: TableSnapshot, report: VerifyReport, damaged: set[str])
     for split in sorted(snap.meta.splits):
         expected = lineage_sha256(snap, split)
         if split in damaged:
-            report.notes.append(f"lineage of split {split!r} not compared: its files are damaged")
+            report.skip("lineage", f"split {split!r} (its files are damaged)")
             continue
         if expected is None:
             n = len(snap.meta.splits[split].sources) // 2
-            report.notes.append(f"lineage of split {split!r} not comparable: it holds {n} ingested source pairs "
-                                "(appends); its pages were checked")
+            report.skip("lineage", f"split {split!r} ({n} ingested source pairs, appends: no single sha256)")
             continue
         try:
             groups = ordered_row_groups(snap, split)
