@@ -46,3 +46,19 @@ def test_overwrite_of_another_table_partitioned_by_split_gives_a_readable_table(
     snap = snapshot(table)
     assert snap.version == 1 and {s: m.rows for s, m in snap.meta.splits.items()} == {"train": 20, "test": 10}
     assert sum(len(b["id"]) for b in DeltaIterableDataset(table, split="train", batch_size=8)) == 20
+
+
+@pytest.mark.parametrize("mode", ["append", "replace"])
+def test_files_added_to_a_named_dataset_must_fit_it(tmp_path: Path, mode: str) -> None:
+    """Unrecognised files kept the table's identity (mnist, 10 classes) without its checks: labels 0..59
+    went in, and ``info`` still said 10 classes."""
+    from idxlake.schemas import SourceError
+
+    table = str(tmp_path / "t")
+    ingest(make_source(tmp_path / "ok", rows={"train": 30, "test": 10}).root, table, dataset="mnist")
+    assert snapshot(table).meta.dataset == "mnist"
+    wide = make_source(tmp_path / "wide", rows={"test": 60}, classes=60, seed=1)
+    with pytest.raises(SourceError, match=r"t10k-labels-idx1-ubyte.gz: labels span 0..59, but MNIST has classes "
+                                          r"0..9; the table holds mnist: use another table or corrupt labels\?"):
+        ingest(wide.root, table, mode=mode, allow_duplicate=True)
+    assert snapshot(table).version == 0 and len(list(Path(table).rglob("*.parquet"))) == 2

@@ -32,9 +32,10 @@ from idxlake.pipeline.ingest.delta_commit import (
 )
 from idxlake.pipeline.ingest.duplicates import already_holds, refuse_duplicate, refuse_duplicate_early, validate_fully
 from idxlake.pipeline.ingest.prefetch import prefetch
-from idxlake.pipeline.ingest.scan import ScannedSplit, SplitAccumulator, identify, named_spec, pixel_scale
+from idxlake.pipeline.ingest.scan import ScannedSplit, SplitAccumulator, check_fits, identify, named_spec, pixel_scale
 from idxlake.pipeline.ingest.sources import SplitSource, bundled_mnist, discover, source_options
 from idxlake.schemas import (
+    DATASETS,
     GENERIC,
     LABEL,
     PARTITION_BY,
@@ -306,7 +307,9 @@ def _final_meta(meta: TableMeta, spec: Any, verified: bool, scanned: Mapping[str
     if old is None or mode == "overwrite":
         return meta.with_splits(new)
     _check_compatible(old, meta, table)
-    if spec is None:  # unrecognised files added to a known table keep its identity (unverified)
+    if spec is None:  # unrecognised files added to a known table keep its identity (unverified) if they fit it
+        if old.dataset in DATASETS:
+            check_fits(DATASETS[old.dataset], scanned, hint=f"the table holds {old.dataset}: use another table")
         meta = replace(meta, dataset=old.dataset, class_names=old.class_names)
     splits = dict(old.splits)
     for k, m in new.items():

@@ -140,12 +140,21 @@ def identify(scanned: Mapping[str, ScannedSplit], dataset: str | None) -> tuple[
         spec = next((s for s in DATASETS.values() if _matches(s, scanned)), None)
     if spec is None:
         return None, False
+    check_fits(spec, scanned, hint="wrong --dataset")
+    return spec, _matches(spec, scanned)
+
+
+def check_fits(spec: DatasetSpec, scanned: Mapping[str, ScannedSplit], *, hint: str) -> None:
+    """Refuse files whose record shape or label range ``spec`` does not allow.
+
+    Raises:
+        SourceError: naming the file, what it holds and what ``spec`` allows, ending ``{hint}?``.
+    """
     for s in scanned.values():
         if s.images.record_shape != spec.shape:
             raise SourceError(f"{s.source.images.name}: records are {s.images.describe()}, but {spec.title} "
-                              f"images are {'x'.join(map(str, spec.shape))}; wrong --dataset?")
+                              f"images are {'x'.join(map(str, spec.shape))}; {hint}?")
         if not s.labels.dtype.is_integer or s.label_min < 0 or s.label_max >= spec.num_classes:
             raise SourceError(
                 f"{s.source.labels.name}: labels span {s.label_min:g}..{s.label_max:g}, but {spec.title} has "
-                f"classes 0..{spec.num_classes - 1}; wrong --dataset or corrupt labels?")
-    return spec, _matches(spec, scanned)
+                f"classes 0..{spec.num_classes - 1}; {hint} or corrupt labels?")
