@@ -132,8 +132,24 @@ def chunks(snap: TableSnapshot, groups: list[tuple[str, int, int, int]], column:
     for path, i, _, _ in groups:
         col = _read(snap, path, i, column).combine_chunks()
         if column == LABEL:
-            yield col.to_numpy().astype(meta.label_dtype)
+            labels = col.to_numpy()
+            kind = np.dtype(meta.label_dtype).kind
+            info = np.iinfo(meta.label_dtype) if kind in "iu" else None
+            if labels.size and info is not None and (labels.min() < info.min or labels.max() > info.max):
+                raise DataCorruptionError(f"{snap.uri}@v{snap.version}: {path} row group {i}: labels span "
+                                          f"{labels.min()}..{labels.max()}, outside {meta.label_dtype}; "
+                                          f"run `idxlake verify {snap.uri}`")
+            yield labels.astype(meta.label_dtype)
             continue
+        if not pa.types.is_binary(col.type):  # binary_view (files delta-rs' DML wrote), large_binary
+            col = col.cast(pa.binary())
+        lengths = pc.min_max(pc.binary_length(col))
+        low, high = lengths["min"].as_py(), lengths["max"].as_py()
+        if len(col) and (low != meta.record_nbytes or high != meta.record_nbytes or col.null_count):
+            raise DataCorruptionError(
+                f"{snap.uri}@v{snap.version}: {path} row group {i}: image values of {low}..{high} bytes "
+                f"({col.null_count} null), the table's records are {meta.record_nbytes}; "
+                f"run `idxlake verify {snap.uri}`")
         offsets, data = col.buffers()[1], col.buffers()[2]
         start = np.frombuffer(offsets, dtype=np.int32, count=1, offset=col.offset * 4)[0]
         n = len(col)
