@@ -184,3 +184,26 @@ def test_memory_is_bounded_by_chunks_not_file_size(tmp_path: Path) -> None:
             b"\x00\x00\x08\x01" + struct.pack(">I", records) + bytes(records))
         peaks[records] = _peak_kb(d, tmp_path / f"t{records}")
     assert peaks[200_000] - peaks[20_000] < 40_000, peaks  # 10x the data, < 40 MB more memory
+
+
+@pytest.mark.parametrize(("dtype", "value", "match"), [
+    ("float32", np.nan, r"train-images-idx3-ubyte.gz: record at row 7 holds a non-finite pixel \(nan\)"),
+    ("float64", np.inf, r"record at row 7 holds a non-finite pixel \(inf\)"),
+    ("float64", 1e200, r"the squares of the pixels up to row \d+ overflow float64"),
+])
+def test_float_pixels_that_break_the_statistics_are_refused(tmp_path: Path, dtype: str, value: float,
+                                                            match: str) -> None:
+    """A NaN pixel ended the whole write in 'ValueError: Out of range float values are not JSON compliant',
+    1e200 in 'OverflowError: (34, ...)' (exit 1, no file named)."""
+    from idxlake.pipeline.idx.write import write_idx
+    from idxlake.schemas import SourceError
+
+    root = tmp_path / "src"
+    src = make_source(root, rows={"train": 20}, dtype=dtype)
+    images = src.arrays["train"][0].copy()
+    images[7, 3, 4] = value
+    write_idx(root / "train-images-idx3-ubyte.gz", images)
+    table = tmp_path / "t"
+    with pytest.raises(SourceError, match=match):
+        ingest(root, str(table))
+    assert not table.exists()

@@ -169,7 +169,7 @@ def _stream(src: SplitSource, meta: TableMeta, schema: pa.Schema, out: dict[str,
         chunks = zip(prefetch(images.chunks(chunk_records), depth=1), labels.chunks(chunk_records), strict=True)
         for img, lab in chunks:
             n = len(img)
-            acc.add(img, lab, labels_name=src.labels.name, first_row=start)
+            acc.add(img, lab, labels_name=src.labels.name, images_name=src.images.name, first_row=start)
             if meta.transposed:
                 img = np.ascontiguousarray(np.swapaxes(img, -1, -2))
             yield pa.record_batch([pa.array(np.arange(id_offset + start, id_offset + start + n, dtype=np.int64)),

@@ -39,7 +39,8 @@ def chunk_stats(chunk: np.ndarray, scale: float) -> PixelStats:
         total_sq = int(squares.sum(dtype=np.uint64))
         return PixelStats(int(flat.size), total / scale, total_sq / (scale * scale))
     values = flat.astype(np.float64) / scale
-    return PixelStats(int(flat.size), float(values.sum()), float(values @ values))
+    with np.errstate(over="ignore"):  # an overflow becomes inf, refused with the file's name by the caller
+        return PixelStats(int(flat.size), float(values.sum()), float(values @ values))
 
 
 @dataclass
@@ -51,9 +52,18 @@ class SplitAccumulator:
     label_min: float = math.inf
     label_max: float = -math.inf
 
-    def add(self, images: np.ndarray, labels: np.ndarray, *, labels_name: str, first_row: int) -> None:
-        """Fold in one chunk; reject non-finite labels."""
+    def add(self, images: np.ndarray, labels: np.ndarray, *, labels_name: str, first_row: int,
+            images_name: str = "images") -> None:
+        """Fold in one chunk; reject non-finite labels and pixels, and moments that overflow float64."""
+        if images.dtype.kind == "f" and not np.isfinite(images).all():
+            bad = np.flatnonzero(~np.isfinite(images.reshape(len(images), -1)).all(axis=1))[0]
+            raise SourceError(f"{images_name}: record at row {first_row + int(bad)} holds a non-finite pixel "
+                              f"({images[bad][~np.isfinite(images[bad])].flat[0]}); the table's pixel statistics "
+                              "and the loaders' normalisation need finite values: clean the source")
         self.stats = self.stats + chunk_stats(images, self.scale)
+        if not math.isfinite(self.stats.total_sq):
+            raise SourceError(f"{images_name}: the squares of the pixels up to row {first_row + len(images) - 1} "
+                              "overflow float64 (values near 1e154 or larger); rescale the source")
         if labels.size:
             if labels.dtype.kind == "f" and not np.isfinite(labels).all():
                 row = first_row + int(np.flatnonzero(~np.isfinite(labels))[0])
