@@ -207,3 +207,20 @@ def test_float_pixels_that_break_the_statistics_are_refused(tmp_path: Path, dtyp
     with pytest.raises(SourceError, match=match):
         ingest(root, str(table))
     assert not table.exists()
+
+
+def test_a_failed_ingest_leaves_no_decode_thread(tmp_path: Path) -> None:
+    """The decode thread of a split whose labels were truncated kept polling (holding two chunks) for as
+    long as the exception was kept, as notebooks keep ``sys.last_value``."""
+    import threading
+
+    from idxlake.schemas import IdxFormatError
+
+    root = tmp_path / "src"
+    make_source(root, rows={"train": 3000}, gz=False)
+    labels = root / "train-labels-idx1-ubyte"
+    labels.write_bytes(labels.read_bytes()[:1000])  # fails at its 16th chunk, the images' thread still busy
+    with pytest.raises(IdxFormatError) as kept:
+        ingest(root, str(tmp_path / "t"), row_group_rows=64)
+    assert kept.value is not None  # the exception (and its frames) still alive
+    assert not [t for t in threading.enumerate() if t.name == "idxlake-decode"]

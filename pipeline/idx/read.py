@@ -22,6 +22,7 @@ from types import TracebackType
 
 import numpy as np
 
+from idxlake.pipeline.idx.gzipcheck import diagnose
 from idxlake.pipeline.idx.header import IdxHeader, parse_header
 from idxlake.schemas import IdxFormatError
 
@@ -39,6 +40,8 @@ except ImportError:  # pragma: no cover - exercised only without isal installed
     GZIP_BACKEND = "zlib"
 
 GZIP_MAGIC = b"\x1f\x8b"
+MAX_COUNTED_EXTRA = 1 << 20
+"""Extra bytes after the payload are counted up to this many (then "at least N")."""
 DEFAULT_CHUNK_BYTES = 8 << 20
 """Default decoded bytes per chunk: the unit that bounds memory."""
 
@@ -94,8 +97,11 @@ GZIP_RESERVED_FLAGS = 0xE0
 
 def _check_gzip_header(head: bytes, name: str) -> None:
     """Accept only what ``gzip -t`` accepts: method deflate, no reserved flag bits."""
-    if len(head) < 4 or head[2] != GZIP_DEFLATE:
-        raise IdxFormatError(f"{name}: gzip header names compression method {head[2] if len(head) > 2 else None}, "
+    if len(head) < 4:
+        raise IdxFormatError(f"{name}: file is {len(head)} bytes, shorter than a gzip header (10 bytes); the file "
+                             "is damaged, re-download it")
+    if head[2] != GZIP_DEFLATE:
+        raise IdxFormatError(f"{name}: gzip header names compression method {head[2]}, "
                              f"expected {GZIP_DEFLATE} (deflate); the file is damaged, re-download it")
     if head[3] & GZIP_RESERVED_FLAGS:
         raise IdxFormatError(f"{name}: gzip header has reserved flag bits set (FLG=0x{head[3]:02x}); "
@@ -157,11 +163,17 @@ class IdxFile:
         self._raw.close()
 
     def _gzip_error(self, exc: BaseException) -> IdxFormatError:
-        what = "truncated" if isinstance(exc, EOFError) else "corrupt"
         header = getattr(self, "header", None)
-        promise = f" of {header.nbytes + header.payload_nbytes} promised ({header.describe()})" if header else ""
-        return IdxFormatError(f"{self.name}: gzip stream {what} after {self._offset} uncompressed bytes{promise}: "
-                              f"{exc}; re-download the file")
+        promise = f"; the IDX header promises {header.nbytes + header.payload_nbytes} ({header.describe()})" \
+            if header else ""
+        try:
+            found = diagnose(self.path)  # the decoder's own error says little, and where only roughly
+        except OSError:
+            found = f"gzip stream {'truncated' if isinstance(exc, EOFError) else 'corrupt'} after " \
+                    f"{self._offset} uncompressed bytes"
+        fix = ("strip the trailing bytes or re-download the file (`gzip -t` warns about them, idxlake refuses)"
+               if "trailing bytes" in found else "re-download the file")
+        return IdxFormatError(f"{self.name}: {found}{promise} ({exc}); {fix}")
 
     def _readinto(self, view: memoryview) -> int:
         filled = 0
@@ -203,9 +215,16 @@ class IdxFile:
         remaining = header.count
         while remaining:
             n = min(per_chunk, remaining)
-            buf = np.empty(n * header.record_nbytes, dtype=np.uint8)
-            got = self._readinto(memoryview(buf.data))
-            if got < len(buf):
+            need = n * header.record_nbytes
+            if header.record_nbytes <= chunk_bytes:
+                buf = np.empty(need, dtype=np.uint8)
+                got = self._readinto(memoryview(buf.data))
+            else:  # records larger than a chunk: grown as the bytes arrive, so a truncated file never
+                grown = bytearray()  # allocates what its header promises (a 1 TiB record)
+                while len(grown) < need and (piece := self._read(min(chunk_bytes, need - len(grown)))):
+                    grown += piece
+                buf, got = np.frombuffer(grown, dtype=np.uint8), len(grown)
+            if got < need:
                 payload = self._offset - header.nbytes
                 raise IdxFormatError(
                     f"{self.name}: payload is {payload} bytes, header promises {header.payload_nbytes} "
@@ -221,11 +240,12 @@ class IdxFile:
         extra = self._read(1 << 16)
         if extra:
             total = len(extra)
-            while more := self._read(1 << 20):
+            while total < MAX_COUNTED_EXTRA and (more := self._read(1 << 20)):  # a gzip bomb is not read to its end
                 total += len(more)
+            counted = f"{total}" if total < MAX_COUNTED_EXTRA else f"at least {total}"
             raise IdxFormatError(
                 f"{self.name}: payload is longer than the header promises ({self.header.describe()} = "
-                f"{self.header.payload_nbytes} bytes): {total} extra bytes from byte offset "
+                f"{self.header.payload_nbytes} bytes): {counted} extra bytes from byte offset "
                 f"{self.header.nbytes + self.header.payload_nbytes}; wrong header or concatenated files?")
         self._hasher.drain()
         self.digest = IdxDigest(sha256=self._sha.hexdigest(), md5=self._hasher.md5.hexdigest(),

@@ -11,6 +11,7 @@ deletes the files written so far and leaves the table at its previous version.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -164,10 +165,10 @@ def _stream(src: SplitSource, meta: TableMeta, schema: pa.Schema, out: dict[str,
     """Record batches of one split (no partition column); leaves its :class:`ScannedSplit` in ``out``."""
     label_type = schema.field(LABEL).type
     acc = SplitAccumulator(meta.scale)
-    with IdxFile(src.images) as images, IdxFile(src.labels) as labels:
-        start = 0
-        chunks = zip(prefetch(images.chunks(chunk_records), depth=1), labels.chunks(chunk_records), strict=True)
-        for img, lab in chunks:
+    with IdxFile(src.images) as images, IdxFile(src.labels) as labels, \
+            contextlib.closing(prefetch(images.chunks(chunk_records), depth=1)) as decoded:  # its thread: stopped
+        start = 0  # before the files close, on errors too (a kept exception kept it polling, holding two chunks)
+        for img, lab in zip(decoded, labels.chunks(chunk_records), strict=True):
             n = len(img)
             acc.add(img, lab, labels_name=src.labels.name, images_name=src.images.name, first_row=start)
             if meta.transposed:
