@@ -93,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # reported by the command's own parser: `idxlake history: error: unrecognized arguments ...`
-        command = parser._subparsers._group_actions[0].choices[args.command]  # type: ignore[union-attr]
+        commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = commands.choices[args.command]
         if args.command == "ingest" and not any(e.startswith("-") for e in extra):
             args.paths += extra  # options between SOURCE and TABLE: `ingest SRC --mode append TABLE`
         else:

@@ -52,7 +52,7 @@ def diagnose(path: str | Path) -> str:
     return f"gzip stream decodes completely: {decoded} uncompressed bytes in {members} member(s)"
 
 
-def _drain(d: zlib._Decompress, data: bytes) -> int:  # type: ignore[name-defined]
+def _drain(d: zlib._Decompress, data: bytes) -> int:
     """Bytes ``data`` decodes to, counted in bounded pieces (nothing kept)."""
     total = len(d.decompress(data, _PIECE))
     while d.unconsumed_tail and not d.eof:

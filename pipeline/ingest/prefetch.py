@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
-def prefetch(it: Iterator[T], depth: int = 2) -> Iterator[T]:
+def prefetch(it: Iterator[T], depth: int = 2) -> Generator[T, None, None]:
     """Yield the items of ``it``, produced on a background thread ``depth`` items ahead.
 
     Exceptions raised by ``it`` re-raise in the consumer; closing the generator stops the thread.

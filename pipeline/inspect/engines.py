@@ -270,7 +270,7 @@ def _gather(session: Session, sql: str, limits: Limits, *, max_rows: int | None)
                 raise QueryError(limits.memory_message(_short(message))) from exc
             raise
         finally:  # the error's traceback keeps this frame: without the reader, so the connection can close
-            running = None
+            running = None  # type: ignore[assignment]
     if batches and batches[0].schema != schema:
         schema = batches[0].schema
     return pa.Table.from_batches(batches, schema=schema), truncated

@@ -78,7 +78,7 @@ def off_thread(interrupt: Callable[[], None], work: Callable[[], T]) -> T:
     ok, value = out.pop()
     if not ok:
         raise value
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def _outcome(work: Callable[[], Any]) -> tuple[bool, Any]:
