@@ -249,8 +249,16 @@ def meta_from_schema(schema: pa.Schema, *, where: str = "table") -> TableMeta:
             f"{where}: column 'image' carries no {META_KEY!r} metadata (shape, dtype, statistics); "
             "the table was not written by idxlake. Re-ingest it with `idxlake ingest`.")
     try:
-        meta = TableMeta.from_json(json.loads(raw))
-    except (ValueError, KeyError, TypeError) as exc:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict) or not isinstance(doc.get("splits", {}), dict):
+            raise TypeError(f"expected a JSON object with a 'splits' object, got {type(doc).__name__}")
+        meta = TableMeta.from_json(doc)
+        if meta.dtype not in DTYPES_BY_NAME or meta.label_dtype not in DTYPES_BY_NAME:
+            raise ValueError(f"dtype {meta.dtype!r} / label_dtype {meta.label_dtype!r}: expected IDX dtypes "
+                             f"({', '.join(sorted(DTYPES_BY_NAME))})")
+        if not meta.shape or min(meta.shape) < 1:
+            raise ValueError(f"shape {list(meta.shape)}: expected positive dimensions")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise SchemaMismatchError(f"{where}: unreadable {META_KEY!r} metadata on column 'image': {exc}") from exc
     if meta.format_version > FORMAT_VERSION:
         raise SchemaMismatchError(

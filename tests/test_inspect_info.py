@@ -148,3 +148,29 @@ def test_ddl_comment_lines_cannot_start_a_statement(tmp_path: Path, synthetic_so
     statements = [line for line in text.splitlines() if line and not line.startswith("--")]
     assert statements[0] == "CREATE TABLE IF NOT EXISTS main.ml.mnist" and len(statements) == 4
     assert "row id\\nDROP TABLE main.prod.customers;\\n-- " in text
+
+
+@pytest.mark.parametrize(("doc", "match"), [
+    ("[]", "expected a JSON object"), ("null", "expected a JSON object"),
+    ('{"splits": []}', "expected a JSON object with a 'splits' object"),
+    ("DTYPE", r"dtype 'complex64' / label_dtype 'uint8': expected IDX dtypes"),
+    ("SHAPE", r"shape \[-28, 28\]: expected positive dimensions"),
+])
+def test_metadata_that_is_not_the_contract_is_a_schema_mismatch(doc: str, match: str) -> None:
+    """A tampered ``idxlake`` metadata raised AttributeError or KeyError deep in a reader, or went through
+    (``shape [-28, 28]``: ``record_nbytes = -784``)."""
+    import idxlake.schemas.table as table_module
+    from idxlake.schemas import meta_from_schema
+
+    good = table_module.TableMeta(dataset="mnist", shape=(28, 28), dtype="uint8", label_dtype="uint8")
+    text = json.dumps(good.to_json())
+    if doc == "DTYPE":
+        doc = text.replace('"dtype": "uint8"', '"dtype": "complex64"')
+    elif doc == "SHAPE":
+        doc = text.replace('"shape": [28, 28]', '"shape": [-28, 28]')
+    schema = table_module.arrow_schema(good)
+    image = schema.field("image")
+    schema = schema.set(schema.get_field_index("image"),
+                        image.with_metadata({**image.metadata, b"idxlake": doc.encode()}))
+    with pytest.raises(SchemaMismatchError, match=match):
+        meta_from_schema(schema, where="t")
