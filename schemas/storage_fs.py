@@ -83,8 +83,17 @@ def s3_filesystem(uri: str, o: Mapping[str, str]) -> pafs.FileSystem:
     return pafs.S3FileSystem(**kwargs)
 
 
+def _delta_timeouts(o: Mapping[str, str]) -> None:
+    """Check ``connect_timeout`` / ``timeout`` where only delta-rs uses them (pyarrow's Azure and GCS clients
+    take no timeouts): a bad value is refused as on S3, not passed on to fail later."""
+    for key in ("connect_timeout", "timeout"):
+        if key in o:
+            _duration_s(o[key], key)
+
+
 def azure_filesystem(uri: str, o: Mapping[str, str]) -> pafs.FileSystem:
     """Azure Blob / ADLS Gen2, including the Azurite emulator."""
+    _delta_timeouts(o)
     parsed = urlparse(uri)
     account = o.get("account_name") or (parsed.netloc.split("@", 1)[1].split(".", 1)[0]
                                         if "@" in parsed.netloc else None)
@@ -156,6 +165,7 @@ def _gcs_credentials(uri: str, o: Mapping[str, str]) -> dict[str, object] | None
 
 def gcs_filesystem(uri: str, o: Mapping[str, str]) -> pafs.FileSystem:
     """Google Cloud Storage, including fake-gcs-server through the service account's ``gcs_base_url``."""
+    _delta_timeouts(o)
     kwargs: dict[str, object] = {"retry_time_limit": datetime.timedelta(seconds=15)}
     kwargs.update(_gcs_credentials(uri, o) or {})
     return pafs.GcsFileSystem(**kwargs)

@@ -17,7 +17,8 @@ CLIENT_MAPPED: dict[str, tuple[str, ...]] = {
     "connect_timeout": ("connect_timeout",),
     "timeout": ("timeout",),
 }
-"""HTTP client keys every object store takes."""
+"""HTTP client keys every object store takes. pyarrow honours the timeouts on S3 only: on Azure and GCS they
+tune delta-rs' client (the log, commits), and the data files keep pyarrow's own (values are checked alike)."""
 
 CLIENT_DELTA_ONLY: tuple[str, ...] = (
     "max_retries", "retry_timeout", "pool_idle_timeout", "pool_max_idle_per_host", "http1_only", "http2_only",

@@ -277,3 +277,15 @@ def test_storage_errors_are_told_apart(text: str, kind: type | None) -> None:
     uri = "/data/connect 100/t" if "connect 100" in text else "s3://b/t"
     err = storage_error(uri, OSError(text))
     assert (type(err) if err is not None else None) is kind
+
+
+@pytest.mark.parametrize("uri", ["s3://b/t", "az://lake/t", "gs://lake/t"])
+def test_a_bad_timeout_is_refused_on_every_store(uri: str) -> None:
+    """It was refused for s3:// only, and accepted (then dropped) for az:// and gs://."""
+    options = {"timeout": "not-a-duration"}
+    if uri.startswith("az"):
+        options.update(account_name="a", account_key="a2V5")
+    if uri.startswith("s3"):
+        options.update(aws_access_key_id="k", aws_secret_access_key="s", aws_region="us-east-1")
+    with pytest.raises(StorageConfigError, match=r"storage option timeout='not-a-duration': expected a duration"):
+        pyarrow_filesystem(uri, options)
