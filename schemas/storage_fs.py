@@ -91,6 +91,31 @@ def _delta_timeouts(o: Mapping[str, str]) -> None:
             _duration_s(o[key], key)
 
 
+def azure_authorities(endpoint: str, account: str, *, path_style: bool, allow_http: bool,
+                      where: str) -> tuple[str, str, str]:
+    """pyarrow's ``(blob authority, dfs authority, scheme)`` reaching the URLs delta-rs builds from ``endpoint``.
+
+    delta-rs uses an endpoint as the base URL (``{endpoint}/{container}/...``); pyarrow puts the account in
+    the path (``{authority}/{account}/...``) or, for an authority starting with ``.``, before it as a host
+    name. Both agree for ``http://host:port/{account}`` (Azurite, path style) and for
+    ``https://{account}.blob.<cloud suffix>`` (sovereign clouds, private endpoints named after the account).
+
+    Raises:
+        StorageConfigError: any other endpoint: the log and the data files would be read from different URLs.
+    """
+    netloc, scheme = _authority(endpoint, allow_http)
+    path = urlparse(endpoint if "://" in endpoint else f"{scheme}://{endpoint}").path.strip("/")
+    if path_style or path == account:
+        return netloc, netloc, scheme
+    if not path and netloc.lower().startswith(f"{account.lower()}."):
+        suffix = netloc[len(account):]
+        return suffix.replace(".dfs.", ".blob.", 1), suffix.replace(".blob.", ".dfs.", 1), scheme
+    raise StorageConfigError(
+        f"{where}: Azure endpoint {endpoint} is neither http(s)://HOST[:PORT]/{account} (path style) nor "
+        f"https://{account}.blob.SUFFIX: delta-rs and pyarrow would build different URLs from it (the log and the "
+        "data files read from different places); give one of those forms")
+
+
 def azure_filesystem(uri: str, o: Mapping[str, str]) -> pafs.FileSystem:
     """Azure Blob / ADLS Gen2, including the Azurite emulator."""
     _delta_timeouts(o)
@@ -103,13 +128,15 @@ def azure_filesystem(uri: str, o: Mapping[str, str]) -> pafs.FileSystem:
     if emulator:
         account = account or "devstoreaccount1"
         endpoint = endpoint or os.environ.get("AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:10000")
-    if endpoint:
-        authority, scheme = _authority(endpoint, true(o.get("allow_http")) or emulator)
-        kwargs.update(blob_storage_authority=authority, blob_storage_scheme=scheme,
-                      dfs_storage_authority=authority, dfs_storage_scheme=scheme)
     if not account:
         raise StorageConfigError(f"{uri}: no Azure storage account: use abfss://CONTAINER@ACCOUNT.dfs.core.windows.net/"
                                  "... or pass AZURE_STORAGE_ACCOUNT_NAME")
+    host = parsed.netloc.split("@", 1)[1] if "@" in parsed.netloc else ""
+    if endpoint or (host and not host.lower().endswith(".core.windows.net")):  # an emulator, another cloud
+        blob, dfs, scheme = azure_authorities(endpoint or f"https://{host}", account, path_style=emulator,
+                                              allow_http=true(o.get("allow_http")) or emulator, where=uri)
+        kwargs.update(blob_storage_authority=blob, blob_storage_scheme=scheme,
+                      dfs_storage_authority=dfs, dfs_storage_scheme=scheme)
     principal = {"client_id", "client_secret", "tenant_id"}
     if o.keys() & (principal - {"client_id"}) and not principal <= o.keys():
         raise StorageConfigError(

@@ -289,3 +289,28 @@ def test_a_bad_timeout_is_refused_on_every_store(uri: str) -> None:
         options.update(aws_access_key_id="k", aws_secret_access_key="s", aws_region="us-east-1")
     with pytest.raises(StorageConfigError, match=r"storage option timeout='not-a-duration': expected a duration"):
         pyarrow_filesystem(uri, options)
+
+
+@pytest.mark.parametrize(("endpoint", "expected"), [
+    ("http://127.0.0.1:10000/acct", ("127.0.0.1:10000", "127.0.0.1:10000", "http")),  # Azurite, path style
+    ("https://acct.blob.core.chinacloudapi.cn", (".blob.core.chinacloudapi.cn", ".dfs.core.chinacloudapi.cn", "https")),
+    ("https://acct.dfs.core.usgovcloudapi.net/", (".blob.core.usgovcloudapi.net", ".dfs.core.usgovcloudapi.net",
+                                                  "https")),
+])
+def test_azure_endpoints_map_to_the_urls_delta_rs_builds(endpoint: str, expected: tuple[str, str, str]) -> None:
+    from idxlake.schemas.storage_fs import azure_authorities
+
+    assert azure_authorities(endpoint, "acct", path_style=False, allow_http=False, where="az://c/t") == expected
+
+
+def test_an_azure_endpoint_the_two_clients_read_differently_is_refused() -> None:
+    """``http://127.0.0.1:PORT`` (no account in the path): delta-rs asked for ``/lake/...``, pyarrow for
+    ``/acct/lake/...``: the log and the data files came from different objects."""
+    options = {"account_name": "acct", "account_key": "a2V5", "endpoint": "http://127.0.0.1:9", "allow_http": "true"}
+    with pytest.raises(StorageConfigError, match=r"neither http\(s\)://HOST\[:PORT\]/acct \(path style\) nor "
+                                                 r"https://acct.blob.SUFFIX"):
+        pyarrow_filesystem("az://lake/t", options)
+    with pytest.raises(StorageConfigError, match="delta-rs and pyarrow would build different URLs"):
+        pyarrow_filesystem("abfss://lake@acct.dfs.core.windows.net/t",
+                           {**options, "endpoint": "https://proxy.example.internal"})
+    pyarrow_filesystem("abfss://lake@acct.dfs.core.chinacloudapi.cn/t", {"account_key": "a2V5"})  # another cloud
