@@ -62,3 +62,30 @@ def test_files_added_to_a_named_dataset_must_fit_it(tmp_path: Path, mode: str) -
                                           r"0..9; the table holds mnist: use another table or corrupt labels\?"):
         ingest(wide.root, table, mode=mode, allow_duplicate=True)
     assert snapshot(table).version == 0 and len(list(Path(table).rglob("*.parquet"))) == 2
+
+
+def test_a_replace_after_another_writer_changed_the_rows_is_no_noop(tmp_path: Path) -> None:
+    """The no-op trusted the recorded sources alone: after an UPDATE from another writer, re-ingesting said
+    "unchanged" while verify said lineage FAILED, and export refused: a loop with no way out."""
+    from idxlake.pipeline.inspect.verify import verify_table
+
+    src = make_source(tmp_path / "src", rows={"train": 30, "test": 10})
+    table = str(tmp_path / "t")
+    ingest(src.root, table)
+    DeltaTable(table).update(predicate="split = 'test' AND id = 0", updates={"label": "7"})
+    assert not verify_table(table).ok
+    again = ingest(src.root, table)
+    assert not again.noop and again.version == 2 and verify_table(table).ok  # the split rewritten
+    assert ingest(src.root, table).noop  # and from then on a no-op again
+    DeltaTable(table).optimize.compact()  # no row changed: still a no-op
+    assert ingest(src.root, table).noop
+
+
+def test_changed_elsewhere_reads_the_history() -> None:
+    from idxlake.pipeline.ingest.duplicates import changed_elsewhere
+
+    ours = {"idxlakeTxn": "x", "operation": "WRITE", "userMetadata": '{"rows": {"test": 10}}'}
+    history = [{"operation": "OPTIMIZE"}, ours, {"operation": "UPDATE"},
+               {"idxlakeTxn": "y", "operation": "CREATE TABLE", "userMetadata": '{"rows": {"test": 10, "train": 30}}'}]
+    assert changed_elsewhere(history, ["test", "train"], txn_key="idxlakeTxn") == ["train"]
+    assert changed_elsewhere(history[:2], ["test"], txn_key="idxlakeTxn") == []

@@ -9,8 +9,10 @@ uncompressed size, and only then the full sha256.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+import json
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from idxlake.pipeline.idx.read import IdxFile, scan_idx
 from idxlake.pipeline.ingest.scan import ScannedSplit
@@ -83,3 +85,37 @@ def file_md5(path: Path) -> str:
         while block := f.read(1 << 20):
             digest.update(block)
     return digest.hexdigest()
+
+
+DATA_OPERATIONS = frozenset({"WRITE", "UPDATE", "DELETE", "MERGE", "CREATE TABLE AS SELECT", "REPLACE TABLE AS SELECT",
+                             "STREAMING UPDATE", "RESTORE", "TRUNCATE"})
+"""Delta operations that can change rows (``OPTIMIZE``, ``VACUUM``, ``SET TBLPROPERTIES`` cannot)."""
+
+
+def changed_elsewhere(history: list[dict[str, Any]], splits: Iterable[str], *, txn_key: str) -> list[str]:
+    """The splits whose rows another writer may have changed since idxlake last wrote them.
+
+    Args:
+        history: ``DeltaTable.history()`` (newest first).
+        splits: Splits to judge.
+        txn_key: The ``commitInfo`` key every idxlake commit carries.
+
+    Returns:
+        The splits, in order, behind whose last idxlake write there is a foreign data-changing commit (an
+        UPDATE from Spark or delta-rs, a DELETE...): the table metadata still records the sources, the rows
+        are not theirs any more.
+    """
+    pending, stale = set(splits), []
+    for commit in history:
+        if not pending:
+            break
+        if commit.get(txn_key):  # ours: the splits it wrote are as idxlake wrote them
+            try:
+                written = json.loads(commit.get("userMetadata") or "{}").get("rows", {})
+            except ValueError:
+                written = {}
+            pending -= set(written)
+        elif str(commit.get("operation", "")).upper() in DATA_OPERATIONS:
+            stale += sorted(pending)
+            pending.clear()
+    return [s for s in splits if s in stale]

@@ -31,7 +31,14 @@ from idxlake.pipeline.ingest.delta_commit import (
     open_pending,
     write_split,
 )
-from idxlake.pipeline.ingest.duplicates import already_holds, refuse_duplicate, refuse_duplicate_early, validate_fully
+from idxlake.pipeline.ingest.duplicates import (
+    already_holds,
+    changed_elsewhere,
+    refuse_duplicate,
+    refuse_duplicate_early,
+    validate_fully,
+)
+from idxlake.pipeline.ingest.landing import TXN_KEY
 from idxlake.pipeline.ingest.prefetch import prefetch
 from idxlake.pipeline.ingest.scan import ScannedSplit, SplitAccumulator, check_fits, identify, named_spec, pixel_scale
 from idxlake.pipeline.ingest.sources import SplitSource, bundled_mnist, discover, source_options
@@ -258,7 +265,8 @@ def ingest(
         if mode == "append" and not allow_duplicate:
             refuse_duplicate_early(old, sources, table, old_version)
         meta = replace(meta, transposed=old.transposed)
-        if mode == "replace" and already_holds(old, sources):
+        if mode == "replace" and already_holds(old, sources) and not changed_elsewhere(  # rows another writer
+                dt.history(), sources, txn_key=TXN_KEY):  # changed (an UPDATE) are replaced, not kept
             logger.info("%s: already holds these sources at version %s; nothing to do", table, old_version)
             return IngestResult(table=table, version=old_version or 0, mode=mode, dataset=old.dataset,
                                 verified=all(old.splits[k].verified for k in sources),
