@@ -97,3 +97,24 @@ def test_rust_logs_are_quiet_unless_debug(synthetic_table: tuple[str, SyntheticS
     run = subprocess.run([sys.executable, "-c", code, "info", synthetic_table[0]], capture_output=True, text=True,
                          env=env, timeout=60)
     assert run.stdout.splitlines()[-1] == "warn"
+
+
+def test_ingest_usage_and_source_messages(tmp_path: Path, synthetic_source: SyntheticSource,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The usage read ``[SOURCE] TABLE [[SOURCE] TABLE ...]``; two source folders were "no such file(s)"."""
+    with pytest.raises(SystemExit):
+        main(["ingest", "--help"])
+    assert capsys.readouterr().out.startswith("usage: idxlake ingest [-h] [options] [SOURCE_DIR | FILE ...] TABLE\n")
+    root = str(synthetic_source.root)
+    assert main(["ingest", root, root, str(tmp_path / "t")]) == 2
+    assert "directories among several sources; give one source directory, or the files themselves" in \
+        capsys.readouterr().err
+
+
+@pytest.mark.parametrize("point", ["-1", str(2**63 - 1), "v9"])
+def test_diff_versions_out_of_range_name_the_range(point: str, synthetic_table: tuple[str, SyntheticSource],
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """``-1`` and 19-digit versions were reported as "is not a timestamp"."""
+    assert main(["diff", synthetic_table[0], point]) == 2
+    err = capsys.readouterr().err
+    assert "table has version 0 only" in err and "does not exist" in err and "timestamp;" not in err

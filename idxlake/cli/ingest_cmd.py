@@ -26,10 +26,11 @@ if TYPE_CHECKING:
 def register(sub: Any) -> None:
     """Add the ``ingest`` and ``export`` subcommands."""
     p = sub.add_parser("ingest", help="ingest IDX files into a Delta table (default source: bundled MNIST)",
+                       usage="idxlake ingest [-h] [options] [SOURCE_DIR | FILE ...] TABLE",
                        description="Decode and validate IDX files (.gz or raw) and write them to a Delta "
                                    "table in one atomic commit.")
-    p.add_argument("paths", nargs="+", metavar="[SOURCE] TABLE", type=non_empty,
-                   help="optional source directory or files (default: the bundled MNIST), then the table "
+    p.add_argument("paths", nargs="+", metavar="[SOURCE_DIR | FILE ...] TABLE", type=non_empty,
+                   help="optional source: one directory, or files (default: the bundled MNIST); then the table "
                         "path or URI")
     p.add_argument("--dataset", default=None,
                    help="registered dataset name (mnist, fashion-mnist, kmnist, emnist-*) or 'generic'; "

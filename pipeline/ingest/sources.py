@@ -164,6 +164,10 @@ def discover(source: str | Path | Sequence[str | Path], *, dataset: str | None =
         where = str(root)
     else:
         paths = [Path(p) for p in source]
+        folders = [str(p) for p in paths if p.is_dir()]
+        if folders:
+            raise SourceError(f"{', '.join(folders)}: directories among several sources; give one source directory, "
+                              "or the files themselves")
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
             raise SourceError(f"no such file(s): {', '.join(missing)}")

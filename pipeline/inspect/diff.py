@@ -55,7 +55,7 @@ def resolve_point(versions: VersionRange, point: int | str | None, default: int)
         return versions.check_version(point)
     text = point.strip()
     digits = text[1:] if text[:1] in "vV" else text
-    if digits.isdigit() and len(digits) < 14:
+    if digits.lstrip("-").isdigit() and len(digits.lstrip("-")) not in (14, 17):  # 14/17 digits: compact times
         return versions.check_version(int(digits))
     return versions.at(text)
 
