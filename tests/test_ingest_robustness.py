@@ -209,18 +209,34 @@ def test_float_pixels_that_break_the_statistics_are_refused(tmp_path: Path, dtyp
     assert not table.exists()
 
 
-def test_a_failed_ingest_leaves_no_decode_thread(tmp_path: Path) -> None:
-    """The decode thread of a split whose labels were truncated kept polling (holding two chunks) for as
-    long as the exception was kept, as notebooks keep ``sys.last_value``."""
+def test_a_failed_ingest_leaves_no_decode_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode thread of a failed split kept polling (holding two chunks) for as long as the exception
+    was kept, as notebooks keep ``sys.last_value``: when the labels were truncated, and when the writer
+    stopped reading (a storage error mid-file)."""
     import threading
 
+    import idxlake.pipeline.ingest.job as job_module
     from idxlake.schemas import IdxFormatError
 
+    def decoding() -> set[threading.Thread]:
+        return {t for t in threading.enumerate() if t.name == "idxlake-decode"}
+
+    before = decoding()
     root = tmp_path / "src"
     make_source(root, rows={"train": 3000}, gz=False)
     labels = root / "train-labels-idx1-ubyte"
-    labels.write_bytes(labels.read_bytes()[:1000])  # fails at its 16th chunk, the images' thread still busy
+    full = labels.read_bytes()
+    labels.write_bytes(full[:1000])  # fails at its 16th chunk, the images' thread still busy
     with pytest.raises(IdxFormatError) as kept:
         ingest(root, str(tmp_path / "t"), row_group_rows=64)
-    assert kept.value is not None  # the exception (and its frames) still alive
-    assert not [t for t in threading.enumerate() if t.name == "idxlake-decode"]
+    assert kept.value is not None and decoding() == before  # the exception (and its frames) still alive
+    labels.write_bytes(full)
+
+    def writer_fails(pending, split, batches, **kwargs):  # type: ignore[no-untyped-def]
+        next(iter(batches))
+        raise OSError("connection reset by peer")
+
+    monkeypatch.setattr(job_module, "write_split", writer_fails)
+    with pytest.raises(OSError, match="connection reset") as kept_too:
+        ingest(root, str(tmp_path / "t2"), row_group_rows=64)
+    assert kept_too.value is not None and decoding() == before

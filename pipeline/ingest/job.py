@@ -281,11 +281,11 @@ def ingest(
     if on_total:
         on_total(total)
     with open_pending(table, storage_options) as pending:
-        for split, src in sources.items():
-            write_split(pending, split, _stream(src, meta, file_schema(schema), scanned, id_offset=offsets[split],
-                                                chunk_records=chunk_records, progress=progress),
-                        file_schema=file_schema(schema), row_group_rows=chunk_records, codec=codec,
-                        compression_level=compression_level)
+        for split, src in sources.items():  # closed when the writer stops early: its files and thread too
+            with contextlib.closing(_stream(src, meta, file_schema(schema), scanned, id_offset=offsets[split],
+                                            chunk_records=chunk_records, progress=progress)) as batches:
+                write_split(pending, split, batches, file_schema=file_schema(schema), row_group_rows=chunk_records,
+                            codec=codec, compression_level=compression_level)
         spec, verified = identify(scanned, dataset)
         meta = _final_meta(meta, spec, verified, scanned, old, mode, table)
         rows = {k: s.images.count for k, s in scanned.items()}
