@@ -257,22 +257,25 @@ _UNREACHABLE = re.compile(r"error sending request|tcp connect error|connection (
                           r"error trying to connect|could(n'?t| not) connect|timed out|dns error|"
                           r"failed to lookup address|retry policy exhausted", re.IGNORECASE)
 """Transport failures: the storage did not answer (matched on the message with the location removed)."""
-_REFUSED = re.compile(r"\b(401|403)\b|unauthori[sz]ed|forbidden|Authorization(Permission)?(Failure|Mismatch)|"
+_REFUSED = re.compile(r"status( code)?:? 40[13]\b|\b40[13] (Forbidden|Unauthorized)|HTTP status client error \(40[13]|"
+                      r"unauthori[sz]ed|forbidden|Authorization(Permission)?(Failure|Mismatch)|"
                       r"AuthenticationFailed|AccessDenied|InvalidAccessKeyId|SignatureDoesNotMatch|ExpiredToken|"
                       r"lacked the necessary privileges", re.IGNORECASE)
 """The storage answered and refused: credentials or permissions."""
 
 
 SECRET_PARAMETER = re.compile(
-    r"\b(sig|x-amz-signature|x-amz-security-token|x-amz-credential|x-goog-signature|x-goog-credential|"
-    r"access_token|client_secret|account_key|access_key|secret_access_key)=[^&\s'\",;)]+", re.IGNORECASE)
+    r"((?:aws_|azure_storage_|google_)?(?:sig|x-amz-signature|x-amz-security-token|x-amz-credential|x-goog-signature|"
+    r"x-goog-credential|access_token|session_token|security_token|token|sas_token|sas_key|client_secret|account_key|"
+    r"access_key|master_key|secret_access_key|service_account_key|private_key)['\"]?\s*[:=]\s*['\"]?)[^&\s'\",;)}]+"
+    r"|(SharedKey(?:Lite)? [\w-]+:)[A-Za-z0-9+/=]+", re.IGNORECASE)
 """URL query parameters and ``key=value`` pairs that carry secrets (an Azure SAS ``sig``, S3/GCS presigned
 signatures): client libraries put whole request URLs into their error messages."""
 
 
 def redact(text: str) -> str:
     """``text`` with the values of :data:`SECRET_PARAMETER` replaced by ``REDACTED``."""
-    return SECRET_PARAMETER.sub(lambda m: f"{m.group(1)}=REDACTED", text)
+    return SECRET_PARAMETER.sub(lambda m: f"{m.group(1) or m.group(2)}REDACTED", text)
 
 
 def one_line(exc: BaseException) -> str:
@@ -284,7 +287,9 @@ def storage_error(uri: str, exc: BaseException) -> StorageAccessError | StorageU
     """The idxlake error for a storage failure: :class:`StorageAccessError` when the storage refused the
     credentials, :class:`StorageUnreachableError` when it did not answer, else ``None`` (the caller's)."""
     text = one_line(exc)
-    probe = text.replace(normalize(uri), " ").replace(fs_path(uri), " ")  # a path holding "connect" is no answer
+    probe = text
+    for path in {normalize(uri), fs_path(uri)}:  # a path holding "connect" is no answer (whole path tokens only)
+        probe = re.sub(rf"(?<![\w.%-]){re.escape(path)}(?![\w.%-])", " ", probe)
     if _REFUSED.search(probe):
         return StorageAccessError(f"{uri}: the storage refused the request ({text[:300]}); check the credentials "
                                   "(an expired SAS token or session? the wrong key?) and their permissions on it")

@@ -89,3 +89,7 @@ def test_changed_elsewhere_reads_the_history() -> None:
                {"idxlakeTxn": "y", "operation": "CREATE TABLE", "userMetadata": '{"rows": {"test": 10, "train": 30}}'}]
     assert changed_elsewhere(history, ["test", "train"], txn_key="idxlakeTxn") == ["train"]
     assert changed_elsewhere(history[:2], ["test"], txn_key="idxlakeTxn") == []
+    for foreign in ("CREATE OR REPLACE TABLE AS SELECT", "COPY INTO", "CLONE", "RESTORE", "SOMETHING NEW"):
+        assert changed_elsewhere([{"operation": foreign}, *history], ["test"], txn_key="idxlakeTxn") == ["test"]
+    for harmless in ("VACUUM START", "VACUUM END", "SET TBLPROPERTIES"):
+        assert changed_elsewhere([{"operation": harmless}, *history[1:2]], ["test"], txn_key="idxlakeTxn") == []

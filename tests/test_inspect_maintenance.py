@@ -161,7 +161,8 @@ def test_vacuum_keeps_what_the_tables_own_retention_keeps(tmp_path: Path, synthe
 
 
 @pytest.mark.parametrize("value,hours", [(None, 168), ("interval 30 days", 720), ("INTERVAL 1 WEEK", 168),
-                                         ("interval 90 minutes", 1.5), ("interval 36 hour", 36)])
+                                         ("interval 90 minutes", 1.5), ("interval 36 hour", 36), ("7 days", 168),
+                                         ("interval 1 day 12 hours", 36), ("interval 0.5 days", 12)])
 def test_retention_hours_reads_the_table_property(value: str | None, hours: float) -> None:
     from idxlake.pipeline.inspect.retention import retention_hours
 
@@ -174,11 +175,13 @@ def test_a_retention_that_is_no_interval_is_an_error(tmp_path: Path, synthetic_s
 
     from idxlake.pipeline.inspect.retention import retention_hours
 
-    with pytest.raises(MaintenanceError, match=r"t: table property delta.deletedFileRetentionDuration = '30 days' "
+    with pytest.raises(MaintenanceError, match=r"t: table property delta.deletedFileRetentionDuration = '30 dayz' "
                                                r"is not an interval such as 'interval 30 days'"):
-        retention_hours({"delta.deletedFileRetentionDuration": "30 days"}, where="t")
+        retention_hours({"delta.deletedFileRetentionDuration": "30 dayz"}, where="t")
     table = str(tmp_path / "t")
     ingest(synthetic_source.root, table)
     DeltaTable(table).alter.set_table_properties({"delta.deletedFileRetentionDuration": "interval 2 fortnights"})
-    with pytest.raises(MaintenanceError, match="is not an interval"):
+    with pytest.raises(MaintenanceError, match=r"is not an interval.*pass --retain-hours with --full"):
         vacuum(table, full=True)
+    assert vacuum(table, full=True, retain_hours=200).files == []  # the way out the message names
+    assert vacuum(table, dry_run=True).files == []  # without --full idxlake need not read it

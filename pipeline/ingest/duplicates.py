@@ -87,9 +87,12 @@ def file_md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-DATA_OPERATIONS = frozenset({"WRITE", "UPDATE", "DELETE", "MERGE", "CREATE TABLE AS SELECT", "REPLACE TABLE AS SELECT",
-                             "STREAMING UPDATE", "RESTORE", "TRUNCATE"})
-"""Delta operations that can change rows (``OPTIMIZE``, ``VACUUM``, ``SET TBLPROPERTIES`` cannot)."""
+ROW_PRESERVING_OPERATIONS = frozenset({
+    "OPTIMIZE", "VACUUM START", "VACUUM END", "SET TBLPROPERTIES", "UNSET TBLPROPERTIES", "ADD CONSTRAINT",
+    "DROP CONSTRAINT", "UPGRADE PROTOCOL", "SET TABLE PROPERTIES", "ADD FEATURE", "DROP FEATURE",
+})
+"""Delta operations that cannot change rows; any other commit of another writer may have (``UPDATE``,
+``CREATE OR REPLACE TABLE AS SELECT``, ``COPY INTO``, ``CLONE``, ``RESTORE``...)."""
 
 
 def changed_elsewhere(history: list[dict[str, Any]], splits: Iterable[str], *, txn_key: str) -> list[str]:
@@ -115,7 +118,7 @@ def changed_elsewhere(history: list[dict[str, Any]], splits: Iterable[str], *, t
             except ValueError:
                 written = {}
             pending -= set(written)
-        elif str(commit.get("operation", "")).upper() in DATA_OPERATIONS:
+        elif str(commit.get("operation", "")).upper() not in ROW_PRESERVING_OPERATIONS:
             stale += sorted(pending)
             pending.clear()
     return [s for s in splits if s in stale]

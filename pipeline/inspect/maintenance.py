@@ -254,14 +254,15 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
     if retain_hours is not None and retain_hours < 0:
         raise MaintenanceError(f"--retain-hours must be >= 0, got {retain_hours}")
     dt = open_table(table, storage_options=storage_options)
-    retention = retention_hours(dt.metadata().configuration, where=table)
+    needed = full and retain_hours is None  # --full deletes by the table's retention, which idxlake reads
+    retention = retention_hours(dt.metadata().configuration, where=table) if needed else None
     try:
         # Removed files by the retention (lite mode touches only files the log removed); a dry run
         # deletes nothing, so it may list below the minimum retention without --force ...
         enforce = not (force or dry_run)
         files = set(dt.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=enforce))
         if full:  # ... untracked ones only when older than the floor: a writer may be about to commit them
-            kept = retain_hours if retain_hours is not None else math.ceil(retention)  # the table's, not 168 h
+            kept = retain_hours if retention is None else math.ceil(retention)  # the table's, not 168 h
             floor = max(kept, MIN_UNTRACKED_AGE_HOURS)
             files |= set(dt.vacuum(retention_hours=floor, dry_run=dry_run, enforce_retention_duration=False,
                                    full=True))
@@ -269,7 +270,7 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
         if "retention" in str(exc).lower():
             raise MaintenanceError(
                 f"{table}: retention of {retain_hours} hours is below the table's minimum "
-                f"({retention:g} h, {RETENTION_KEY} or Delta's default); "
+                f"({_minimum(dt, table)}, {RETENTION_KEY} or Delta's default); "
                 "readers of older versions would lose their files. Pass --force to do it anyway") from exc
         raise
     root = pyarrow_filesystem(table, storage_options)[1].rstrip("/") + "/"
@@ -278,6 +279,15 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
         files |= set(stale_log_files(table, storage_options=storage_options, delete=not dry_run))
     logger.info("%s: vacuum %s %d files", table, "would delete" if dry_run else "deleted", len(files))
     return VacuumResult(table, sorted(files), dry_run, retain_hours)
+
+
+def _minimum(dt: object, table: str) -> str:
+    """The table's retention for a message (``"720 h"``), or what it says if idxlake cannot read it."""
+    config = dt.metadata().configuration  # type: ignore[attr-defined]
+    try:
+        return f"{retention_hours(config, where=table):g} h"
+    except MaintenanceError:
+        return repr(config.get(RETENTION_KEY))
 
 
 def stale_log_files(table: str, *, storage_options: Mapping[str, str] | None = None, delete: bool = False,

@@ -20,11 +20,13 @@ UNIT_HOURS: dict[str, float] = {
     "minute": 1 / 60, "hour": 1.0, "day": 24.0, "week": 168.0,
 }
 """Hours per interval unit (singular; a plural ``s`` is accepted)."""
-_INTERVAL = re.compile(r"^\s*interval\s+(\d+)\s+([a-z]+?)s?\s*$", re.IGNORECASE)
+_TERM = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)", re.IGNORECASE)
 
 
 def retention_hours(configuration: Mapping[str, str | None], *, where: str) -> float:
     """The table's retention in hours (:data:`DEFAULT_RETENTION_HOURS` when it sets none).
+
+    Reads what delta-rs reads: ``interval 30 days``, ``30 days``, ``interval 1 day 12 hours``, ``0.5 days``.
 
     Args:
         configuration: The table's properties (``DeltaTable.metadata().configuration``).
@@ -36,9 +38,15 @@ def retention_hours(configuration: Mapping[str, str | None], *, where: str) -> f
     value = configuration.get(RETENTION_KEY)
     if value is None:
         return float(DEFAULT_RETENTION_HOURS)
-    match = _INTERVAL.match(value)
-    if match is None or match[2].lower() not in UNIT_HOURS:
+    text = re.sub(r"^\s*interval\s+", "", value, flags=re.IGNORECASE)
+    hours, end = 0.0, 0
+    for m in _TERM.finditer(text):
+        unit = m[2].lower().removesuffix("s") if m[2].lower() not in UNIT_HOURS else m[2].lower()
+        if m.start() != end or unit not in UNIT_HOURS:
+            break
+        hours, end = hours + float(m[1]) * UNIT_HOURS[unit], m.end()
+    if end == 0 or text[end:].strip():
         raise MaintenanceError(
             f"{where}: table property {RETENTION_KEY} = {value!r} is not an interval such as 'interval 30 days' "
-            f"(units: {', '.join(UNIT_HOURS)}); fix the property, or pass --retain-hours")
-    return int(match[1]) * UNIT_HOURS[match[2].lower()]
+            f"(units: {', '.join(UNIT_HOURS)}); pass --retain-hours with --full, or fix the property")
+    return hours

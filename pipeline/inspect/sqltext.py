@@ -42,6 +42,7 @@ BINARY_LENGTH_FUNCTIONS = frozenset({"LENGTH", "OCTET_LENGTH", "CHAR_LENGTH", "C
 TokenKind = Literal["word", "quoted", "string", "number", "punct"]
 
 _WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+_DOLLAR = re.compile(r"\$(?:[A-Za-z_][A-Za-z0-9_]*)?\$")
 _NUMBER = re.compile(r"[0-9]+(\.[0-9]*)?([eE][+-]?[0-9]+)?|\.[0-9]+([eE][+-]?[0-9]+)?")
 
 
@@ -122,6 +123,11 @@ def tokenize(sql: str) -> list[Token]:
             j = _skip_quoted(sql, i, "'")
             tokens.append(Token("string", sql[i:j], i, j, depth))
             i = j
+        elif c == "$" and (m := _DOLLAR.match(sql, i)):  # DuckDB's $tag$ ... $tag$ strings
+            k = sql.find(m.group(), m.end())
+            j = n if k < 0 else k + len(m.group())
+            tokens.append(Token("string", sql[i:j], i, j, depth))
+            i = j
         elif c in "\"`":
             j = _skip_quoted(sql, i, c)
             tokens.append(Token("quoted", sql[i:j], i, j, depth))
@@ -183,6 +189,27 @@ in quadratic time and overflows its stack near 10000 terms (SIGSEGV), with no li
 _OPERATORS = frozenset("+-*/%|&^<>=!~")
 
 
+def _from_first_body(stmt: list[Token]) -> bool:
+    """A query body starting with FROM below the top: ``(FROM t)``, or ``WITH a AS (...) FROM t``."""
+    opened: list[int] = []
+    closed_by: dict[int, int] = {}
+    for i, t in enumerate(stmt):
+        if t.kind == "punct" and t.text == "(":
+            opened.append(i)
+        elif t.kind == "punct" and t.text == ")" and opened:
+            closed_by[i] = opened.pop()
+    for i, t in enumerate(stmt[1:], 1):
+        if t.kind != "word" or t.upper != "FROM":
+            continue
+        prev = stmt[i - 1]
+        if prev.kind == "punct" and prev.text == "(":
+            return True
+        start = closed_by.get(i - 1)
+        if start and stmt[start - 1].upper in ("AS", "MATERIALIZED"):  # the end of a CTE's definition
+            return True
+    return False
+
+
 def check_read_only(sql: str, *, engine: str | None = None) -> str:
     """Refuse anything but one read-only statement, of a bounded size.
 
@@ -212,9 +239,10 @@ def check_read_only(sql: str, *, engine: str | None = None) -> str:
     stmt = statements[0]
     kind = _statement_keyword(stmt)
     writes = sorted({t.upper for t in stmt if t.kind == "word" and t.upper in WRITE_KEYWORDS})
-    if kind in ("FROM", "TABLE", "SUMMARIZE") and engine == "datafusion":
-        raise QueryError(f"{kind}-first statements are DuckDB syntax (DataFusion reads `FROM t` as a select of no "
-                         "columns); write SELECT ... FROM, or use --engine duckdb")
+    if engine == "datafusion" and (kind in ("FROM", "TABLE", "SUMMARIZE") or _from_first_body(stmt)):
+        first = kind if kind in ("TABLE", "SUMMARIZE") else "FROM"
+        raise QueryError(f"{first}-first statements are DuckDB syntax (DataFusion reads `FROM t` as a select of "
+                         "no columns); write SELECT ... FROM, or use --engine duckdb")
     if kind in READ_STATEMENTS and not writes:
         return sql[:stmt[-1].end].strip()
     if kind not in READ_STATEMENTS and kind not in WRITE_KEYWORDS and not writes:
