@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -168,7 +168,8 @@ def _headers(sources: Mapping[str, SplitSource]) -> tuple[TableMeta, int]:
 
 
 def _stream(src: SplitSource, meta: TableMeta, schema: pa.Schema, out: dict[str, ScannedSplit], *,
-            id_offset: int, chunk_records: int, progress: Callable[[int], None] | None) -> Iterator[pa.RecordBatch]:
+            id_offset: int, chunk_records: int,
+            progress: Callable[[int], None] | None) -> Generator[pa.RecordBatch, None, None]:
     """Record batches of one split (no partition column); leaves its :class:`ScannedSplit` in ``out``."""
     label_type = schema.field(LABEL).type
     acc = SplitAccumulator(meta.scale)

@@ -262,7 +262,7 @@ def vacuum(table: str, *, retain_hours: int | None = None, dry_run: bool = False
         enforce = not (force or dry_run)
         files = set(dt.vacuum(retention_hours=retain_hours, dry_run=dry_run, enforce_retention_duration=enforce))
         if full:  # ... untracked ones only when older than the floor: a writer may be about to commit them
-            kept = retain_hours if retention is None else math.ceil(retention)  # the table's, not 168 h
+            kept = math.ceil(retention) if retention is not None else retain_hours or 0  # the table's, not 168 h
             floor = max(kept, MIN_UNTRACKED_AGE_HOURS)
             files |= set(dt.vacuum(retention_hours=floor, dry_run=dry_run, enforce_retention_duration=False,
                                    full=True))
