@@ -134,19 +134,21 @@ class SharedArena(Arena):
         overflow = count > TRUST_SLOTS - 2
         self._unsettled = frozenset() if overflow else frozenset(info[2:2 + count].tolist())
         self._floor = int(info[2]) if overflow else 0
-        trusted = (self._stamps > 0) & (self._stamps < self._stamp)
+        stamps = self._stamps.copy()  # one snapshot: sibling workers stamp concurrently (isin reads twice)
+        trusted = (stamps > 0) & (stamps < self._stamp)
         if overflow:
-            trusted &= self._stamps < self._floor
+            trusted &= stamps < self._floor
         elif count:
-            trusted &= ~np.isin(self._stamps, info[2:2 + count])
+            trusted &= ~np.isin(stamps, info[2:2 + count])
         self.resident |= trusted
 
     def main_pass(self) -> None:
         """The main process looks: trust the generations up to the latest whose pass ran to its end, but
         none whose workers may still be copying in."""
-        trusted = (self._stamps > 0) & (self._stamps <= self._generations[1])
+        stamps = self._stamps.copy()  # one snapshot, as in :meth:`worker_pass`
+        trusted = (stamps > 0) & (stamps <= self._generations[1])
         unsettled = self.unsettled()
-        self.resident |= trusted & ~np.isin(self._stamps, unsettled) if unsettled else trusted
+        self.resident |= trusted & ~np.isin(stamps, unsettled) if unsettled else trusted
 
 
 TRUST_SLOTS = 10

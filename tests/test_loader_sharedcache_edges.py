@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 from conftest import reads
-from test_loader_sharedcache import KW, ids_of, pass_batches, reference
+from test_loader_sharedcache import KW, FakeProcess, ids_of, pass_batches, reference
 from torch.utils.data import DataLoader
 
 from idxlake import ingest
@@ -286,3 +286,40 @@ def test_a_workers_pass_whose_start_raises_still_counts(cache_table, decoded, mo
     before = len(reads(decoded))
     assert ids_of(loader) == refs[2] and not ds._shared.workers_read
     assert reads(decoded)[before:] == []
+
+
+def _restamp(stamps: torch.Tensor, stop, low: int, high: int) -> None:
+    """A sibling worker: stamps flip between a trusted-range value and one far outside it."""
+    while not stop.is_set():
+        stamps.fill_(low)
+        stamps.fill_(high)
+
+
+def test_trust_is_read_from_one_snapshot_while_siblings_stamp(cache_table) -> None:
+    """Other workers stamp the shared cache while a worker (or the main process) reads the stamps: each
+    read works on one snapshot. numpy's ``isin`` reads its input twice (a range mask, then a table
+    lookup), so a stamp changing between them raised ``IndexError`` in a DataLoader worker (seen in CI)."""
+    ds = DeltaIterableDataset(cache_table, **KW)
+    arena = sharedcache.SharedArena(ds.plan, ds._reader.read(ds.plan.units[0]))
+    arena.generations[0] = 8
+    info = arena.start_generation()  # generation 9
+    info[1], info[2] = 1, 3  # one unsettled generation: 3
+    arena.stamps.fill_(3)  # the first unit's stamp (1, trusted) too
+    ctx = torch.multiprocessing.get_context("fork")
+    stop = ctx.Event()
+    sibling = ctx.Process(target=_restamp, args=(arena.stamps, stop, 3, 10**6), daemon=True)
+    sibling.start()
+    try:
+        for _ in range(30000):
+            arena.resident[:] = False
+            arena.worker_pass(info)
+            assert not arena.resident.any()  # 3 is unsettled and 10**6 is a later generation
+        arena.generations[1] = 10  # the main process: generations up to 10 completed but 3, whose
+        arena._writers = {3: (lambda: None, [FakeProcess()])}  # worker still runs
+        for _ in range(30000):
+            arena.resident[:] = False
+            arena.main_pass()
+            assert not arena.resident.any()
+    finally:
+        stop.set()
+        sibling.join(10)
