@@ -52,9 +52,14 @@ def _idxlake(*args: str) -> subprocess.Popen[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ENGINES)
 def test_ctrl_c_stops_a_running_statement_on_either_engine(mnist_table: str, engine: str) -> None:
-    """DuckDB held the main thread until its statement ended: Ctrl-C waited ~15 s, then exited 2."""
-    run = _idxlake("sql", mnist_table, "SELECT count(*) FROM mnist a CROSS JOIN mnist b WHERE a.id + b.id < 0",
-                   "--engine", engine, "--timeout", "120")
+    """DuckDB held the main thread until its statement ended: Ctrl-C waited ~15 s, then exited 2.
+
+    DataFusion checks for signals only between polls of its stream; this nested-loop join over
+    ``md5`` (minutes on either engine) does not yield for minutes, and Ctrl-C waited for the
+    --timeout. Now both run in a worker thread the main thread supervises.
+    """
+    heavy = "SELECT count(*) FROM mnist a CROSS JOIN mnist b WHERE md5(CAST(a.id * 70001 + b.id AS VARCHAR)) = 'x'"
+    run = _idxlake("sql", mnist_table, heavy, "--engine", engine, "--timeout", "120")
     time.sleep(3)
     sent = time.monotonic()
     run.send_signal(signal.SIGINT)

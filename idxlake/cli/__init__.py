@@ -126,4 +126,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """Console-script entry point."""
-    sys.exit(main())
+    code = main()
+    supervisor = sys.modules.get("idxlake.pipeline.inspect.interrupts")
+    if supervisor is not None and supervisor.abandoned():
+        # A stopped DataFusion statement still inside one long poll: exit now rather than wait for
+        # it, and without interpreter finalisation, which that thread would race for the GIL.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

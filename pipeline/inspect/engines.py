@@ -16,15 +16,16 @@ This module is the security boundary of ``idxlake sql`` (the text pass in
   statement run inside ``BEGIN TRANSACTION READ ONLY``. DuckDB's own parser must also classify
   it as one SELECT or EXPLAIN.
 
-Both stop a statement after ``timeout_s`` seconds (DataFusion checks for the alarm signal
-about once a second, which needs the main thread; elsewhere the deadline is checked
-between result batches; DuckDB is interrupted from a timer thread). The rows collected
-into Python count against the same memory limit.
+Both stop a statement after ``timeout_s`` seconds and on Ctrl-C: it runs in a worker thread
+that the calling thread supervises (:mod:`idxlake.pipeline.inspect.interrupts`); DuckDB is
+interrupted, DataFusion's stream is dropped at its next poll. The rows collected into Python
+count against the same memory limit.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -33,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from idxlake.pipeline.inspect.interrupts import DeadlineAlarm, deadline, off_thread
+from idxlake.pipeline.inspect.interrupts import Expired, Stopped, supervise
 from idxlake.schemas import QueryError, snapshot_of
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ DEFAULT_MEMORY_MB = 1024
 """MiB a statement may use in the engine, and again for its result in Python (``--memory-mb``)."""
 
 BATCH_ROWS = 8192
+
+DATAFUSION_GRACE_S = 0.5
+"""Seconds a stopped DataFusion statement gets to reach its next poll before it is left running."""
 
 BYTE_LENGTH = "byte_length"
 """DataFusion UDF: bytes of a binary value (``length(image)`` is rewritten to it)."""
@@ -98,13 +102,16 @@ class Session:
 
     Attributes:
         run: Plans and starts one statement.
-        interrupt: Stops the running statement from another thread (``None``: the engine is
-            stopped with the alarm signal instead).
+        interrupt: Stops the running statement from another thread (``None``: the engine only
+            stops between result batches).
+        close: Releases the session once the statement's thread ended.
+        grace_s: Seconds to wait for a stopped statement (``None``: until it ends).
     """
 
     run: Callable[[str], Running]
     interrupt: Callable[[], None] | None = None
     close: Callable[[], None] | None = None
+    grace_s: float | None = None
 
 
 def binary_columns(schema: pa.Schema) -> set[str]:
@@ -158,7 +165,7 @@ def open_datafusion(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: st
         stream = df.execute_stream()
         return Running(df.schema(), (b.to_pyarrow() for b in stream))
 
-    return Session(run)
+    return Session(run, grace_s=DATAFUSION_GRACE_S)
 
 
 def open_duckdb(tables: Mapping[str, DeltaTable], limits: Limits, *, uri: str,
@@ -221,9 +228,10 @@ def collect(session: Session, sql: str, limits: Limits, *, max_rows: int | None)
         QueryError: over the time or memory limit (one line), or the engine's own refusal.
     """
     try:
-        if session.interrupt is None:  # DataFusion: stopped by the alarm signal, in this thread
-            return _gather(session, sql, limits, max_rows=max_rows)
-        return off_thread(session.interrupt, lambda: _gather(session, sql, limits, max_rows=max_rows))
+        return supervise(lambda stop: _gather(session, sql, limits, max_rows=max_rows, stop=stop),
+                         timeout_s=limits.timeout_s, interrupt=session.interrupt, grace_s=session.grace_s)
+    except Expired:
+        raise QueryError(limits.timeout_message()) from None
     finally:
         if session.close is not None:
             try:
@@ -238,39 +246,35 @@ def collect(session: Session, sql: str, limits: Limits, *, max_rows: int | None)
                     logger.debug("closing the engine session failed: %s", exc)
 
 
-def _gather(session: Session, sql: str, limits: Limits, *, max_rows: int | None) -> tuple[pa.Table, bool]:
+def _gather(session: Session, sql: str, limits: Limits, *, max_rows: int | None,
+            stop: threading.Event) -> tuple[pa.Table, bool]:
     budget = limits.memory_mb << 20
     batches: list[pa.RecordBatch] = []
     rows, size, truncated = 0, 0, False
-    with deadline(limits.timeout_s, session.interrupt) as expired:
-        try:
-            running = session.run(sql)
-            for batch in running.batches:
-                if expired.is_set():
-                    raise DeadlineAlarm()
-                if max_rows is not None and rows + batch.num_rows > max_rows:
-                    batches.append(batch.slice(0, max_rows - rows))
-                    truncated = True
-                    break
-                size += batch.nbytes
-                if size > budget:
-                    raise QueryError(limits.memory_message("the result alone is larger"))
-                batches.append(batch)
-                rows += batch.num_rows
-            schema = running.schema
-        except DeadlineAlarm:
-            raise QueryError(limits.timeout_message()) from None
-        except QueryError:
-            raise
-        except Exception as exc:
-            if expired.is_set():
-                raise QueryError(limits.timeout_message()) from exc
-            message = " ".join(str(exc).split())
-            if is_memory_error(message):
-                raise QueryError(limits.memory_message(_short(message))) from exc
-            raise
-        finally:  # the error's traceback keeps this frame: without the reader, so the connection can close
-            running = None  # type: ignore[assignment]
+    try:
+        running = session.run(sql)
+        for batch in running.batches:
+            if stop.is_set():  # the waiter gave up (deadline, Ctrl-C): drop the stream, cancelling its tasks
+                raise Stopped()
+            if max_rows is not None and rows + batch.num_rows > max_rows:
+                batches.append(batch.slice(0, max_rows - rows))
+                truncated = True
+                break
+            size += batch.nbytes
+            if size > budget:
+                raise QueryError(limits.memory_message("the result alone is larger"))
+            batches.append(batch)
+            rows += batch.num_rows
+        schema = running.schema
+    except (QueryError, Stopped):
+        raise
+    except Exception as exc:
+        message = " ".join(str(exc).split())
+        if not stop.is_set() and is_memory_error(message):
+            raise QueryError(limits.memory_message(_short(message))) from exc
+        raise
+    finally:  # the error's traceback keeps this frame: without the reader, so the connection can close
+        running = None  # type: ignore[assignment]
     if batches and batches[0].schema != schema:
         schema = batches[0].schema
     return pa.Table.from_batches(batches, schema=schema), truncated
