@@ -87,3 +87,18 @@ def test_a_stopped_statement_drops_its_result() -> None:
         assert not out, out
         frames = frames.tb_next
     assert len(kept) == 1
+
+
+def test_an_interrupt_lost_before_the_statement_started_is_sent_again() -> None:
+    """DuckDB's interrupt acts on the running statement only: one sent just before it started was lost."""
+    calls: list[float] = []
+    release = threading.Event()
+
+    def interrupt() -> None:
+        calls.append(time.monotonic())
+        if len(calls) >= 3:  # the first two land before the engine runs anything
+            release.set()
+
+    with pytest.raises(Expired):
+        supervise(lambda stop: release.wait(30), timeout_s=0.2, interrupt=interrupt)
+    assert len(calls) == 3 and release.is_set()

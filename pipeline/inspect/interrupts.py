@@ -87,9 +87,11 @@ def abandoned() -> int:
 def _stop(thread: threading.Thread, stop: threading.Event, interrupt: Callable[[], None] | None,
           grace_s: float | None, out: list[Any], *, why: str) -> None:
     stop.set()
-    if interrupt is not None:
-        interrupt()
-    thread.join(grace_s)
+    end = None if grace_s is None else time.monotonic() + grace_s
+    while thread.is_alive() and (end is None or time.monotonic() < end):
+        if interrupt is not None:  # again each time: one sent before the engine started its statement is lost
+            interrupt()
+        thread.join(POLL_S if end is None else max(0.0, min(POLL_S, end - time.monotonic())))
     out.clear()  # the statement's error holds the engine's result: dropped, so its connection can close
     if thread.is_alive():
         _ABANDONED.add(thread)
