@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
 from idxlake.loaders.lookahead import OrderKey, PassPlan, WarmPlan, choose, pass_key, plan_ahead, plan_pass, spare_core
-from idxlake.loaders.options import check_options, pin_snapshot
+from idxlake.loaders.options import FixedOptions, check_options, pin_snapshot
 from idxlake.loaders.order import PHASES
 from idxlake.loaders.plan import OUTPUT_COLUMNS, PinnedPlan, Plan, build_plan
 from idxlake.loaders.resume import UNKNOWN_PROGRESS, Resume, SharedState, applies, parse_state, state_of, watch
@@ -46,7 +46,7 @@ DEFAULT_SHUFFLE_BUFFER = 4 * ROW_GROUP_ROWS
 """Rows mixed together at least (whole row groups): 32768, ~25 MB of MNIST images."""
 
 
-class DeltaIterableDataset(PinnedPlan, IterableDataset):
+class DeltaIterableDataset(FixedOptions, PinnedPlan, IterableDataset):
     """Stream batches of an idxlake Delta table into PyTorch (use ``DataLoader(ds, batch_size=None)``).
 
     Args:

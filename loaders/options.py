@@ -55,3 +55,23 @@ def pin_snapshot(table: str | TableSnapshot, *, version: int | None, as_of: Time
     if version is not None and snap.version != version:
         raise LoaderConfigError(f"{snap.uri}: snapshot is version {snap.version}, version={version} was asked")
     return snap
+
+
+ORDER_OPTIONS = frozenset({"batch_size", "drop_last", "image_dtype", "lanes", "phases", "plan", "seed", "shuffle",
+                           "shuffle_buffer"})
+"""Options fixed once a dataset is built: the order, the passes planned ahead and the workers' copies follow them."""
+
+
+class FixedOptions:
+    """Refuses to change an option of :data:`ORDER_OPTIONS` after it was first set.
+
+    A changed ``seed`` used to apply only from the pass after next in the main process (the next
+    one was planned ahead with the old seed), and never in persistent workers.
+    """
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if name in ORDER_OPTIONS and name in self.__dict__:
+            raise LoaderConfigError(f"{type(self).__name__}.{name} cannot change once the dataset is built (the "
+                                    f"order, the passes read ahead and the workers' copies follow it); build a "
+                                    f"new dataset with {name}={value!r}")
+        super().__setattr__(name, value)

@@ -100,6 +100,25 @@ def test_deterministic_and_set_epoch_changes_order(synthetic_table) -> None:
     assert flat(ids_of(batches(plain))) == list(range(300))
 
 
+@pytest.mark.parametrize("name, value", [("seed", 12), ("batch_size", 10), ("shuffle", False), ("lanes", 24),
+                                         ("shuffle_buffer", 0), ("drop_last", True)])
+def test_order_options_cannot_change_once_built(synthetic_table, name: str, value: object) -> None:
+    """``ds.seed = 12`` between epochs applied only from the pass after next (the next was planned
+    ahead with the old seed) and never in persistent workers: now refused, the dataset unchanged."""
+    from idxlake.schemas import LoaderConfigError
+
+    table, _ = synthetic_table
+    ds = DeltaIterableDataset(table, split="train", batch_size=50, seed=11)
+    before = ids_of(batches(ds))
+    with pytest.raises(LoaderConfigError, match=f"{name} cannot change once the dataset is built.*"
+                                                f"build a new dataset with {name}="):
+        setattr(ds, name, value)
+    assert ids_of(batches(ds)) == before
+    ds.transform = None  # the other attributes stay settable
+    ds.set_epoch(1)
+    assert ids_of(batches(ds)) != before
+
+
 def test_rows_are_mixed_across_units(synthetic_table) -> None:
     table, _ = synthetic_table  # row groups of 64 rows
     ds = DeltaIterableDataset(table, split="train", batch_size=64, shuffle_buffer=128)
