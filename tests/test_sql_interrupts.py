@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import _thread
+import os
+import signal
 import threading
 import time
 
@@ -66,6 +68,43 @@ def test_ctrl_c_reaches_the_waiting_thread_at_once() -> None:
     with pytest.raises(KeyboardInterrupt):
         supervise(statement, timeout_s=60, grace_s=5)
     assert time.monotonic() - start < 0.3 + 3 * interrupts.POLL_S + 1 and stopped.wait(5)
+
+
+def test_ctrl_c_during_the_wait_still_waits_for_the_statement() -> None:
+    """A real SIGINT in the waiter: on CPython 3.11 it lands in ``Thread.join(timeout)``, which then
+    released the running worker's state lock, so ``is_alive()`` said False at once; the CLI exited
+    with DuckDB still inside its statement and the process aborted (SIGABRT) during finalisation.
+    """
+    finished = threading.Event()
+
+    def statement(stop: threading.Event) -> None:  # ignores stop, like DuckDB before its interrupt lands
+        time.sleep(1.5)
+        finished.set()
+
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        supervise(statement, timeout_s=60)
+    assert finished.is_set() and abandoned() == 0  # waited for it (no grace limit), nothing left running
+
+
+def test_a_second_ctrl_c_leaves_the_statement_counted_as_running() -> None:
+    """Ctrl-C again while the waiter waits out the stop: the CLI must still see the statement running."""
+    release = threading.Event()
+    before = abandoned()
+
+    def statement(stop: threading.Event) -> None:
+        release.wait(30)
+
+    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+    threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT)).start()
+    with pytest.raises(KeyboardInterrupt):
+        supervise(statement, timeout_s=60)
+    assert abandoned() == before + 1
+    release.set()
+    deadline = time.monotonic() + 10
+    while abandoned() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert abandoned() == before
 
 
 def test_a_stopped_statement_drops_its_result() -> None:

@@ -3,13 +3,18 @@
 Neither engine can be stopped from the thread that runs it: DuckDB holds its calling thread in
 C++ until the statement ends, and DataFusion only checks for signals between polls of its
 stream, which a heavy operator (a nested-loop join over ``md5``) does not yield for minutes.
-So the statement runs in a worker thread while the calling thread waits in short joins, where
+So the statement runs in a worker thread while the calling thread waits on it in short steps, where
 Ctrl-C (``KeyboardInterrupt``) and the deadline reach it at once. The waiter then stops the
 statement: ``interrupt`` (DuckDB's ``interrupt``, which returns promptly) and a stop event the
 worker checks between result batches. An engine that cannot be interrupted mid-poll (DataFusion)
 gets ``grace_s`` to finish; after that its thread is abandoned: it runs until its current poll
 returns, then drops the stream, which cancels the engine's tasks. :func:`abandoned` counts such
 threads still alive, so that a CLI can exit without waiting for them.
+
+Whether the worker still runs is read from an event it sets as it ends, never from
+``Thread.is_alive``: on CPython 3.11, Ctrl-C during ``Thread.join(timeout)`` releases the running
+thread's own state lock (bpo-45274's fix), after which ``is_alive()`` says False while the
+statement still runs; the process then finalised under a live DuckDB call and aborted (SIGABRT).
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ T = TypeVar("T")
 POLL_S = 0.1
 """How often the waiting thread wakes (bounds how late the deadline and Ctrl-C act)."""
 
-_ABANDONED: set[threading.Thread] = set()
+_LIVE: set[threading.Event] = set()
+"""The ``done`` events of supervised statements (set ones are dropped as they are seen)."""
 
 
 class Expired(Exception):
@@ -57,20 +63,27 @@ def supervise(work: Callable[[threading.Event], T], *, timeout_s: float,
         KeyboardInterrupt: Ctrl-C while waiting.
         BaseException: whatever ``work`` raised.
     """
-    stop = threading.Event()
+    stop, done = threading.Event(), threading.Event()
     out: list[tuple[bool, Any]] = []
-    thread = threading.Thread(target=lambda: out.append(_outcome(work, stop)), name="idxlake-sql", daemon=True)
+
+    def body() -> None:
+        try:
+            out.append(_outcome(work, stop))
+        finally:
+            done.set()
+
     end = time.monotonic() + timeout_s
-    thread.start()
+    _LIVE.add(done)
+    threading.Thread(target=body, name="idxlake-sql", daemon=True).start()
     try:
-        while thread.is_alive():
+        while not done.is_set():
             left = end - time.monotonic()
             if left <= 0:
-                _stop(thread, stop, interrupt, grace_s, out, why="its deadline")
+                _stop(done, stop, interrupt, grace_s, out, why="its deadline")
                 raise Expired()
-            thread.join(min(POLL_S, left))
+            done.wait(min(POLL_S, left))
     except KeyboardInterrupt:
-        _stop(thread, stop, interrupt, grace_s, out, why="Ctrl-C")
+        _stop(done, stop, interrupt, grace_s, out, why="Ctrl-C")
         raise
     ok, value = out.pop()
     if not ok:
@@ -79,22 +92,25 @@ def supervise(work: Callable[[threading.Event], T], *, timeout_s: float,
 
 
 def abandoned() -> int:
-    """Stopped statements whose threads are still running (they end at their engine's next poll)."""
-    _ABANDONED.intersection_update({t for t in _ABANDONED if t.is_alive()})
-    return len(_ABANDONED)
+    """Statements whose threads still run after their waiter left.
+
+    A stopped DataFusion statement ends at its engine's next poll; one whose waiter a second
+    Ctrl-C took out of :func:`supervise` ends when its engine honours the interrupt.
+    """
+    _LIVE.difference_update({done for done in _LIVE if done.is_set()})
+    return len(_LIVE)
 
 
-def _stop(thread: threading.Thread, stop: threading.Event, interrupt: Callable[[], None] | None,
+def _stop(done: threading.Event, stop: threading.Event, interrupt: Callable[[], None] | None,
           grace_s: float | None, out: list[Any], *, why: str) -> None:
     stop.set()
     end = None if grace_s is None else time.monotonic() + grace_s
-    while thread.is_alive() and (end is None or time.monotonic() < end):
+    while not done.is_set() and (end is None or time.monotonic() < end):
         if interrupt is not None:  # again each time: one sent before the engine started its statement is lost
             interrupt()
-        thread.join(POLL_S if end is None else max(0.0, min(POLL_S, end - time.monotonic())))
+        done.wait(POLL_S if end is None else max(0.0, min(POLL_S, end - time.monotonic())))
     out.clear()  # the statement's error holds the engine's result: dropped, so its connection can close
-    if thread.is_alive():
-        _ABANDONED.add(thread)
+    if not done.is_set():
         logger.info("the SQL engine did not stop within %.1f s of %s; its statement is left to end in "
                        "the background at its next poll (its memory stays within --memory-mb)", grace_s, why)
 
