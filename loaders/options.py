@@ -75,3 +75,8 @@ class FixedOptions:
                                     f"order, the passes read ahead and the workers' copies follow it); build a "
                                     f"new dataset with {name}={value!r}")
         super().__setattr__(name, value)
+
+    def __delattr__(self, name: str) -> None:
+        if name in ORDER_OPTIONS:  # ``del ds.seed; ds.seed = 12`` would set it anew
+            raise LoaderConfigError(f"{type(self).__name__}.{name} cannot be removed once the dataset is built")
+        super().__delattr__(name)

@@ -101,7 +101,8 @@ def test_deterministic_and_set_epoch_changes_order(synthetic_table) -> None:
 
 
 @pytest.mark.parametrize("name, value", [("seed", 12), ("batch_size", 10), ("shuffle", False), ("lanes", 24),
-                                         ("shuffle_buffer", 0), ("drop_last", True)])
+                                         ("shuffle_buffer", 0), ("drop_last", True), ("phases", 1),
+                                         ("image_dtype", "float32"), ("plan", None)])
 def test_order_options_cannot_change_once_built(synthetic_table, name: str, value: object) -> None:
     """``ds.seed = 12`` between epochs applied only from the pass after next (the next was planned
     ahead with the old seed) and never in persistent workers: now refused, the dataset unchanged."""
@@ -113,6 +114,8 @@ def test_order_options_cannot_change_once_built(synthetic_table, name: str, valu
     with pytest.raises(LoaderConfigError, match=f"{name} cannot change once the dataset is built.*"
                                                 f"build a new dataset with {name}="):
         setattr(ds, name, value)
+    with pytest.raises(LoaderConfigError, match=f"{name} cannot be removed"):
+        delattr(ds, name)  # nor removed, which let the next assignment through
     assert ids_of(batches(ds)) == before
     ds.transform = None  # the other attributes stay settable
     ds.set_epoch(1)

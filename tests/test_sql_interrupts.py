@@ -3,15 +3,31 @@
 from __future__ import annotations
 
 import _thread
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from idxlake.pipeline.inspect import interrupts
 from idxlake.pipeline.inspect.interrupts import Expired, abandoned, supervise
+
+
+@contextlib.contextmanager
+def _sigints(*delays: float) -> Iterator[None]:
+    """Real SIGINTs to this process after ``delays`` seconds; any not yet sent when the block ends are
+    cancelled, so a supervisor that returns early fails its test instead of interrupting pytest."""
+    timers = [threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT)) for delay in delays]
+    for timer in timers:
+        timer.start()
+    try:
+        yield
+    finally:
+        for timer in timers:
+            timer.cancel()
 
 
 def test_result_and_error_come_back_from_the_worker() -> None:
@@ -81,8 +97,7 @@ def test_ctrl_c_during_the_wait_still_waits_for_the_statement() -> None:
         time.sleep(1.5)
         finished.set()
 
-    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
+    with _sigints(0.3), pytest.raises(KeyboardInterrupt):
         supervise(statement, timeout_s=60)
     assert finished.is_set() and abandoned() == 0  # waited for it (no grace limit), nothing left running
 
@@ -95,9 +110,7 @@ def test_a_second_ctrl_c_leaves_the_statement_counted_as_running() -> None:
     def statement(stop: threading.Event) -> None:
         release.wait(30)
 
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
-    threading.Timer(0.6, os.kill, (os.getpid(), signal.SIGINT)).start()
-    with pytest.raises(KeyboardInterrupt):
+    with _sigints(0.2, 0.6), pytest.raises(KeyboardInterrupt):
         supervise(statement, timeout_s=60)
     assert abandoned() == before + 1
     release.set()
@@ -141,3 +154,86 @@ def test_an_interrupt_lost_before_the_statement_started_is_sent_again() -> None:
     with pytest.raises(Expired):
         supervise(lambda stop: release.wait(30), timeout_s=0.2, interrupt=interrupt)
     assert len(calls) == 3 and release.is_set()
+
+
+def test_statements_that_end_in_time_leave_nothing_recorded() -> None:
+    """A long-lived process (a notebook calling ``query``) keeps no entry per statement."""
+    for _ in range(200):
+        supervise(lambda stop: None, timeout_s=5)
+    with pytest.raises(Expired):
+        supervise(lambda stop: time.sleep(0.3), timeout_s=0.05, interrupt=lambda: None)
+    assert not interrupts._ABANDONED and abandoned() == 0
+
+
+def test_a_statement_still_under_its_waiter_is_not_abandoned() -> None:
+    """Another thread's statement, waited on normally, is not counted (the CLI would skip finalising)."""
+    release, running = threading.Event(), threading.Event()
+
+    def statement(stop: threading.Event) -> None:
+        running.set()
+        release.wait(30)
+
+    waiter = threading.Thread(target=supervise, args=(statement,), kwargs={"timeout_s": 60})
+    waiter.start()
+    try:
+        assert running.wait(5)
+        assert abandoned() == 0
+    finally:
+        release.set()
+        waiter.join(10)
+
+
+def test_abandoned_can_be_read_while_other_threads_supervise() -> None:
+    errors: list[BaseException] = []
+
+    def churn() -> None:
+        try:
+            for _ in range(300):
+                supervise(lambda stop: None, timeout_s=5)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        assert abandoned() == 0
+    assert not errors
+
+
+def test_a_thread_that_cannot_start_is_not_counted_as_running(monkeypatch) -> None:
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        supervise(lambda stop: None, timeout_s=5)
+    monkeypatch.undo()
+    assert abandoned() == 0
+
+
+@pytest.mark.parametrize("started", [True, False])
+def test_ctrl_c_inside_thread_start_still_stops_the_statement(monkeypatch, started: bool) -> None:
+    """Ctrl-C between creating the worker and entering the wait: the statement is stopped (or never
+    runs), never left to run past its deadline unsupervised."""
+    start = threading.Thread.start
+    ran, interrupted = threading.Event(), threading.Event()
+
+    def start_then_ctrl_c(self: threading.Thread) -> None:
+        if started:
+            start(self)
+            assert ran.wait(5)  # the statement runs when Ctrl-C lands
+        raise KeyboardInterrupt
+
+    def statement(stop: threading.Event) -> None:
+        ran.set()
+        interrupted.wait(30)
+
+    monkeypatch.setattr(threading.Thread, "start", start_then_ctrl_c)
+    began = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        supervise(statement, timeout_s=60, interrupt=interrupted.set)
+    monkeypatch.undo()
+    assert time.monotonic() - began < interrupts.START_S + 2
+    assert interrupted.is_set() == started and ran.is_set() == started
+    assert abandoned() == 0

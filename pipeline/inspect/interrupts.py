@@ -8,8 +8,10 @@ Ctrl-C (``KeyboardInterrupt``) and the deadline reach it at once. The waiter the
 statement: ``interrupt`` (DuckDB's ``interrupt``, which returns promptly) and a stop event the
 worker checks between result batches. An engine that cannot be interrupted mid-poll (DataFusion)
 gets ``grace_s`` to finish; after that its thread is abandoned: it runs until its current poll
-returns, then drops the stream, which cancels the engine's tasks. :func:`abandoned` counts such
-threads still alive, so that a CLI can exit without waiting for them.
+returns, then drops the stream, which cancels the engine's tasks. :func:`abandoned` counts the
+statements whose waiter left while they still ran, so that a CLI can exit without waiting for them;
+a statement is recorded only then, and drops out as it ends (a long-lived process records nothing
+for the statements that end in time).
 
 Whether the worker still runs is read from an event it sets as it ends, never from
 ``Thread.is_alive``: on CPython 3.11, Ctrl-C during ``Thread.join(timeout)`` releases the running
@@ -32,8 +34,13 @@ T = TypeVar("T")
 POLL_S = 0.1
 """How often the waiting thread wakes (bounds how late the deadline and Ctrl-C act)."""
 
-_LIVE: set[threading.Event] = set()
-"""The ``done`` events of supervised statements (set ones are dropped as they are seen)."""
+START_S = 1.0
+"""How long a stopped waiter waits for a worker that a Ctrl-C inside ``Thread.start`` may have kept
+from starting; a worker starting later finds the stop event set and runs nothing."""
+
+_LOCK = threading.Lock()
+_ABANDONED: set[threading.Event] = set()
+"""The ``done`` events of statements whose waiter left while they still ran (under ``_LOCK``)."""
 
 
 class Expired(Exception):
@@ -63,28 +70,39 @@ def supervise(work: Callable[[threading.Event], T], *, timeout_s: float,
         KeyboardInterrupt: Ctrl-C while waiting.
         BaseException: whatever ``work`` raised.
     """
-    stop, done = threading.Event(), threading.Event()
+    stop, started, done = threading.Event(), threading.Event(), threading.Event()
     out: list[tuple[bool, Any]] = []
 
     def body() -> None:
+        started.set()
         try:
-            out.append(_outcome(work, stop))
+            if not stop.is_set():  # a waiter stopped before this thread ran: nothing to run
+                out.append(_outcome(work, stop))
         finally:
             done.set()
+            with _LOCK:
+                _ABANDONED.discard(done)
 
     end = time.monotonic() + timeout_s
-    _LIVE.add(done)
-    threading.Thread(target=body, name="idxlake-sql", daemon=True).start()
     try:
+        try:
+            threading.Thread(target=body, name="idxlake-sql", daemon=True).start()
+        except Exception:  # no thread ("can't start new thread"): nothing runs
+            done.set()
+            raise
         while not done.is_set():
             left = end - time.monotonic()
             if left <= 0:
-                _stop(done, stop, interrupt, grace_s, out, why="its deadline")
+                _stop(started, done, stop, interrupt, grace_s, out, why="its deadline")
                 raise Expired()
             done.wait(min(POLL_S, left))
     except KeyboardInterrupt:
-        _stop(done, stop, interrupt, grace_s, out, why="Ctrl-C")
+        _stop(started, done, stop, interrupt, grace_s, out, why="Ctrl-C")
         raise
+    finally:
+        with _LOCK:  # the worker discards under the same lock once done: nothing stale stays
+            if not done.is_set():
+                _ABANDONED.add(done)
     ok, value = out.pop()
     if not ok:
         raise value
@@ -92,18 +110,22 @@ def supervise(work: Callable[[threading.Event], T], *, timeout_s: float,
 
 
 def abandoned() -> int:
-    """Statements whose threads still run after their waiter left.
+    """Statements still running whose waiter left :func:`supervise` (any thread's).
 
     A stopped DataFusion statement ends at its engine's next poll; one whose waiter a second
-    Ctrl-C took out of :func:`supervise` ends when its engine honours the interrupt.
+    Ctrl-C took out of :func:`supervise` ends when its engine honours the interrupt. Statements
+    running under a waiter that is still waiting are not counted.
     """
-    _LIVE.difference_update({done for done in _LIVE if done.is_set()})
-    return len(_LIVE)
+    with _LOCK:
+        return sum(1 for done in _ABANDONED if not done.is_set())
 
 
-def _stop(done: threading.Event, stop: threading.Event, interrupt: Callable[[], None] | None,
-          grace_s: float | None, out: list[Any], *, why: str) -> None:
+def _stop(started: threading.Event, done: threading.Event, stop: threading.Event,
+          interrupt: Callable[[], None] | None, grace_s: float | None, out: list[Any], *, why: str) -> None:
     stop.set()
+    if not started.wait(START_S):  # Ctrl-C inside Thread.start: no worker, or one that will run nothing
+        done.set()
+        return
     end = None if grace_s is None else time.monotonic() + grace_s
     while not done.is_set() and (end is None or time.monotonic() < end):
         if interrupt is not None:  # again each time: one sent before the engine started its statement is lost
