@@ -16,6 +16,7 @@ every worker maps it). A plain ``pickle`` copies the data by value.
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -202,7 +203,17 @@ class DeltaImageDataset(PinnedPlan, Dataset[tuple[Any, Any]]):
         return len(self._labels)
 
     def __getitem__(self, index: int) -> tuple[Any, Any]:
-        """``(image, target)`` of row ``index``, after ``transform`` / ``target_transform``."""
+        """``(image, target)`` of row ``index``, after ``transform`` / ``target_transform``.
+
+        Raises:
+            TypeError: ``index`` is not an integer (a slice: ``ds.data[a:b]``, ``ds.targets[a:b]``).
+            IndexError: out of range.
+        """
+        try:
+            index = operator.index(index)
+        except TypeError:
+            raise TypeError(f"{type(self).__name__} indices must be integers, not {type(index).__name__}; "
+                            "ds.data[a:b] and ds.targets[a:b] hold the images and labels of a range") from None
         image = self._images_of(np.asarray([index], dtype=np.intp))[0]
         target: Any = self._labels[index].item()
         if self.transform is not None:

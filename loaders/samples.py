@@ -35,11 +35,15 @@ def apply_per_sample(images: torch.Tensor, fn: SampleTransform) -> torch.Tensor:
         return images
     first = outs[0]
     for i, out in enumerate(outs):
-        if not isinstance(out, torch.Tensor) or out.shape != first.shape:
-            found = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        if not isinstance(out, torch.Tensor):
+            raise LoaderConfigError(f"sample_transform returned {type(out).__name__} for image {i} of the batch; "
+                                    "it must return a tensor (end a torchvision pipeline with ToImage/ToDtype "
+                                    "or ToTensor)")
+        if out.shape != first.shape:
             raise LoaderConfigError(
-                f"sample_transform returned {found} for image {i} of the batch and "
-                f"{tuple(first.shape)} for image 0; it must return tensors of one shape")
+                f"sample_transform returned shape {tuple(out.shape)} for image {i} of the batch and "
+                f"{tuple(first.shape)} for image 0; it must return tensors of one shape (crop or resize "
+                "to a fixed size)")
     return torch.stack(outs)
 
 

@@ -35,12 +35,22 @@ def check_dataset(snap: TableSnapshot, expected: str, constructor: str) -> None:
     if held == expected:
         return
     known = {"mnist": "idxlake.MNIST", "fashion-mnist": "idxlake.FashionMNIST", "kmnist": "idxlake.KMNIST"}
-    hint = known.get(held) or (f"idxlake.EMNIST(split={held.removeprefix('emnist-')!r})"
-                               if held.startswith("emnist-") else "idxlake.DeltaImageDataset")
+    hint = (f"{known[held]}(table)" if held in known
+            else f"idxlake.EMNIST(table, split={held.removeprefix('emnist-')!r})" if held.startswith("emnist-")
+            else "idxlake.DeltaImageDataset(table)")
     raise LoaderConfigError(
         f"{snap.uri}@v{snap.version}: {constructor} needs a table of {_title(expected)}, but this table holds "
-        f"{_title(held)}; read it with {hint}(...), or ingest {expected} into another table "
+        f"{_title(held)}; read it with {hint}, or ingest {expected} into another table "
         f"(idxlake ingest SOURCE TABLE --dataset {expected})")
+
+
+def _keyword_options(name: str, positional: tuple[object, ...]) -> None:
+    """torchvision takes ``train`` (and more) positionally; here options are keywords: say so, naming the class."""
+    if positional:
+        example = (f"idxlake.{name}(table, split='digits', train=False)" if name == "EMNIST"
+                   else f"idxlake.{name}(table, train=False)")
+        raise TypeError(f"idxlake.{name}() takes the table as its only positional argument, got "
+                        f"{1 + len(positional)} positional arguments; pass the options by keyword, e.g. {example}")
 
 
 class _Named(DeltaImageDataset):
@@ -48,11 +58,12 @@ class _Named(DeltaImageDataset):
 
     DATASET: ClassVar[str] = ""
 
-    def __init__(self, table: str | TableSnapshot, *, train: bool = True,
+    def __init__(self, table: str | TableSnapshot, *positional: object, train: bool = True,
                  transform: Callable[[Any], Any] | None = None,
                  target_transform: Callable[[Any], Any] | None = None, version: int | None = None,
                  storage_options: Mapping[str, str] | None = None, image_type: ImageType = "pil",
                  max_bytes: int = DEFAULT_MAX_BYTES, as_of: Timestamp | None = None) -> None:
+        _keyword_options(type(self).__name__, positional)
         self._init_named(table, self.DATASET, train=train, transform=transform, target_transform=target_transform,
                          version=version, storage_options=storage_options, image_type=image_type,
                          max_bytes=max_bytes, as_of=as_of)
@@ -107,18 +118,22 @@ class EMNIST(_Named):
 
     Args:
         table: Table path or URI, or a pinned :class:`~idxlake.schemas.TableSnapshot`.
-        split: One of :data:`EMNIST_SPLITS`; the table must hold ``emnist-<split>``.
+        split: One of :data:`EMNIST_SPLITS` (required, by keyword); the table must hold ``emnist-<split>``.
         train: The ``train`` split, else ``test``.
 
     Raises:
+        TypeError: no ``split``, or options passed positionally.
         LoaderConfigError: an unknown ``split``, or a table of another dataset.
     """
 
-    def __init__(self, table: str | TableSnapshot, *, split: str, train: bool = True,
+    def __init__(self, table: str | TableSnapshot, *positional: object, split: str | None = None, train: bool = True,
                  transform: Callable[[Any], Any] | None = None,
                  target_transform: Callable[[Any], Any] | None = None, version: int | None = None,
                  storage_options: Mapping[str, str] | None = None, image_type: ImageType = "pil",
                  max_bytes: int = DEFAULT_MAX_BYTES, as_of: Timestamp | None = None) -> None:
+        _keyword_options("EMNIST", positional)
+        if split is None:
+            raise TypeError(f"idxlake.EMNIST() needs split=, one of {list(EMNIST_SPLITS)}")
         if split not in EMNIST_SPLITS:
             raise LoaderConfigError(f"EMNIST split must be one of {list(EMNIST_SPLITS)}, got {split!r}")
         self.split = split

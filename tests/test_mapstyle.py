@@ -165,10 +165,17 @@ def test_dataloader_shuffle_and_distributed_sampler(synthetic_table: tuple[str, 
 def test_named_datasets_check_what_the_table_holds(mnist_table: str, tmp_path: Path) -> None:
     with pytest.raises(LoaderConfigError, match=r"idxlake.FashionMNIST needs a table of 'fashion-mnist' "
                                                 r"\(Fashion-MNIST\), but this table holds 'mnist' \(MNIST\); "
-                                                r"read it with idxlake.MNIST"):
+                                                r"read it with idxlake.MNIST\(table\), or ingest"):
         FashionMNIST(mnist_table)
     with pytest.raises(LoaderConfigError, match="holds 'mnist'"):
         EMNIST(mnist_table, split="digits")
+    with pytest.raises(TypeError, match=r"idxlake.MNIST\(\) takes the table as its only positional argument.*"
+                                        r"by keyword, e.g. idxlake.MNIST\(table, train=False\)"):
+        MNIST(mnist_table, False)  # torchvision's positional train
+    with pytest.raises(TypeError, match=r"idxlake.EMNIST\(\) takes the table .*split='digits'"):
+        EMNIST(mnist_table, "digits")
+    with pytest.raises(TypeError, match=r"idxlake.EMNIST\(\) needs split=, one of \['byclass'"):
+        EMNIST(mnist_table)
     with pytest.raises(LoaderConfigError, match=r"EMNIST split must be one of \['byclass'"):
         EMNIST(mnist_table, split="letterz")
     for name, cls in (("fashion-mnist", FashionMNIST), ("kmnist", KMNIST)):
@@ -188,5 +195,5 @@ def test_emnist_is_upright_and_checks_the_variant(tmp_path: Path) -> None:
     ds = EMNIST(table, split="digits", train=True)
     assert ds.split == "digits" and len(ds) == 30
     assert np.array_equal(np.array(ds[5][0]), src.arrays["train"][0][5].T)  # stored upright by ingest
-    with pytest.raises(LoaderConfigError, match=r"holds 'emnist-digits'.*idxlake.EMNIST\(split='digits'\)"):
+    with pytest.raises(LoaderConfigError, match=r"holds 'emnist-digits'.*idxlake.EMNIST\(table, split='digits'\), or"):
         EMNIST(table, split="letters")

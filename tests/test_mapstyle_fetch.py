@@ -49,6 +49,9 @@ def test_getitems_is_getitem_per_index(synthetic_table: tuple[str, SyntheticSour
     for bad in (300, -301):
         with pytest.raises(IndexError):
             ds[bad]
+    assert _same(ds[np.int64(7)][0], ds[7][0]) and _same(ds[torch.tensor(7)][0], ds[7][0])
+    with pytest.raises(TypeError, match=r"indices must be integers, not slice; ds.data\[a:b\]"):
+        ds[0:3]  # type: ignore[index]
 
 
 def test_getitems_transforms_each_sample_with_its_own_randomness(synthetic_table: tuple[str, SyntheticSource]

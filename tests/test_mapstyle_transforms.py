@@ -47,8 +47,12 @@ def test_sample_transform_must_return_tensors_of_one_shape(ramp_table: str) -> N
     sizes = iter([28, 20] * 64)
     ds = DeltaIterableDataset(ramp_table, split="test", batch_size=8,
                               sample_transform=lambda image: image[..., :next(sizes), :])
-    with pytest.raises(LoaderConfigError, match=r"returned \(1, 20, 28\) for image 1 .* \(1, 28, 28\)"):
+    with pytest.raises(LoaderConfigError, match=r"returned shape \(1, 20, 28\) for image 1 .* \(1, 28, 28\) for "
+                                                r"image 0; it must return tensors of one shape"):
         next(iter(ds))
+    arrays = DeltaIterableDataset(ramp_table, split="test", batch_size=8, sample_transform=lambda image: image.numpy())
+    with pytest.raises(LoaderConfigError, match=r"returned ndarray for image 0 of the batch; it must return a tensor"):
+        next(iter(arrays))
 
 
 def test_map_style_random_crop_differs_within_a_batch(ramp_table: str) -> None:
