@@ -162,7 +162,7 @@ def test_statements_that_end_in_time_leave_nothing_recorded() -> None:
         supervise(lambda stop: None, timeout_s=5)
     with pytest.raises(Expired):
         supervise(lambda stop: time.sleep(0.3), timeout_s=0.05, interrupt=lambda: None)
-    assert not interrupts._ABANDONED and abandoned() == 0
+    assert not interrupts._STATEMENTS and abandoned() == 0
 
 
 def test_a_statement_still_under_its_waiter_is_not_abandoned() -> None:
@@ -237,3 +237,52 @@ def test_ctrl_c_inside_thread_start_still_stops_the_statement(monkeypatch, start
     assert time.monotonic() - began < interrupts.START_S + 2
     assert interrupted.is_set() == started and ran.is_set() == started
     assert abandoned() == 0
+
+
+def test_a_worker_that_starts_after_its_waiter_gave_up_runs_nothing(monkeypatch) -> None:
+    """Ctrl-C inside ``Thread.start`` before the thread ran, and the thread starting only after the
+    waiter stopped waiting for it: nobody would interrupt its statement, so it must not run."""
+    start = threading.Thread.start
+    late: list[threading.Thread] = []
+    ran = threading.Event()
+
+    def start_late(self: threading.Thread) -> None:
+        late.append(self)
+        def later() -> None:  # a raw thread: threading.Timer would call the patched start
+            time.sleep(interrupts.START_S + 0.5)
+            start(self)
+
+        _thread.start_new_thread(later, ())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(threading.Thread, "start", start_late)
+    with pytest.raises(KeyboardInterrupt):
+        supervise(lambda stop: ran.set(), timeout_s=60)
+    monkeypatch.undo()
+    deadline = time.monotonic() + 10
+    while not (late[0].ident and not late[0].is_alive()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert late[0].ident and not late[0].is_alive() and not ran.is_set()
+    assert abandoned() == 0 and not interrupts._STATEMENTS
+
+
+class _CtrlCAfterLeaving(dict):
+    """The waiter's first store as it leaves, then a Ctrl-C at the next step (a third Ctrl-C)."""
+
+    def __setitem__(self, key: object, value: object) -> None:
+        super().__setitem__(key, value)
+        if value is False:
+            raise KeyboardInterrupt
+
+
+def test_a_ctrl_c_as_the_waiter_leaves_still_leaves_the_statement_counted(monkeypatch) -> None:
+    release = threading.Event()
+    monkeypatch.setattr(interrupts, "_STATEMENTS", _CtrlCAfterLeaving())
+    with pytest.raises(KeyboardInterrupt):
+        supervise(lambda stop: release.wait(30), timeout_s=0.1, grace_s=0.1)
+    assert abandoned() == 1  # still running: the CLI must not finalise under it
+    release.set()
+    deadline = time.monotonic() + 10
+    while abandoned() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert abandoned() == 0 and not interrupts._STATEMENTS

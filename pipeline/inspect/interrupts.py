@@ -38,9 +38,13 @@ START_S = 1.0
 """How long a stopped waiter waits for a worker that a Ctrl-C inside ``Thread.start`` may have kept
 from starting; a worker starting later finds the stop event set and runs nothing."""
 
-_LOCK = threading.Lock()
-_ABANDONED: set[threading.Event] = set()
-"""The ``done`` events of statements whose waiter left while they still ran (under ``_LOCK``)."""
+_STATEMENTS: dict[threading.Event, bool] = {}
+"""``done`` event of each supervised statement still running -> whether its waiter still waits.
+
+Only plain stores, pops and one ``list(items())`` touch it (each a single step under the GIL, with
+no Python code inside, so no Ctrl-C lands halfway through): the waiter flags its statement as left
+with one store as it leaves, before anything a KeyboardInterrupt could cut short; the worker pops
+its entry as it ends."""
 
 
 class Expired(Exception):
@@ -80,10 +84,10 @@ def supervise(work: Callable[[threading.Event], T], *, timeout_s: float,
                 out.append(_outcome(work, stop))
         finally:
             done.set()
-            with _LOCK:
-                _ABANDONED.discard(done)
+            _STATEMENTS.pop(done, None)
 
     end = time.monotonic() + timeout_s
+    _STATEMENTS[done] = True
     try:
         try:
             threading.Thread(target=body, name="idxlake-sql", daemon=True).start()
@@ -100,9 +104,9 @@ def supervise(work: Callable[[threading.Event], T], *, timeout_s: float,
         _stop(started, done, stop, interrupt, grace_s, out, why="Ctrl-C")
         raise
     finally:
-        with _LOCK:  # the worker discards under the same lock once done: nothing stale stays
-            if not done.is_set():
-                _ABANDONED.add(done)
+        _STATEMENTS[done] = False  # left: first, one store (a third Ctrl-C may land at any call after it)
+        if done.is_set():  # ended already (its pop may have come before the store): nothing stays
+            _STATEMENTS.pop(done, None)
     ok, value = out.pop()
     if not ok:
         raise value
@@ -116,8 +120,11 @@ def abandoned() -> int:
     Ctrl-C took out of :func:`supervise` ends when its engine honours the interrupt. Statements
     running under a waiter that is still waiting are not counted.
     """
-    with _LOCK:
-        return sum(1 for done in _ABANDONED if not done.is_set())
+    entries = list(_STATEMENTS.items())
+    for done, _ in entries:
+        if done.is_set():  # a stale entry of an ended statement (a Ctrl-C cut its waiter's cleanup short)
+            _STATEMENTS.pop(done, None)
+    return sum(1 for done, waiting in entries if not waiting and not done.is_set())
 
 
 def _stop(started: threading.Event, done: threading.Event, stop: threading.Event,
