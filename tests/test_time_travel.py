@@ -254,13 +254,13 @@ def test_readme_time_travel_commands_run_as_written(four: Four, capsys: pytest.C
     for k, line in enumerate(lines):
         if not line.startswith("$ idxlake "):
             continue
-        argv = [four.table if a == "tables/mnist" else a for a in shlex.split(line[2:])][1:]
+        argv = [four.table if a == "versions/mnist" else a for a in shlex.split(line[2:])][1:]
         expected = lines[k + 1]
         code = main(argv)
         captured = capsys.readouterr()
         if expected.startswith("idxlake ") and ": error: " in expected:
             def normal(text: str) -> str:  # commit times differ from the README's table
-                return re.sub(r"\(\S+Z \.\. \S+Z\)", "(T .. T)", text.replace("tables/mnist", four.table))
+                return re.sub(r"\(\S+Z \.\. \S+Z\)", "(T .. T)", text.replace("versions/mnist", four.table))
 
             assert code == 2 and normal(captured.err.strip()) == normal(expected), captured.err
         else:
