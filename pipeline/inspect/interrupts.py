@@ -10,8 +10,8 @@ worker checks between result batches. An engine that cannot be interrupted mid-p
 gets ``grace_s`` to finish; after that its thread is abandoned: it runs until its current poll
 returns, then drops the stream, which cancels the engine's tasks. :func:`abandoned` counts the
 statements whose waiter left while they still ran, so that a CLI can exit without waiting for them;
-a statement is recorded only then, and drops out as it ends (a long-lived process records nothing
-for the statements that end in time).
+each statement's entry lives only while it runs (a long-lived process keeps nothing for the
+statements that ended).
 
 Whether the worker still runs is read from an event it sets as it ends, never from
 ``Thread.is_alive``: on CPython 3.11, Ctrl-C during ``Thread.join(timeout)`` releases the running
