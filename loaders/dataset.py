@@ -185,7 +185,7 @@ class DeltaIterableDataset(FixedOptions, PinnedPlan, IterableDataset):
 
         A resume loaded with :meth:`load_state_dict` applies when its epoch is the one iterated.
         """
-        self._shared.epoch = int(epoch)
+        self._shared.epoch = epoch  # checked there
         self._shared.workers_read = False
         self._remember_dist()
 

@@ -20,7 +20,10 @@ and ``K`` lanes, never of the number of ranks or workers. It is built so that ea
    ``= r (mod R)``: only lanes ``q = r (mod R)`` when ``R`` divides ``Q``. The DataLoader gives
    rank batch ``j`` to worker ``j % W``: only phases ``p = w (mod W)`` when ``W`` divides ``P``;
 5. the rows of the tail phase after its full steps (fewer than ``G``) form the tail ``E``,
-   sorted by ``rev(q)`` (so rank ``r``'s part of its last round lies mostly in its own lanes),
+   sorted by ``rev(q)`` (so rank ``r``'s part of its last round lies mostly in its own lanes)
+   and within a lane by their place in the shuffled lane (order ``lanes-3`` sorted them by where
+   they were laid out in step 1, which undid the window shuffle: a selection smaller than one
+   global step came out in row-group order),
    read as the last round, split evenly over the ranks (padded only when it has fewer rows than
    ranks, or dropped with ``drop_last``). That round is rank batch ``N // G``, so with ``W``
    dividing ``P`` it goes to the worker already reading the tail phase: no worker reads another
@@ -39,7 +42,7 @@ import numpy as np
 
 from idxlake.loaders.shares import source_positions
 
-ORDER_ALGORITHM = "lanes-3"
+ORDER_ALGORITHM = "lanes-4"
 """Names this module's order: a resume state records it, and one saved by a build whose order
 differs (an earlier window shuffle, another phase count) is refused instead of skipping other rows.
 Change it whenever the order of any ``(seed, epoch, selection, K, P, G)`` changes."""
@@ -145,14 +148,9 @@ def lane_order(unit_rows: np.ndarray, *, seed: int, epoch: int, shuffle: bool, l
         rng.shuffle(laid[a:b])  # a shuffle's moves depend on the draws and the length only
     full = [len(v) // step_rows for v in positions]
     places = np.concatenate([v[f * step_rows:] for v, f in zip(positions, full, strict=True)])
-    tail = laid[places]
-    unit = np.searchsorted(offsets, tail, side="right") - 1
-    unit_start = np.zeros(len(rows), dtype=np.int64)
-    unit_start[units] = unit_end - rows[units]
-    laid_out = unit_start[unit] + tail - offsets[unit]  # where each tail row was laid out (step 1)
-    lane_of = np.searchsorted(starts, laid_out, side="right") - 1  # the tail by rev(q), then phase, then place
-    key = ((lane_of % q_lanes) * phases + lane_of // q_lanes) * n_rows + laid_out
-    return _assemble(laid, positions, (sizes, lanes, True), step_rows, tail[np.argsort(key, kind="stable")])
+    lane_of = np.searchsorted(starts, places, side="right") - 1  # a window shuffle stays inside its lane
+    key = ((lane_of % q_lanes) * phases + lane_of // q_lanes) * n_rows + places  # rev(q), phase, shuffled place
+    return _assemble(laid, positions, (sizes, lanes, True), step_rows, laid[places[np.argsort(key, kind="stable")]])
 
 
 def phase_sizes(num_rows: int, *, step_rows: int, phases: int) -> tuple[int, ...]:

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 import torch
 
+from idxlake.loaders.filters import INT64_MAX, check_int
 from idxlake.loaders.order import ORDER_ALGORITHM
 from idxlake.loaders.shares import worker_batches
 from idxlake.loaders.world import World
@@ -79,13 +80,16 @@ def parse_state(state: Mapping[str, Any], *, seed: int, version: int, lanes: int
             "resume at the next epoch instead ({'epoch': e + 1, 'batches_consumed': 0})")
     if "epoch" not in state:
         raise LoaderConfigError("cannot resume: state has no 'epoch'")
+    def count(key: str, default: object = 0) -> int:  # a negative count indexed from the end: more batches
+        return check_int(f"{uri}: cannot resume: state {key!r}", state.get(key, default), low=0, high=INT64_MAX)
+
     if state.get("batches_consumed") is not None:
-        start, skip, workers = int(state["batches_consumed"]), 0, None
+        start, skip, workers = count("batches_consumed"), 0, None
     else:
-        start, skip, workers = int(state.get("start", 0)), int(state.get("yielded", 0)), state.get("num_workers")
+        start, skip, workers = count("start"), count("yielded"), state.get("num_workers")
     world_size = state.get("world_size")
-    return Resume(int(state["epoch"]), start, skip, None if workers is None else int(workers),
-                  None if world_size is None else int(world_size), inherited)
+    return Resume(count("epoch"), start, skip, None if workers is None else count("num_workers"),
+                  None if world_size is None else count("world_size"), inherited)
 
 
 def state_of(world: World, *, epoch: int, resume: Resume | None, progress: Any, seed: int, version: int,
@@ -122,6 +126,13 @@ def applies(resume: Resume, *, world: World, epoch: int, batches: int, where: st
                             ("world_size", resume.world_size, world.world_size)):
         if saved is not None and saved != now:
             raise LoaderConfigError(f"cannot resume: state was saved with {key}={saved}, now {key}={now}")
+    mine = len(worker_batches(batches, worker=world.worker, num_workers=world.num_workers, start=min(resume.start,
+                                                                                                   batches)))
+    if resume.start > batches or resume.skip > mine:
+        raise LoaderConfigError(
+            f"{where}: cannot resume epoch {epoch}: the state has {resume.start + resume.skip} batches consumed, "
+            f"but this rank has {batches} per epoch (a state of another selection, batch size or world size?); "
+            f"resume at the next epoch instead ({{'epoch': {epoch + 1}, 'batches_consumed': 0}})")
     return True
 
 
@@ -155,8 +166,8 @@ class SharedState:
         return int(self._t[0])
 
     @epoch.setter
-    def epoch(self, value: int) -> None:
-        self._t[0] = int(value)
+    def epoch(self, value: int) -> None:  # a non-negative integer: the order's random streams take no negatives
+        self._t[0] = check_int("set_epoch: epoch", value, low=0, high=INT64_MAX)
 
     @property
     def resume_used(self) -> bool:

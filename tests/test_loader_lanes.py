@@ -236,3 +236,25 @@ def test_row_groups_live_at_once_stay_within_the_readmes_bound(units: int, group
     live = schedule(SimpleNamespace(unit_rows=rows, units=[None] * units), refs, sizes).live  # type: ignore[arg-type]
     window = math.ceil(math.ceil(buffer / lanes) / group) + 1
     assert 0 < live <= lanes // consumers * (2 * window + 1)
+
+
+def test_one_lane_shuffles_a_selection_smaller_than_the_lanes(synthetic_table) -> None:
+    """At most K/P rows: one row a lane, the same order for every seed and epoch (README, "How well it
+    shuffles"); ``lanes=1, phases=1`` shuffles such a selection as a whole. (Until order lanes-3 the
+    tail kept row-group order even in one lane: 1 order of 6.)"""
+    table, _ = synthetic_table
+
+    def orders(rows: int, **kw) -> set[tuple[int, ...]]:
+        seen = set()
+        for seed in (0, 1):
+            ds = DeltaIterableDataset(table, split="train", filter=f"id < {rows}", batch_size=64, seed=seed, **kw)
+            for epoch in range(3):
+                ds.set_epoch(epoch)
+                ids = tuple(i for b in ds for i in b["id"].tolist())
+                assert sorted(ids) == list(range(rows))
+                seen.add(ids)
+        return seen
+
+    assert len(orders(20)) == 1  # the documented limit of the lane order
+    assert len(orders(20, lanes=1, phases=1)) == 6
+    assert len(orders(40, lanes=1, phases=1)) == 6

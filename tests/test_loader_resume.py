@@ -153,11 +153,11 @@ def test_a_state_from_another_order_or_lane_count_is_refused(synthetic_table) ->
     it = iter(ds)
     next(it)
     state = ds.state_dict()
-    assert state["order"] == "lanes-3" and state["lanes"] == 48 and state["batches_consumed"] == 1
+    assert state["order"] == "lanes-4" and state["lanes"] == 48 and state["batches_consumed"] == 1
     old = {k: v for k, v in state.items() if k != "order"}  # saved by a build before the order was named
-    with pytest.raises(LoaderConfigError, match=r"epoch order of an earlier build.*'lanes-3'.*next epoch"):
+    with pytest.raises(LoaderConfigError, match=r"epoch order of an earlier build.*'lanes-4'.*next epoch"):
         DeltaIterableDataset(table, **KW).load_state_dict(old)
-    for earlier in ("lanes-1", "lanes-2"):  # lanes-2: the tail spread over the phases
+    for earlier in ("lanes-1", "lanes-2", "lanes-3"):  # lanes-2: tail over the phases; lanes-3: unshuffled
         with pytest.raises(LoaderConfigError, match=f"epoch order '{earlier}'"):
             DeltaIterableDataset(table, **KW).load_state_dict({**state, "order": earlier})
     with pytest.raises(LoaderConfigError, match="state has lanes 48, this dataset 24"):
@@ -170,3 +170,41 @@ def test_a_state_from_another_order_or_lane_count_is_refused(synthetic_table) ->
     again.load_state_dict(state)
     again.set_epoch(1)
     assert ids_of(again) == epoch_ids(table, 1)[1:]
+
+
+@pytest.mark.parametrize("consumed", [-1, -5, 2.5, "3", True])
+def test_a_state_with_a_bad_count_is_refused(synthetic_table, consumed: object) -> None:
+    """A negative ``batches_consumed`` indexed from the end: the rank yielded more batches than
+    ``len(ds)`` (14 of 13 with -1), repeating rows and breaking the equal count DDP relies on."""
+    table, _ = synthetic_table
+    ds = DeltaIterableDataset(table, **KW)
+    with pytest.raises(LoaderConfigError, match=r"cannot resume: state 'batches_consumed' must be an integer >= 0"):
+        ds.load_state_dict({"epoch": 1, "batches_consumed": consumed})
+    with pytest.raises(LoaderConfigError, match=r"state 'epoch' must be an integer >= 0"):
+        ds.load_state_dict({"epoch": -1, "batches_consumed": 0})
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_state_with_more_batches_than_the_epoch_is_refused(synthetic_table, workers: int) -> None:
+    """``batches_consumed=10**6`` yielded nothing, silently: a state of another selection or batch size."""
+    table, _ = synthetic_table
+    ds = DeltaIterableDataset(table, **KW)
+    assert len(ds) == 13
+    ds.load_state_dict({"epoch": 1, "batches_consumed": 13})  # the whole epoch consumed: nothing left, fine
+    ds.set_epoch(1)
+    assert ids_of(ds.dataloader(num_workers=workers)) == []
+    ds.load_state_dict({"epoch": 1, "batches_consumed": 10**6})
+    with pytest.raises(LoaderConfigError, match=r"cannot resume epoch 1: the state has 1000000 batches consumed, "
+                                                r"but this rank has 13 per epoch"):
+        ids_of(ds.dataloader(num_workers=workers))
+
+
+@pytest.mark.parametrize("epoch", [-1, 1.5, True, 2**70, "2"])
+def test_set_epoch_takes_non_negative_integers(synthetic_table, epoch: object) -> None:
+    """``set_epoch(-1)`` failed later inside numpy (in a worker traceback), 1.5 and True became 1."""
+    table, _ = synthetic_table
+    ds = DeltaIterableDataset(table, **KW)
+    with pytest.raises(LoaderConfigError, match=r"set_epoch: epoch must be an integer >= 0"):
+        ds.set_epoch(epoch)  # type: ignore[arg-type]
+    ds.set_epoch(3)
+    assert ds.epoch == 3
