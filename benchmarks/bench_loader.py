@@ -31,7 +31,8 @@ cache, simulated world sizes, a warm epoch's gathers in one process against two 
 (:func:`concurrent_gathers`), and S3 against local disk.
 
 After each throughput table, warm epochs back to back (:func:`back_to_back`): the limit and the
-cached loader alternating epoch by epoch without pauses, as a training loop runs them.
+cached loader alternating epoch by epoch without pauses, as a training loop runs them; and cold
+epochs back to back (:func:`cold_consecutive`, alone with ``--cold-consecutive``).
 
 Ratios are against the in-memory limit and the hand-rolled loader at the same batch
 size. Each point is a block of 3 consecutive epochs (the first starts cold, without the epoch read
@@ -289,6 +290,38 @@ def back_to_back(tables: dict[str, str], epochs: int = 40) -> dict:
             "2 workers / 0 workers": statistics.median(two) / statistics.median(loader)}
 
 
+def cold_consecutive(tables: dict[str, str], blocks: int = 6, epochs: int = 10, drop: int = 2) -> dict:
+    """Cold epochs as a training loop runs them: blocks of ``epochs`` consecutive cold epochs
+    (``cache_bytes=0``, iterated directly, so each epoch's first row groups are read ahead during the
+    one before), of the LZ4_RAW and the LZ4HC table, against blocks of as many limit epochs, the blocks
+    alternating, the first ``drop`` epochs of each block left out (the first has nothing read ahead);
+    medians. The throughput tables' blocks of 3 weigh that first epoch as one in three."""
+    from idxlake.loaders import DeltaIterableDataset
+
+    mem = make_runner(CONFIGS["in-memory"], tables, 256)
+    loaders = {name: DeltaIterableDataset(tables[name], split="train", batch_size=256, columns=("image", "label"),
+                                          cache_bytes=0) for name in ("lz4", "lz4hc")}
+    rates: dict[str, list[float]] = {"limit": [], "lz4": [], "lz4hc": []}
+    epoch = 0
+    for _ in range(blocks):
+        for name, kept in rates.items():
+            block = []
+            for _ in range(epochs):
+                epoch += 1  # increasing for every dataset: consecutive within a block
+                start = time.perf_counter()
+                if name == "limit":
+                    n = mem(epoch)
+                else:
+                    loaders[name].set_epoch(epoch)
+                    n = sum(len(b["label"]) for b in loaders[name])
+                block.append(n / (time.perf_counter() - start))
+            kept.extend(block[drop:])
+            time.sleep(SETTLE_S)
+    med = {name: statistics.median(values) for name, values in rates.items()}
+    return {"limit M/s": med["limit"] / 1e6, "cold M/s": med["lz4"] / 1e6, "cold / limit": med["lz4"] / med["limit"],
+            "cold LZ4HC M/s": med["lz4hc"] / 1e6, "cold LZ4HC / limit": med["lz4hc"] / med["limit"]}
+
+
 def scale_sections(tables: dict[str, str], reps: int) -> dict:
     """Workers with a heavy transform, the cost of filling the cache, simulated world sizes 1-8
     on 8x MNIST (row groups decoded by rank 0 and its epoch time), S3 (moto) against local disk."""
@@ -474,6 +507,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 0],
                         help="torch intra-op threads of each throughput run (0: torch's default)")
     parser.add_argument("--no-scale", action="store_true", help="skip workers/world-size/S3 sections")
+    parser.add_argument("--cold-consecutive", action="store_true",
+                        help="only the section of consecutive cold epochs (each --threads setting), then exit")
     parser.add_argument("--rss", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss:  # child mode: peak RSS of one configuration, as JSON on stdout
@@ -485,6 +520,16 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         tables = build_tables(Path(tmp))
         print(f"tables built in {time.perf_counter() - start:.1f}s ({os.cpu_count()} CPUs)", flush=True)
+        if args.cold_consecutive:
+            import torch
+
+            default_threads = torch.get_num_threads()
+            for threads in args.threads:
+                torch.set_num_threads(threads or default_threads)
+                cold = cold_consecutive(tables)
+                print(f"cold epochs back to back, {torch.get_num_threads()} thread(s): " + ", ".join(
+                    f"{k} {v:.2f}" for k, v in cold.items()), flush=True)
+            return 0
         results = {name: {"rates": {}} for name in configs}
         for name, config in configs.items():
             proc = subprocess.run([sys.executable, __file__, "--rss", json.dumps({"config": config, "tables": tables})],
@@ -509,6 +554,9 @@ def main(argv: list[str] | None = None) -> int:
             back[str(torch.get_num_threads())] = b2b
             print(f"warm epochs back to back, {torch.get_num_threads()} thread(s): " + ", ".join(
                 f"{k} {v:.2f}" for k, v in b2b.items()), flush=True)
+            b2b["cold consecutive"] = cold = cold_consecutive(tables)
+            print(f"cold epochs back to back, {torch.get_num_threads()} thread(s): " + ", ".join(
+                f"{k} {v:.2f}" for k, v in cold.items()), flush=True)
             warm = results.get("loader uint8, cached, no DataLoader", {}).get("rates", {}).get("256")
             mem = results.get("in-memory", {}).get("rates", {}).get("256")
             if warm and mem:
