@@ -73,6 +73,11 @@ CONFIGS: dict[str, dict] = {
     "loader uint8, 0 workers, no page checksums": {"kind": "loader", "workers": 0, "checksums": False},
     "loader uint8, 0 workers, ZSTD": {"kind": "loader", "workers": 0, "table": "zstd"},
     "loader uint8, no DataLoader, LZ4_RAW level 6": {"kind": "loader", "direct": True, "table": "lz4hc"},
+    "loader uint8, no DataLoader, UNCOMPRESSED (raw pages)": {"kind": "loader", "direct": True, "table": "unc"},
+    "loader uint8, no DataLoader, UNCOMPRESSED via pyarrow": {"kind": "loader", "direct": True, "table": "unc",
+                                                             "raw": False},
+    "loader uint8, 2 workers, ds.dataloader(), UNCOMPRESSED": {"kind": "loader", "workers": 2, "factory": True,
+                                                              "table": "unc"},
     "loader uint8, no DataLoader, torch gathers while decoding": {"kind": "loader", "direct": True,
                                                                   "numpy_gathers": False},
     "loader uint8, 0 workers, 4x MNIST": {"kind": "loader", "workers": 0, "table": "x4"},
@@ -175,10 +180,12 @@ def make_runner(config: dict, tables: dict[str, str], bs: int):
         loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
 
     import idxlake.loaders.gather as gather
+    import idxlake.loaders.pages as pages
     import idxlake.loaders.plan as plan
 
     def run(epoch: int) -> int:
         plan.PAGE_CHECKSUMS = config.get("checksums", True)  # read when a file is opened
+        pages.RAW_PAGES = config.get("raw", True)  # read when a row group is first read
         gather.NUMPY_WHILE_DECODING = config.get("numpy_gathers", True)
         ds.set_epoch(epoch)
         return sum(len(b["label"]) for b in loader)
@@ -293,15 +300,15 @@ def back_to_back(tables: dict[str, str], epochs: int = 40) -> dict:
 def cold_consecutive(tables: dict[str, str], blocks: int = 6, epochs: int = 10, drop: int = 2) -> dict:
     """Cold epochs as a training loop runs them: blocks of ``epochs`` consecutive cold epochs
     (``cache_bytes=0``, iterated directly, so each epoch's first row groups are read ahead during the
-    one before), of the LZ4_RAW and the LZ4HC table, against blocks of as many limit epochs, the blocks
+    one before), of the LZ4_RAW, the LZ4HC and the UNCOMPRESSED table (read raw), against blocks of as many limit epochs, the blocks
     alternating, the first ``drop`` epochs of each block left out (the first has nothing read ahead);
     medians. The throughput tables' blocks of 3 weigh that first epoch as one in three."""
     from idxlake.loaders import DeltaIterableDataset
 
     mem = make_runner(CONFIGS["in-memory"], tables, 256)
     loaders = {name: DeltaIterableDataset(tables[name], split="train", batch_size=256, columns=("image", "label"),
-                                          cache_bytes=0) for name in ("lz4", "lz4hc")}
-    rates: dict[str, list[float]] = {"limit": [], "lz4": [], "lz4hc": []}
+                                          cache_bytes=0) for name in ("lz4", "lz4hc", "unc")}
+    rates: dict[str, list[float]] = {"limit": [], "lz4": [], "lz4hc": [], "unc": []}
     epoch = 0
     for _ in range(blocks):
         for name, kept in rates.items():
@@ -319,7 +326,8 @@ def cold_consecutive(tables: dict[str, str], blocks: int = 6, epochs: int = 10, 
             time.sleep(SETTLE_S)
     med = {name: statistics.median(values) for name, values in rates.items()}
     return {"limit M/s": med["limit"] / 1e6, "cold M/s": med["lz4"] / 1e6, "cold / limit": med["lz4"] / med["limit"],
-            "cold LZ4HC M/s": med["lz4hc"] / 1e6, "cold LZ4HC / limit": med["lz4hc"] / med["limit"]}
+            "cold LZ4HC M/s": med["lz4hc"] / 1e6, "cold LZ4HC / limit": med["lz4hc"] / med["limit"],
+            "cold UNCOMPRESSED M/s": med["unc"] / 1e6, "cold UNCOMPRESSED / limit": med["unc"] / med["limit"]}
 
 
 def scale_sections(tables: dict[str, str], reps: int) -> dict:
@@ -343,9 +351,9 @@ def scale_sections(tables: dict[str, str], reps: int) -> dict:
     decoded: list[int] = []
     real = UnitReader.read
 
-    def counting(self, unit):  # type: ignore[no-untyped-def]
+    def counting(self, unit, *args, **kwargs):  # type: ignore[no-untyped-def]
         decoded.append(1)
-        return real(self, unit)
+        return real(self, unit, *args, **kwargs)
 
     UnitReader.read = counting  # type: ignore[method-assign]
     try:
@@ -483,11 +491,13 @@ def s3_vs_local(table: str) -> dict:
 
 
 def build_tables(root: Path) -> dict[str, str]:
-    """Ingest MNIST as LZ4_RAW (default), LZ4_RAW level 6 (LZ4HC), ZSTD, and 4x and 8x MNIST by appends."""
+    """Ingest MNIST as LZ4_RAW (default), LZ4_RAW level 6 (LZ4HC), ZSTD, UNCOMPRESSED, and 4x and 8x MNIST by
+    appends."""
     from idxlake import ingest
 
     tables = {"lz4": str(root / "mnist_lz4"), "zstd": str(root / "mnist_zstd"), "lz4hc": str(root / "mnist_lz4hc"),
-              "x4": str(root / "mnist_x4"), "x8": str(root / "mnist_x8")}
+              "unc": str(root / "mnist_unc"), "x4": str(root / "mnist_x4"), "x8": str(root / "mnist_x8")}
+    ingest(None, tables["unc"], codec="UNCOMPRESSED")
     ingest(None, tables["lz4"], codec="LZ4_RAW")
     ingest(None, tables["lz4hc"], codec="LZ4_RAW", compression_level=6)
     ingest(None, tables["zstd"], codec="ZSTD")

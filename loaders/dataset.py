@@ -18,6 +18,7 @@ import numpy as np
 import pyarrow.dataset as pads
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from idxlake.loaders.arena import SPARE_SLOTS, Arena, pass_arena
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
 from idxlake.loaders.lookahead import OrderKey, PassPlan, WarmPlan, choose, pass_key, plan_ahead, plan_pass, spare_core
 from idxlake.loaders.options import FixedOptions, check_options, pin_snapshot
@@ -29,7 +30,7 @@ from idxlake.loaders.samples import SampleTransform, finish_batch
 from idxlake.loaders.sharedcache import cache_for
 from idxlake.loaders.shares import rank_steps, worker_batches
 from idxlake.loaders.slotwriter import SlotWriter
-from idxlake.loaders.stream import Arena, Progress, consume, log_reads, pass_arena, reader_pool
+from idxlake.loaders.stream import READ_THREADS, Progress, consume, log_reads, reader_pool
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableSnapshot
 from idxlake.schemas.versions import Timestamp
@@ -313,7 +314,8 @@ class DeltaIterableDataset(FixedOptions, PinnedPlan, IterableDataset):
             self._warm = plan_ahead(pool, later, upcoming)
         log_reads(self.plan, world, ahead.sched, lanes=self.lanes, phases=self.phases, shuffle=self.shuffle,
                   seen=self._logged)
-        arena, self._slots = pass_arena(self.plan, self._cache, self._slots, ahead.sched.live), None  # concurrent: own
+        arena, self._slots = pass_arena(self.plan, self._cache, self._slots, ahead.sched.live, region=self._reader.reads_raw(),
+                                        spare=self.prefetch_depth + READ_THREADS + SPARE_SLOTS), None  # concurrent: own
         finish = self._finish if self._normalize or self.transform or self.sample_transform else None
         ring = SlotWriter(self._ring) if self._ring is not None and get_worker_info() else None  # a ring's worker
         batches_out = consume(self.plan, self._reader, ahead.sched, arena, progress=progress, depth=self.prefetch_depth,

@@ -12,16 +12,21 @@ import os
 import threading
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from idxlake.loaders import pages
+from idxlake.loaders import plan as plans
 from idxlake.loaders.gather import numpy_now, take
-from idxlake.loaders.plan import Plan, Unit, corrupt_file_error, missing_file_error, open_parquet
+from idxlake.loaders.plan import Plan, Unit, corrupt_file_error, missing_file_error, open_source
 from idxlake.schemas import ID, IMAGE, LABEL, SchemaMismatchError, TableMeta
+
+if TYPE_CHECKING:
+    from idxlake.loaders.arena import Region
 
 Batch = dict[str, torch.Tensor]
 """A batch (or a decoded unit): column name -> tensor with the rows first."""
@@ -118,6 +123,9 @@ class UnitReader:
         self.plan = plan
         self._local = threading.local()
         self._pid = os.getpid()
+        self.pool = pages.BufferPool()
+        self._chunks: dict[tuple[int, int], pages.Chunk | None] = {}  # (file, row group) -> raw image chunk
+        self._headers: dict[tuple[int, int], int] = {}  # (file, row group) -> bytes before its one page's records
 
     def __getstate__(self) -> dict[str, Any]:
         return {"plan": self.plan}
@@ -125,17 +133,65 @@ class UnitReader:
     def __setstate__(self, state: Mapping) -> None:
         UnitReader.__init__(self, state["plan"])
 
-    def _file(self, index: int) -> pq.ParquetFile:
-        if self._pid != os.getpid():  # forked: do not share file handles with the parent
-            self._local, self._pid = threading.local(), os.getpid()
+    def _file(self, index: int) -> tuple[pq.ParquetFile, pa.NativeFile]:
+        if self._pid != os.getpid():  # forked: do not share file handles (or buffers) with the parent
+            self._local, self._pid, self.pool = threading.local(), os.getpid(), pages.BufferPool()
         files = self._local.__dict__.setdefault("files", {})  # one reader per thread
-        pf = files.get(index)
-        if pf is None:
-            pf = files[index] = open_parquet(self.plan.snapshot, self.plan.files[index])
-        return pf
+        opened = files.get(index)
+        if opened is None:
+            opened = files[index] = open_source(self.plan.snapshot, self.plan.files[index])
+        return opened
 
-    def read(self, unit: Unit) -> Batch:
+    def _raw_chunk(self, unit: Unit, pf: pq.ParquetFile) -> pages.Chunk | None:
+        """The unit's image chunk when :mod:`idxlake.loaders.pages` reads it (else pyarrow does)."""
+        key = (unit.file, unit.row_group)
+        if key not in self._chunks:
+            meta, chunk = pf.metadata, None
+            names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+            if pages.RAW_PAGES and IMAGE in names and self.plan.snapshot.meta.image_dtype.itemsize == 1:
+                chunk = pages.plain_chunk(meta, unit.row_group, names.index(IMAGE))
+            self._chunks[key] = chunk
+        return self._chunks[key]
+
+    def reads_raw(self) -> bool:
+        """Whether this plan's image chunks are read raw (judged by its first unit's): a streaming arena
+        then keeps a :class:`~idxlake.loaders.arena.Region` for them."""
+        if IMAGE not in self.plan.columns or not self.plan.units:
+            return False
+        unit = self.plan.units[0]
+        try:
+            return self._raw_chunk(unit, self._file(unit.file)[0]) is not None
+        except Exception:
+            return False
+
+    def _raw_image(self, unit: Unit, source: pa.NativeFile, chunk: pages.Chunk, into: Region | None) -> torch.Tensor:
+        meta, key = self.plan.snapshot.meta, (unit.file, unit.row_group)
+        header = self._headers.get(key)  # known once read: a one-page chunk can then land in ``into``
+        buf = into.chunk(chunk.size, header) if into is not None and header is not None else None
+        buf = self.pool.take(chunk.size) if buf is None else buf
+        source.seek(chunk.offset)
+        got = source.readinto(buf)
+        if got != chunk.size:
+            raise pages.PageError(f"the image chunk at byte {chunk.offset} has {got} of its {chunk.size} bytes; "
+                                  "file truncated?", chunk.offset + got)
+        parts = pages.read_pages(buf, record=meta.record_nbytes, rows=unit.num_rows, start=chunk.offset,
+                                 verify=plans.PAGE_CHECKSUMS)
+        if len(parts) == 1:
+            images = parts[0]
+            self._headers[key] = images.__array_interface__["data"][0] - buf.__array_interface__["data"][0] - 4
+        else:  # one contiguous array (the chunk's buffer goes back to the pool)
+            images = self.pool.take(unit.num_rows * meta.record_nbytes).reshape(unit.num_rows, meta.record_nbytes)
+            if parts:
+                np.concatenate(parts, out=images)
+        return _from_numpy(images.view(meta.image_dtype.little_endian).reshape(unit.num_rows, *meta.shape))
+
+    def read(self, unit: Unit, into: Region | None = None) -> Batch:
         """Decode one unit's projected columns (selected rows only).
+
+        Args:
+            unit: The unit.
+            into: An arena's region: a raw image chunk of one page is read straight into one of its slots
+                (:class:`~idxlake.loaders.arena.Region`), when its header's length is known and a slot is free.
 
         Returns:
             ``image`` (``[n, 1, H, W]`` for 2-D records, else ``[n, *shape]``; table dtype, possibly
@@ -147,23 +203,34 @@ class UnitReader:
         """
         data_file = self.plan.files[unit.file]
         where = f"{data_file.uri} row group {unit.row_group}"
+        columns, out = list(self.plan.columns), {}
         try:
-            table = self._file(unit.file).read_row_group(unit.row_group, columns=list(self.plan.columns),
-                                                         use_threads=False)
+            pf, source = self._file(unit.file)
+            chunk = self._raw_chunk(unit, pf) if IMAGE in columns else None
+            if chunk is not None:
+                out[IMAGE] = self._raw_image(unit, source, chunk, into if unit.rows is None else None)
+                columns.remove(IMAGE)
+            table = pf.read_row_group(unit.row_group, columns=columns, use_threads=False) if columns else None
         except FileNotFoundError as exc:
             raise missing_file_error(self.plan.snapshot, data_file) from exc
+        except pages.PageError as exc:
+            if not exc.corrupt:
+                raise SchemaMismatchError(f"{where}: {exc} ({'x'.join(map(str, self.plan.snapshot.meta.shape))} "
+                                          f"{self.plan.snapshot.meta.dtype})") from None
+            raise corrupt_file_error(self.plan.snapshot, data_file, exc, f" row group {unit.row_group}") from None
         except (OSError, pa.ArrowException) as exc:  # a page checksum, the codec or the encoding failed
             raise corrupt_file_error(self.plan.snapshot, data_file, exc, f" row group {unit.row_group}") from exc
-        if table.num_rows != unit.num_rows:
+        if table is not None and table.num_rows != unit.num_rows:
             raise SchemaMismatchError(f"{where}: has {table.num_rows} rows, the plan expected {unit.num_rows}")
-        out: Batch = {}
-        for name in self.plan.columns:
-            column = table.column(name)
+        for name in columns:
+            column = table.column(name)  # type: ignore[union-attr]
             if name == IMAGE:
-                image = image_tensor(column, self.plan.snapshot.meta, where=where)
-                out[name] = image.unsqueeze(1) if image.dim() == 3 else image  # [n, 1, H, W]
+                out[name] = image_tensor(column, self.plan.snapshot.meta, where=where)
             elif name in (LABEL, ID):
                 out[name] = int_tensor(column)
+        if IMAGE in out and out[IMAGE].dim() == 3:
+            out[IMAGE] = out[IMAGE].unsqueeze(1)  # [n, 1, H, W]
+        out = {name: out[name] for name in self.plan.columns if name in out}
         if unit.rows is not None:  # with a pool: on this reader thread, not torch's pool (loaders/gather.py)
             index = torch.from_numpy(unit.rows)
             out = {k: take(v, index) if numpy_now() else v.index_select(0, index) for k, v in out.items()}

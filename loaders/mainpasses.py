@@ -18,9 +18,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from idxlake.loaders.arena import Arena
 from idxlake.loaders.sharedcache import SharedArena, dataset_cache, publish_trust
 from idxlake.loaders.shares import worker_batches
-from idxlake.loaders.stream import Arena
 from idxlake.loaders.world import World
 from idxlake.schemas import LoaderConfigError
 

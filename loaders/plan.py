@@ -128,10 +128,16 @@ def open_parquet(snapshot: TableSnapshot, data_file: DataFile) -> pq.ParquetFile
         MissingDataFileError: the file is gone.
         DataCorruptionError: its footer does not read.
     """
+    return open_source(snapshot, data_file)[0]
+
+
+def open_source(snapshot: TableSnapshot, data_file: DataFile) -> tuple[pq.ParquetFile, pa.NativeFile]:
+    """:func:`open_parquet`, and the open file under it (for reads of raw page bytes: ``loaders/pages.py``)."""
     fs = snapshot.filesystem()
     path = snapshot.file_path(data_file)
     try:
-        return pq.ParquetFile(fs.open_input_file(path), page_checksum_verification=PAGE_CHECKSUMS)
+        source = fs.open_input_file(path)
+        return pq.ParquetFile(source, page_checksum_verification=PAGE_CHECKSUMS), source
     except (FileNotFoundError, OSError, pa.ArrowException) as exc:
         try:
             gone = fs.get_file_info(path).type == pafs.FileType.NotFound

@@ -46,11 +46,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from idxlake.loaders.arena import Arena
 from idxlake.loaders.mainpasses import WorkerCache
 from idxlake.loaders.misuse import StreamBatch
 from idxlake.loaders.resume import check_reaches_workers
 from idxlake.loaders.sharedcache import alive, new_trust
-from idxlake.loaders.stream import Arena
 from idxlake.schemas import ID, IMAGE, LABEL, LoaderConfigError
 
 

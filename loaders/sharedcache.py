@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from idxlake.loaders.arena import Arena
 from idxlake.loaders.decode import Batch
 from idxlake.loaders.plan import Plan
-from idxlake.loaders.stream import Arena, fits_cache, row_bytes
+from idxlake.loaders.stream import fits_cache, row_bytes
 
 logger = logging.getLogger(__name__)
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from idxlake.loaders.arena import Arena
 from idxlake.loaders.decode import Batch, UnitReader
 from idxlake.loaders.gather import Gatherer, numpy_now
 from idxlake.loaders.misuse import StreamBatch
@@ -45,63 +46,6 @@ class Progress:
     epoch: int
     start: int
     yielded: int = 0
-
-
-class Arena:
-    """Decoded rows of the units in use, in preallocated tensors (one per column).
-
-    Args:
-        plan: The plan.
-        cache: Keep every unit for later epochs (the arena holds the whole selection at plan
-            offsets); otherwise ``slots`` reusable slots of the largest unit's rows.
-        slots: Slots when not caching.
-    """
-
-    def __init__(self, plan: Plan, *, cache: bool, slots: int = 0) -> None:
-        rows = plan.unit_rows
-        self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
-        self.cache = cache
-        self.slot_rows = int(rows.max()) if len(rows) else 0
-        self.capacity = int(self.offsets[-1]) if cache else slots * self.slot_rows
-        self.free = [] if cache else list(range(slots - 1, -1, -1))
-        self.shift = np.zeros(len(rows), dtype=np.int64)  # arena row = ref + shift[unit]
-        self.resident = np.zeros(len(rows), dtype=bool)
-        self.tensors: Batch = {}
-        self.decoded = 0  # units decoded into this arena (instrumentation and tests)
-
-    @property
-    def used(self) -> int:
-        """Rows resident."""
-        return int(np.diff(self.offsets)[self.resident].sum())
-
-    def put(self, unit: int, data: Batch) -> None:
-        """Copy a decoded unit in."""
-        n = int(self.offsets[unit + 1] - self.offsets[unit])
-        if not self.tensors:
-            self.tensors = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in data.items()}
-        start = int(self.offsets[unit]) if self.cache else self.free.pop() * self.slot_rows
-        for k, v in data.items():  # numpy: one thread, torch's intra-op pool left asleep (``take``)
-            if numpy_now():
-                np.copyto(self.tensors[k][start:start + n].numpy(), v.numpy())
-            else:
-                self.tensors[k][start:start + n].copy_(v)
-        self.shift[unit] = start - int(self.offsets[unit])
-        self.resident[unit] = True
-        self.decoded += 1
-
-    def reset(self, slots: int) -> bool:
-        """Reuse this streaming arena for a pass needing ``slots`` slots: ``False`` if too small."""
-        if self.cache or slots * self.slot_rows > self.capacity:
-            return False
-        self.free = list(range(self.capacity // max(self.slot_rows, 1) - 1, -1, -1))
-        self.resident[:] = False
-        return True
-
-    def release(self, unit: int) -> None:
-        """The consumer is done with ``unit`` (kept when caching)."""
-        if not self.cache:
-            self.resident[unit] = False
-            self.free.append(int((self.offsets[unit] + self.shift[unit]) // self.slot_rows))
 
 
 @dataclass(frozen=True)
@@ -194,7 +138,7 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
         nonlocal nxt, upcoming, lookahead
         while readers is not None and nxt < len(todo) and len(pending) < limit:
             u = todo[nxt]
-            pending[u] = readers.submit(reader.read, units[u])
+            pending[u] = readers.submit(reader.read, units[u], arena.region)
             nxt += 1
         if readers is None or nxt < len(todo) or arena.cache:
             return
@@ -208,10 +152,12 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
             ahead = upcoming.sched.order
             while upcoming.submitted < len(ahead) and len(pending) + len(upcoming.pending) < depth:
                 u = int(ahead[upcoming.submitted])
-                upcoming.pending[u] = readers.submit(reader.read, units[u])
+                upcoming.pending[u] = readers.submit(reader.read, units[u], arena.region)
                 upcoming.submitted += 1
 
-    serial = split is None and numpy_now()  # a pass that decodes: see gather.py
+    # a pass that decodes gathers with numpy (see gather.py), but not from a region: numpy copies a strided
+    # source whole on every take, torch gathers its rows as fast as contiguous ones (and raw reads decode little)
+    serial = split is None and numpy_now() and arena.region is None
     gatherer: Gatherer | None = None
 
     def gather(index: torch.Tensor) -> StreamBatch:
@@ -242,9 +188,9 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                     top_up(len(pending) + todo.index(u, nxt) - nxt + 1)
                     future = pending.pop(u)
                 top_up(depth)  # the threads keep reading while this one is waited for (not one read at a time)
-                arena.put(u, future.result() if future is not None else reader.read(units[u]))
+                arena.put(u, future.result() if future is not None else reader.read(units[u], arena.region))
             top_up(depth)
-            if not items:
+            if len(items) != len(arena.tensors):  # the columns exist after the first put
                 items = list(arena.tensors.items())
             index = torch.from_numpy(sched.refs[lo:hi] + arena.shift[sched.units[lo:hi]])
             batch = gather(index)
@@ -295,15 +241,6 @@ def fits_cache(plan: Plan, cache_bytes: int | None) -> bool:
     :data:`CACHE_FRACTION` of the memory available now; 0: never)."""
     budget = cache_bytes if cache_bytes is not None else int(CACHE_FRACTION * available_memory())
     return bool(budget) and plan.num_rows * row_bytes(plan) <= budget
-
-
-def pass_arena(plan: Plan, cache: Arena | None, slots: Arena | None, live: int) -> Arena:
-    """The arena of a pass: the cache, else the reusable slots when big enough, else new slots."""
-    if cache is not None:
-        return cache
-    if slots is not None and slots.reset(live):  # reused: no new pages to fault in
-        return slots
-    return Arena(plan, cache=False, slots=live)
 
 
 def log_reads(plan: Plan, world: World, sched: Schedule, *, lanes: int, phases: int, shuffle: bool,

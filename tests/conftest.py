@@ -156,10 +156,10 @@ def decoded(monkeypatch, tmp_path) -> Path:
     log = tmp_path / "reads.log"
     real = UnitReader.read
 
-    def counting(self, unit):
+    def counting(self, unit, *args, **kwargs):
         with open(log, "a") as fh:
             fh.write(f"{os.getpid()} {unit.file}:{unit.row_group}\n")
-        return real(self, unit)
+        return real(self, unit, *args, **kwargs)
 
     monkeypatch.setattr(UnitReader, "read", counting)
     return log

@@ -46,10 +46,10 @@ def reads(table: str, out: str) -> None:
     log = Path(out, f"reads{rank}.log")
     real = UnitReader.read
 
-    def counting(self, unit):  # type: ignore[no-untyped-def]
+    def counting(self, unit, *args, **kwargs):  # type: ignore[no-untyped-def]
         with open(log, "a") as fh:
             fh.write(f"{os.getpid()} {unit.file}:{unit.row_group}\n")
-        return real(self, unit)
+        return real(self, unit, *args, **kwargs)
 
     UnitReader.read = counting  # type: ignore[method-assign]
     ds = DeltaIterableDataset(table, split="train", batch_size=32, seed=1, shuffle_buffer=64, cache_bytes=0)

@@ -196,14 +196,14 @@ def test_reads_stay_in_flight_while_a_batch_waits(many_groups, monkeypatch) -> N
     real, lock = UnitReader.read, threading.Lock()
     state = {"running": 0, "starts": 0, "beside": 0}
 
-    def slow(self, unit):  # type: ignore[no-untyped-def]
+    def slow(self, unit, *args, **kwargs):  # type: ignore[no-untyped-def]
         with lock:
             state["starts"] += 1
             state["beside"] += state["running"] > 0
             state["running"] += 1
         try:
             time.sleep(0.004)
-            return real(self, unit)
+            return real(self, unit, *args, **kwargs)
         finally:
             with lock:
                 state["running"] -= 1

@@ -78,7 +78,7 @@ def test_reads_ahead_that_have_not_started_are_cancelled_by_another_pass(many_gr
     real, gate, counts = UnitReader.read, threading.Event(), collections.Counter()
     held, lock = [], threading.Lock()
 
-    def read(self, unit):  # type: ignore[no-untyped-def]
+    def read(self, unit, *args, **kwargs):  # type: ignore[no-untyped-def]
         with lock:
             counts[unit] += 1
             hold = counts[unit] == 3 and not gate.is_set()
@@ -86,7 +86,7 @@ def test_reads_ahead_that_have_not_started_are_cancelled_by_another_pass(many_gr
                 held.append(unit)
         if hold:
             gate.wait(30)
-        return real(self, unit)
+        return real(self, unit, *args, **kwargs)
 
     monkeypatch.setattr(UnitReader, "read", read)
     ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4, cache_bytes=0)
@@ -127,10 +127,10 @@ def test_a_forked_worker_drops_the_parents_reads_ahead(many_groups, monkeypatch)
     expected = fresh(many_groups, 2)
     parent, real, calls = os.getpid(), UnitReader.read, itertools.count()
 
-    def read(self, unit):
+    def read(self, unit, *args, **kwargs):
         if os.getpid() == parent and next(calls) >= 2 * UNITS:  # the reads ahead of epoch 2: slow
             time.sleep(1)
-        return real(self, unit)
+        return real(self, unit, *args, **kwargs)
 
     monkeypatch.setattr(UnitReader, "read", read)
     ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4, cache_bytes=0)
