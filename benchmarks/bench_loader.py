@@ -300,9 +300,9 @@ def back_to_back(tables: dict[str, str], epochs: int = 40) -> dict:
 def cold_consecutive(tables: dict[str, str], blocks: int = 6, epochs: int = 10, drop: int = 2) -> dict:
     """Cold epochs as a training loop runs them: blocks of ``epochs`` consecutive cold epochs
     (``cache_bytes=0``, iterated directly, so each epoch's first row groups are read ahead during the
-    one before), of the LZ4_RAW, the LZ4HC and the UNCOMPRESSED table (read raw), against blocks of as many limit epochs, the blocks
-    alternating, the first ``drop`` epochs of each block left out (the first has nothing read ahead);
-    medians. The throughput tables' blocks of 3 weigh that first epoch as one in three."""
+    one before), of the LZ4_RAW, the LZ4HC and the UNCOMPRESSED table (read raw), against blocks of as
+    many limit epochs, the blocks alternating, the first ``drop`` epochs of each block left out (the first
+    has nothing read ahead); medians. The throughput tables' blocks of 3 weigh that first epoch as one in three."""
     from idxlake.loaders import DeltaIterableDataset
 
     mem = make_runner(CONFIGS["in-memory"], tables, 256)

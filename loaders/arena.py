@@ -22,7 +22,8 @@ from idxlake.loaders.plan import Plan
 from idxlake.schemas import IMAGE
 
 SPARE_SLOTS = 4
-"""Region slots beyond the units in use and the reads in flight (reads of an abandoned pass still running)."""
+"""Region slots beyond the units in use and the ``prefetch_depth`` reads in flight: the reads of an abandoned
+pass still running (one per reader thread, 2) and a unit put while the future that held it is not yet dropped."""
 
 
 class Region:
@@ -61,7 +62,7 @@ class Region:
 
     def _held(self, slot: int, start: int, size: int) -> np.ndarray:
         # An array over a memoryview owns nothing: every view of it keeps it alive (see pages.BufferPool)
-        out = np.frombuffer(memoryview(self.buffer)[start:start + size], np.uint8)
+        out = np.frombuffer(self.buffer.data[start:start + size], np.uint8)
         weakref.finalize(out, self._give_back, slot)
         return out
 
@@ -103,7 +104,7 @@ class Arena:
         slots: Slots when not caching.
         region: Keep the image column in a :class:`Region` with ``spare`` more slots than ``slots``
             (raw reads land there); streaming arenas of 1-byte images only.
-        spare: Slots for reads in flight (``prefetch_depth`` + threads + :data:`SPARE_SLOTS`).
+        spare: Slots for reads in flight (``prefetch_depth`` + :data:`SPARE_SLOTS`).
     """
 
     def __init__(self, plan: Plan, *, cache: bool, slots: int = 0, region: bool = False, spare: int = 0) -> None:
@@ -182,9 +183,10 @@ class Arena:
 
 
 def pass_arena(plan: Plan, cache: Arena | None, slots: Arena | None, live: int, *, region: bool = False,
-               spare: int = 0) -> Arena:
+               depth: int = 0) -> Arena:
     """The arena of a pass: the cache, else the reusable slots when big enough, else new slots (with a
-    region of ``live + spare`` slots when ``region``)."""
+    region of ``live + depth +`` :data:`SPARE_SLOTS` slots when ``region``; ``depth``: the reads in flight)."""
+    spare = depth + SPARE_SLOTS
     if cache is not None:
         return cache
     if slots is not None and (slots.region is not None) == region and slots.reset(live, spare):  # no new pages

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.dataset as pads
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from idxlake.loaders.arena import SPARE_SLOTS, Arena, pass_arena
+from idxlake.loaders.arena import Arena, pass_arena
 from idxlake.loaders.decode import Batch, Normalizer, UnitReader
 from idxlake.loaders.lookahead import OrderKey, PassPlan, WarmPlan, choose, pass_key, plan_ahead, plan_pass, spare_core
 from idxlake.loaders.options import FixedOptions, check_options, pin_snapshot
@@ -30,7 +30,7 @@ from idxlake.loaders.samples import SampleTransform, finish_batch
 from idxlake.loaders.sharedcache import cache_for
 from idxlake.loaders.shares import rank_steps, worker_batches
 from idxlake.loaders.slotwriter import SlotWriter
-from idxlake.loaders.stream import READ_THREADS, Progress, consume, log_reads, reader_pool
+from idxlake.loaders.stream import Progress, consume, log_reads, reader_pool
 from idxlake.loaders.world import World
 from idxlake.schemas import IMAGE, ROW_GROUP_ROWS, LoaderConfigError, TableSnapshot
 from idxlake.schemas.versions import Timestamp
@@ -74,9 +74,8 @@ class DeltaIterableDataset(FixedOptions, PinnedPlan, IterableDataset):
         sample_transform: Callable on each image ``[C, H, W]`` (in the worker, before the
             ``float32`` normalisation): independent randomness per sample.
         cache_bytes: Keep every decoded row group for later epochs when the projected columns of
-            the rows this consumer reads fit this many bytes (0: off). ``None`` (default): a quarter
-            of the memory available when the pass starts (``CACHE_FRACTION``). The cache lives in
-            the reading process (each DataLoader worker keeps its own, for persistent workers).
+            rows this consumer reads fit this many bytes (0: off). ``None`` (default): a quarter of the memory
+            available when a pass starts (``CACHE_FRACTION``). ``ds.dataloader()``'s workers share one cache.
         prefetch: Decode row groups ahead in background threads.
         lanes: ``K``, lanes of the order (a multiple of ``phases``, see the README section "Order").
         phases: ``P``, phases of the lanes. Each of the ``world_size x num_workers`` consumers reads only
@@ -136,11 +135,10 @@ class DeltaIterableDataset(FixedOptions, PinnedPlan, IterableDataset):
         self._last_epoch: int | None = None  # epoch of this process's previous pass
         self._owner = os.getpid()  # the process _next and _last_epoch belong to (a forked worker: not its own)
         self._cache: Arena | None = None  # the cache arena (whole selection), kept across epochs
-        self._slots: Arena | None = None  # the streaming arena, reused by later passes of this process
+        self._slots: Arena | None = None  # the streaming arena (its region too), reused by later passes here
         self._pools: tuple[int, ThreadPoolExecutor] | None = None
 
-    def _thread_pool(self) -> ThreadPoolExecutor | None:
-        """Decode threads of this process, kept across epochs (created lazily)."""
+    def _thread_pool(self) -> ThreadPoolExecutor | None:  # decode threads of this process, kept across epochs
         self._pools = reader_pool(self._pools) if self.prefetch else None
         return self._pools[1] if self._pools else None
 
@@ -314,8 +312,8 @@ class DeltaIterableDataset(FixedOptions, PinnedPlan, IterableDataset):
             self._warm = plan_ahead(pool, later, upcoming)
         log_reads(self.plan, world, ahead.sched, lanes=self.lanes, phases=self.phases, shuffle=self.shuffle,
                   seen=self._logged)
-        arena, self._slots = pass_arena(self.plan, self._cache, self._slots, ahead.sched.live, region=self._reader.reads_raw(),
-                                        spare=self.prefetch_depth + READ_THREADS + SPARE_SLOTS), None  # concurrent: own
+        arena, self._slots = pass_arena(self.plan, self._cache, self._slots, ahead.sched.live,  # concurrent: own
+                                        region=self._reader.reads_raw(), depth=self.prefetch_depth), None
         finish = self._finish if self._normalize or self.transform or self.sample_transform else None
         ring = SlotWriter(self._ring) if self._ring is not None and get_worker_info() else None  # a ring's worker
         batches_out = consume(self.plan, self._reader, ahead.sched, arena, progress=progress, depth=self.prefetch_depth,

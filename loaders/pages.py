@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 import weakref
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -115,10 +116,10 @@ def _skip(b: memoryview, i: int, kind: int, depth: int) -> int:
     raise ValueError(f"unknown Thrift type {kind}")
 
 
-def _struct(b: memoryview, i: int, want: dict | None, depth: int = 0) -> tuple[dict[int, object], int]:
+def _struct(b: memoryview, i: int, want: dict | None, depth: int = 0) -> tuple[dict[int, Any], int]:
     """Read a compact-protocol struct from ``b[i:]``: the integer fields and sub-structs named in
     ``want`` (field id -> ``None`` for an integer, a dict for a struct), every other field skipped."""
-    out: dict[int, object] = {}
+    out: dict[int, Any] = {}
     field = 0
     while True:
         head = b[i]
@@ -162,7 +163,7 @@ def read_pages(buf: np.ndarray, *, record: int, rows: int, start: int, verify: b
             size that is not this layout (``corrupt`` set), or a value that is not ``record`` bytes long
             (``corrupt`` unset).
     """
-    view, size, i, seen, parts = memoryview(buf), len(buf), 0, 0, []
+    view, size, i, seen, parts = buf.data, len(buf), 0, 0, []
     stride = record + 4
     while i < size:
         at = start + i
@@ -179,10 +180,12 @@ def read_pages(buf: np.ndarray, *, record: int, rows: int, start: int, verify: b
             raise PageError(f"page at byte {at}: CRC-32 {_crc32(page):#010x} computed, {crc & 0xFFFFFFFF:#010x} "
                             "stored", at)
         if kind == DATA_PAGE:
-            count, skip = (header.get(5) or {}).get(1), 0  # type: ignore[union-attr]
+            count, skip = header.get(5, {}).get(1), 0
         elif kind == DATA_PAGE_V2:
-            v2: dict = header.get(8) or {}  # type: ignore[assignment]
+            v2 = header.get(8, {})
             count, skip = v2.get(1), (v2.get(5) or 0) + (v2.get(6) or 0)
+            if not 0 <= skip <= length:
+                raise PageError(f"page at byte {at} claims {skip} bytes of levels in {length}", at)
             if v2.get(2):
                 raise PageError(f"page at byte {at} has {v2.get(2)} nulls in a required column", at)
         else:
@@ -232,7 +235,7 @@ class BufferPool:
             self.allocated += 1
         # An array over a memoryview owns nothing, so every view of it keeps *it* alive (a plain slice of
         # ``base`` would not: numpy points views at the owner), and its finalizer runs after the last view.
-        out = np.frombuffer(memoryview(base)[:size], np.uint8)
+        out = np.frombuffer(base.data[:size], np.uint8)
         weakref.finalize(out, self._give_back, base)
         return out
 

@@ -79,12 +79,12 @@ def test_page_errors_name_what_was_found_and_expected() -> None:
                                               r"0x[0-9a-f]{8} stored"):
         pages.read_pages(buf, record=8, rows=n, start=start, verify=True)
     assert pages.read_pages(buf, record=8, rows=n, start=start, verify=False)  # PAGE_CHECKSUMS off: not checked
-    bad = good[:4] + [b"\x01" * 7] + good[5:]
+    bad = [*good[:4], b"\x01" * 7, *good[5:]]
     buf, start, n = _chunk(_write(bad, write_page_checksum=True))
     with pytest.raises(pages.PageError, match=r"holds 119 value bytes for 10 values; 8-byte values need 120") as info:
         pages.read_pages(buf, record=8, rows=n, start=start, verify=True)
     assert info.value.corrupt
-    swapped = good[:4] + [b"\x01" * 7, b"\x01" * 9] + good[6:]  # the same bytes, two lengths wrong
+    swapped = [*good[:4], b"\x01" * 7, b"\x01" * 9, *good[6:]]  # the same bytes, two lengths wrong
     buf, start, n = _chunk(_write(swapped))
     with pytest.raises(pages.PageError, match=r"value 4 \(page at byte \d+\) is 7 bytes, expected 8") as info:
         pages.read_pages(buf, record=8, rows=n, start=start, verify=True)
@@ -144,9 +144,9 @@ def _epochs(ds: DeltaIterableDataset, epochs: range) -> list[list[dict[str, torc
 
 def _same(a: list, b: list) -> None:
     assert len(a) == len(b)
-    for x, y in zip(a, b):
+    for x, y in zip(a, b, strict=True):
         assert len(x) == len(y)
-        for bx, by in zip(x, y):
+        for bx, by in zip(x, y, strict=True):
             assert bx.keys() == by.keys()
             for k in bx:
                 assert bx[k].dtype == by[k].dtype and torch.equal(bx[k], by[k]), k
@@ -196,7 +196,8 @@ def test_later_epochs_read_straight_into_the_arena(tables: tuple[str, str]) -> N
 
 def test_an_abandoned_pass_never_overwrites_the_next_ones_rows(tables: tuple[str, str]) -> None:
     raw, lz4 = tables
-    ds, ref = (DeltaIterableDataset(t, split="train", batch_size=32, cache_bytes=0, prefetch_depth=3) for t in (raw, lz4))
+    ds, ref = (DeltaIterableDataset(t, split="train", batch_size=32, cache_bytes=0, prefetch_depth=3)
+               for t in (raw, lz4))
     expected = _epochs(ref, range(6))
     got = []
     for e in range(6):
@@ -206,7 +207,7 @@ def test_an_abandoned_pass_never_overwrites_the_next_ones_rows(tables: tuple[str
         del it
         ds.set_epoch(e)
         got.append([{k: v.clone() for k, v in b.items()} for b in ds])
-        assert all(torch.equal(a["id"], b["id"]) for a, b in zip(first, got[-1]))
+        assert all(torch.equal(a["id"], b["id"]) for a, b in zip(first, got[-1], strict=False))
     _same(got, expected)
 
 
@@ -217,7 +218,7 @@ def test_raw_reads_under_dataloader_workers(tables: tuple[str, str]) -> None:
         ds = DeltaIterableDataset(t, split="train", batch_size=50, cache_bytes=0)
         loader = ds.dataloader(num_workers=2)
         ids[t] = [torch.cat([b["id"] for b in loader]) for _ in range(2)]
-    assert all(torch.equal(a, b) for a, b in zip(ids[raw], ids[lz4]))
+    assert all(torch.equal(a, b) for a, b in zip(ids[raw], ids[lz4], strict=True))
     assert sorted(ids[raw][0].tolist()) == list(range(700))
 
 
@@ -233,8 +234,9 @@ def test_a_flipped_bit_in_a_raw_page_names_file_row_group_and_byte(tables: tuple
     data[col.data_page_offset + col.total_compressed_size // 2] ^= 0x08
     path.write_bytes(bytes(data))
     rel = path.relative_to(raw).as_posix()
-    with pytest.raises(DataCorruptionError, match=rf"{raw}@v0: data file {rel} row group 2 cannot be read: page at "
-                                                  rf"byte {col.data_page_offset}: CRC-32 .* stored; run `idxlake verify"):
+    named = (rf"{raw}@v0: data file {rel} row group 2 cannot be read: page at byte {col.data_page_offset}: CRC-32 "
+             r".* stored; run `idxlake verify")
+    with pytest.raises(DataCorruptionError, match=named):
         for _ in DeltaIterableDataset(raw, split="train", batch_size=64, shuffle=False, cache_bytes=0):
             pass
 

@@ -100,3 +100,28 @@ def test_every_store_end_to_end(kind: str, request: pytest.FixtureRequest, tmp_p
         stem = "train" if split == "train" else "t10k"
         assert np.array_equal(read_idx(out / f"{stem}-images-idx3-ubyte.gz"), want_images)
         assert np.array_equal(read_idx(out / f"{stem}-labels-idx1-ubyte.gz"), want_labels)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["local", "s3", "az", "gs"])
+def test_raw_page_reads_on_every_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path,
+                                       synthetic_source: SyntheticSource) -> None:
+    """An UNCOMPRESSED table read cold from each store: its image pages read raw, later epochs straight
+    into the arena's region (``loaders/pages.py``, ``loaders/arena.py``), the same rows as written."""
+    loc = _location(kind, request, tmp_path)
+    src = synthetic_source
+    loc.ingest(src.root, loc.uri, storage_options=loc.options, row_group_rows=64, codec="UNCOMPRESSED")
+    images, labels = src.arrays["train"]
+    ds = DeltaIterableDataset(loc.uri, split="train", storage_options=loc.options, batch_size=50, cache_bytes=0)
+    for epoch in range(3):
+        ds.set_epoch(epoch)
+        ids: list[int] = []
+        for batch in ds:
+            batch_ids = batch["id"].numpy()
+            assert torch.equal(batch["image"].reshape(len(batch_ids), 28, 28), torch.from_numpy(images[batch_ids]))
+            assert np.array_equal(batch["label"].numpy(), labels[batch_ids])
+            ids += batch_ids.tolist()
+        assert sorted(ids) == list(range(300))
+    arena = ds._slots
+    assert arena is not None and arena.region is not None
+    assert arena.decoded == 3 * 5 and arena.copied == 5  # the first epoch's 5 row groups copied, none later

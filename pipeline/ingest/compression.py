@@ -47,3 +47,15 @@ def check_compression(codec: str, level: object) -> int | None:
     if not low <= level <= high:
         raise IngestConfigError(f"compression level {level} is outside {codec}'s range {low}..{high}")
     return level
+
+
+ONE_PAGE_BYTES = 1 << 30
+"""Page size limit of an ``UNCOMPRESSED`` file: a row group's image chunk is one page (below ~1 GiB)."""
+
+
+def page_options(codec: Codec, row_group_rows: int) -> dict[str, int]:
+    """Writer page options: one data page per column chunk for ``UNCOMPRESSED``, so the loader reads the
+    records where they lie in the page (``loaders/pages.py``); pyarrow's defaults (1 MB pages) otherwise."""
+    if codec != "UNCOMPRESSED":
+        return {}
+    return {"data_page_size": ONE_PAGE_BYTES, "max_rows_per_page": max(row_group_rows, 1)}

@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from idxlake.pipeline.ingest.compression import PYARROW_CODECS, Codec
+from idxlake.pipeline.ingest.compression import PYARROW_CODECS, Codec, page_options
 from idxlake.schemas import (
     ID,
     IMAGE,
@@ -134,18 +134,6 @@ def _stats(rows: int, ids: list[int], labels: list[Any]) -> str:
     })
 
 
-ONE_PAGE_BYTES = 1 << 30
-"""Page size limit of an ``UNCOMPRESSED`` file: a row group's image chunk is one page (below ~1 GiB)."""
-
-
-def _page_layout(codec: Codec, row_group_rows: int) -> dict[str, int]:
-    """Writer page options: one data page per column chunk for ``UNCOMPRESSED``, so the loader reads the
-    records where they lie in the page (``loaders/pages.py``); pyarrow's defaults (1 MB pages) otherwise."""
-    if codec != "UNCOMPRESSED":
-        return {}
-    return {"data_page_size": ONE_PAGE_BYTES, "max_rows_per_page": max(row_group_rows, 1)}
-
-
 def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBatch], *, file_schema: pa.Schema,
                 row_group_rows: int, codec: Codec, compression_level: int | None = None,
                 target_file_bytes: int = TARGET_FILE_BYTES) -> None:
@@ -191,9 +179,8 @@ def write_split(pending: PendingFiles, split: str, batches: Iterable[pa.RecordBa
                 pending.paths.append(path)  # only files that were created (no warning on a read-only target)
                 writer = pq.ParquetWriter(
                     sink, file_schema, compression=PYARROW_CODECS[codec], compression_level=compression_level,
-                    write_page_checksum=True,
-                    use_dictionary=[LABEL], write_statistics=[ID, LABEL], store_schema=True, **_page_layout(codec,
-                                                                                                         row_group_rows))
+                    write_page_checksum=True, use_dictionary=[LABEL], write_statistics=[ID, LABEL], store_schema=True,
+                    **page_options(codec, row_group_rows))
                 rows, nbytes, ids, labels = 0, 0, [], []
             writer.write_batch(batch, row_group_size=row_group_rows)
             lo_hi = pc.min_max(batch.column(LABEL))
