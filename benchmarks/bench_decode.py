@@ -4,15 +4,16 @@ Usage::
 
     .venv/bin/python benchmarks/bench_decode.py [--reps 5]
 
-Ingests the bundled MNIST into a temporary table, takes its train file's columns and rewrites them in
-other layouts (8192-row row groups, page CRCs written): as stored (LZ4_RAW), LZ4_RAW at levels 6 and 9
-(LZ4HC, what ``ingest(compression_level=...)`` writes), uncompressed, and the
-image column as ``FIXED_LEN_BYTE_ARRAY`` (a Parquet type Delta has no name for), each read with and
-without page-CRC verification. A point is the CPU time (``thread_time``) of ``read_row_group`` over
-every row group of ``image`` and ``label``, median of ``--reps``. The baseline, measured in the same
-run, is the in-memory limit's epoch (a uint8 tensor, ``randperm``, two ``index_select`` per batch of
-256, 1 torch thread): the loader issue's cold target (0.4x the limit) gives a whole cold epoch
-2.5 limit epochs, decode included.
+Ingests the bundled MNIST into a temporary table, takes its train file's columns and rewrites them
+in other layouts (8192-row row groups, page CRCs written): as stored (LZ4_RAW), LZ4_RAW at levels 6
+and 9 (LZ4HC, what ``ingest(compression_level=...)`` writes), uncompressed, and the image column as
+``FIXED_LEN_BYTE_ARRAY`` (a Parquet type Delta has no name for), each read with and without page-CRC
+verification; and an ``UNCOMPRESSED`` ingest read by the loader's own reader (``loaders/pages.py``:
+the image pages read raw, CRC-32 by ISA-L). A point is the CPU time (``thread_time``) of
+``read_row_group`` (or ``UnitReader.read``) over every row group of ``image`` and ``label``, median
+of ``--reps``. The baseline, measured in the same run, is the in-memory limit's epoch (a uint8
+tensor, ``randperm``, two ``index_select`` per batch of 256, 1 torch thread): the loader issue's
+cold target (0.4x the limit) gives a whole cold epoch 2.5 limit epochs, decode included.
 """
 
 from __future__ import annotations
@@ -87,6 +88,26 @@ def decode_cpu_s(path: str, *, verify: bool, reps: int) -> float:
     return statistics.median(times[1:])
 
 
+def raw_cpu_s(table: str, *, verify: bool, reps: int) -> float:
+    """Median CPU seconds of the loader's own reader (``UnitReader.read``) over MNIST train's row groups of an
+    ``UNCOMPRESSED`` table: image pages read raw (``loaders/pages.py``), labels by pyarrow."""
+    import idxlake.loaders.plan as plans
+    from idxlake.loaders import DeltaIterableDataset
+
+    plans.PAGE_CHECKSUMS = verify
+    try:
+        ds = DeltaIterableDataset(table, split="train", columns=("image", "label"), cache_bytes=0)
+        reader, times = ds._reader, []
+        for _ in range(reps + 1):
+            start = time.thread_time()
+            for unit in ds.plan.units:
+                reader.read(unit)
+            times.append(time.thread_time() - start)
+        return statistics.median(times[1:])
+    finally:
+        plans.PAGE_CHECKSUMS = True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=5, help="repetitions per point (median)")
@@ -112,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
                 cpu = decode_cpu_s(path, verify=verify, reps=args.reps)
                 print(f"| {name} | {size / 1e6:.1f} | {'yes' if verify else 'no'} | {cpu * 1e3:.1f} | "
                       f"{cpu / limit:.2f}x |", flush=True)
+        ingest(bundled_mnist(), f"{tmp}/unc", codec="UNCOMPRESSED")
+        meta = pq.ParquetFile(glob.glob(f"{tmp}/unc/split=train/*.parquet")[0]).metadata
+        size = sum(meta.row_group(r).column(2).total_compressed_size for r in range(meta.num_row_groups))
+        for verify in (True, False):
+            cpu = raw_cpu_s(f"{tmp}/unc", verify=verify, reps=args.reps)
+            print(f"| `--codec UNCOMPRESSED` (one page per chunk), idxlake's raw page reader | {size / 1e6:.1f} | "
+                  f"{'yes' if verify else 'no'} | {cpu * 1e3:.1f} | {cpu / limit:.2f}x |", flush=True)
     return 0
 
 
