@@ -377,6 +377,7 @@ def scale_sections(tables: dict[str, str], reps: int) -> dict:
         UnitReader.read = real  # type: ignore[method-assign]
     out.update(concurrent_gathers(reps))
     out.update(s3_vs_local(tables["lz4"]))
+    out.update({f"UNCOMPRESSED, {k}": v for k, v in s3_vs_local(tables["unc"], "UNCOMPRESSED").items()})
     return out
 
 
@@ -451,8 +452,9 @@ def concurrent_gathers(reps: int) -> dict:
             "two processes at once / one alone (time per process; 2.0 = no gain from the second)": together / alone}
 
 
-def s3_vs_local(table: str) -> dict:
-    """Cold epochs (bs 256) over MNIST on a moto S3 server on 127.0.0.1 against local disk."""
+def s3_vs_local(table: str, codec: str = "LZ4_RAW") -> dict:
+    """Cold epochs (bs 256) over MNIST on a moto S3 server on 127.0.0.1 against local disk (``table``,
+    ingested with the same ``codec``)."""
     import socket
     import urllib.request
 
@@ -477,7 +479,7 @@ def s3_vs_local(table: str) -> dict:
                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1", "AWS_ALLOW_HTTP": "true"}
         boto3.client("s3", endpoint_url=opts["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
                      aws_secret_access_key="testing", region_name="us-east-1").create_bucket(Bucket="lake")
-        ingest(None, "s3://lake/mnist", storage_options=opts)
+        ingest(None, "s3://lake/mnist", storage_options=opts, codec=codec)
         rates = {}
         for name, uri, so, depth in (("local", table, None, 8), ("S3, prefetch_depth=1", "s3://lake/mnist", opts, 1),
                                      ("S3, prefetch_depth=8", "s3://lake/mnist", opts, 8)):

@@ -216,7 +216,8 @@ class UnitReader:
         except pages.PageError as exc:
             if not exc.corrupt:
                 raise SchemaMismatchError(f"{where}: {exc} ({'x'.join(map(str, self.plan.snapshot.meta.shape))} "
-                                          f"{self.plan.snapshot.meta.dtype})") from None
+                                          f"{self.plan.snapshot.meta.dtype}); not this table's records: re-ingest "
+                                          "the split") from None
             raise corrupt_file_error(self.plan.snapshot, data_file, exc, f" row group {unit.row_group}") from None
         except (OSError, pa.ArrowException) as exc:  # a page checksum, the codec or the encoding failed
             raise corrupt_file_error(self.plan.snapshot, data_file, exc, f" row group {unit.row_group}") from exc
