@@ -47,14 +47,15 @@ class Region:
         self._base = self.buffer.ctypes.data
         self._free = list(range(slots - 1, -1, -1))
         self._lock = threading.RLock()  # a finalizer may run inside a locked section (a GC pass)
+        self.reserve = 0  # free slots reads leave for copies (:meth:`slot`): live row groups not yet in
 
     def free_slots(self) -> int:
         """Slots free now."""
         return len(self._free)
 
-    def _take(self) -> int | None:
+    def _take(self, leave: int = 0) -> int | None:
         with self._lock:
-            return self._free.pop() if self._free else None
+            return self._free.pop() if len(self._free) > leave else None
 
     def _give_back(self, slot: int) -> None:
         with self._lock:
@@ -71,7 +72,7 @@ class Region:
         the body's first record is a region row; ``None`` when no slot is free or the chunk does not fit."""
         if header > self.stride or size - header > (self.span - 1) * self.stride:
             return None
-        slot = self._take()
+        slot = self._take(self.reserve)  # never the slots a copy into the arena may still need
         if slot is None:
             return None
         start = (slot * self.span + 1) * self.stride - header
@@ -80,7 +81,7 @@ class Region:
     def slot(self) -> tuple[int, np.ndarray]:
         """A whole free slot for a copy: its first record row and the array holding it."""
         slot = self._take()
-        if slot is None:  # the arena is sized so that this cannot happen (Arena.reset)
+        if slot is None:  # reads leave ``reserve`` free, and a pass starts with that many (Arena.reset)
             raise RuntimeError("idxlake: arena region has no free slot")
         return slot * self.span + 1, self._held(slot, slot * self.span * self.stride, self.span * self.stride)
 
@@ -110,7 +111,7 @@ class Arena:
     def __init__(self, plan: Plan, *, cache: bool, slots: int = 0, region: bool = False, spare: int = 0) -> None:
         rows = plan.unit_rows
         self.offsets = np.concatenate([[0], np.cumsum(rows)]).astype(np.int64)
-        self.cache = cache
+        self.cache, self.live = cache, slots
         self.slot_rows = int(rows.max()) if len(rows) else 0
         self.capacity = int(self.offsets[-1]) if cache else slots * self.slot_rows
         self.free = [] if cache else list(range(slots - 1, -1, -1))
@@ -124,6 +125,7 @@ class Arena:
         if region and not cache and self.slot_rows:
             meta = plan.snapshot.meta
             self.region = Region(slots + spare, self.slot_rows, meta.record_nbytes)
+            self.region.reserve = slots  # reads take a slot only while copies keep one each
             self.capacity = self.region.rows
             shape = (1, *meta.shape) if len(meta.shape) == 2 else tuple(meta.shape)  # as UnitReader.read
             self.tensors[IMAGE] = torch.from_numpy(self.region.records).view(self.region.rows, *shape)
@@ -157,15 +159,18 @@ class Arena:
         self.shift[unit] = start - int(self.offsets[unit])
         self.resident[unit] = True
         self.decoded += 1
+        if self.region is not None:  # units in use hold their slots: copies still to come need the rest
+            self.region.reserve = max(0, self.live - len(self.held))
 
     def reset(self, slots: int, spare: int = 0) -> bool:
         """Reuse this streaming arena for a pass needing ``slots`` slots: ``False`` if too small."""
         if self.cache:
             return False
         self.held.clear()  # slots still viewed (reads of the last pass in flight) come back when those end
-        if self.region is not None:
-            if slots + spare > self.region.slots:
+        if self.region is not None:  # free ones counted too: a kept traceback may pin some (reads ahead do)
+            if slots + spare > self.region.slots or self.region.free_slots() < slots:
                 return False
+            self.region.reserve = self.live = slots
         elif slots * self.slot_rows > self.capacity:
             return False
         self.free = list(range(self.capacity // max(self.slot_rows, 1) - 1, -1, -1))
@@ -178,6 +183,7 @@ class Arena:
             self.resident[unit] = False
             if self.region is not None:
                 self.held.pop(unit, None)
+                self.region.reserve = max(0, self.live - len(self.held))
             else:
                 self.free.append(int((self.offsets[unit] + self.shift[unit]) // self.slot_rows))
 

@@ -291,8 +291,8 @@ class DeltaIterableDataset(FixedOptions, PinnedPlan, IterableDataset):
                 mark_used: bool) -> Iterator[Any]:  # batches, or in a ring's worker its tokens
         if mark_used:  # runs at the first batch asked: every worker of this pass has been started
             self._shared.resume_used = True
-        if self._owner != os.getpid():  # forked: the parent's reads ahead never complete here
-            self._owner, self._next, self._warm, self._last_epoch = os.getpid(), None, None, None
+        if self._owner != os.getpid():  # forked: the parent's reads ahead (and its slots) never complete here
+            self._owner, self._next, self._warm, self._last_epoch, self._slots = os.getpid(), None, None, None, None
         key, ahead, self._next = pass_key(progress.epoch, world, batches), self._next, None
         cached = self._cache is not None and bool(self._cache.resident.all())
         pending, self._warm = self._warm, None

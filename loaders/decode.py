@@ -142,14 +142,16 @@ class UnitReader:
             opened = files[index] = open_source(self.plan.snapshot, self.plan.files[index])
         return opened
 
-    def _raw_chunk(self, unit: Unit, pf: pq.ParquetFile) -> pages.Chunk | None:
-        """The unit's image chunk when :mod:`idxlake.loaders.pages` reads it (else pyarrow does)."""
+    def _raw_chunk(self, unit: Unit, pf: pq.ParquetFile, source: pa.NativeFile) -> pages.Chunk | None:
+        """The unit's image chunk when :mod:`idxlake.loaders.pages` reads it (else pyarrow does): uint8
+        records (the arena's region holds bytes)."""
         key = (unit.file, unit.row_group)
         if key not in self._chunks:
-            meta, chunk = pf.metadata, None
+            meta, chunk, table = pf.metadata, None, self.plan.snapshot.meta
             names = [meta.schema.column(i).path for i in range(meta.num_columns)]
-            if pages.RAW_PAGES and IMAGE in names and self.plan.snapshot.meta.image_dtype.itemsize == 1:
-                chunk = pages.plain_chunk(meta, unit.row_group, names.index(IMAGE))
+            if pages.RAW_PAGES and IMAGE in names and table.dtype == "uint8":
+                chunk = pages.plain_chunk(meta, unit.row_group, names.index(IMAGE), record=table.record_nbytes,
+                                          file_size=source.size())
             self._chunks[key] = chunk
         return self._chunks[key]
 
@@ -160,7 +162,7 @@ class UnitReader:
             return False
         unit = self.plan.units[0]
         try:
-            return self._raw_chunk(unit, self._file(unit.file)[0]) is not None
+            return self._raw_chunk(unit, *self._file(unit.file)) is not None
         except Exception:
             return False
 
@@ -206,7 +208,7 @@ class UnitReader:
         columns, out = list(self.plan.columns), {}
         try:
             pf, source = self._file(unit.file)
-            chunk = self._raw_chunk(unit, pf) if IMAGE in columns else None
+            chunk = self._raw_chunk(unit, pf, source) if IMAGE in columns else None
             if chunk is not None:
                 out[IMAGE] = self._raw_image(unit, source, chunk, into if unit.rows is None else None)
                 columns.remove(IMAGE)

@@ -29,13 +29,16 @@ except ImportError:  # pragma: no cover - isal is a core dependency
     from zlib import crc32 as _crc32
 
 RAW_PAGES = True
-"""Read uncompressed PLAIN image chunks from their pages (``False``: always pyarrow; the benchmarks compare both)."""
+"""Read uncompressed PLAIN image chunks from their pages (``False``: always pyarrow; the benchmarks compare both).
+Read when a reader first reads a row group: set it before a dataset's first pass."""
 
 DATA_PAGE, DATA_PAGE_V2 = 0, 3
 """Parquet ``PageType`` values read here (any other page type in an image chunk is refused)."""
-_PAGE_FIELDS = {1: None, 3: None, 4: None, 5: {1: None}, 8: {1: None, 2: None, 5: None, 6: None}}
-"""PageHeader fields read: type, compressed size, crc, DataPageHeader.num_values and DataPageHeaderV2's
-num_values, num_nulls and the two level lengths."""
+_PAGE_FIELDS = {1: None, 3: None, 4: None, 5: {1: None, 2: None}, 8: {1: None, 2: None, 4: None, 5: None, 6: None}}
+"""PageHeader fields read: type, compressed size, crc, DataPageHeader's num_values and encoding, and
+DataPageHeaderV2's num_values, num_nulls, encoding and the two level lengths."""
+PLAIN = 0
+"""Parquet ``Encoding.PLAIN``: the only value encoding read here."""
 _PLAIN_ENCODINGS = frozenset({"PLAIN", "RLE", "BIT_PACKED"})
 
 
@@ -56,10 +59,19 @@ class Chunk:
     size: int
 
 
-def plain_chunk(metadata: pq.FileMetaData, row_group: int, column: int) -> Chunk | None:
-    """The chunk of ``column`` in ``row_group`` when it has the layout this module reads, else ``None``."""
+def plain_chunk(metadata: pq.FileMetaData, row_group: int, column: int, *, record: int,
+                file_size: int | None = None) -> Chunk | None:
+    """The chunk of ``column`` in ``row_group`` when it has the layout this module reads, else ``None``
+    (pyarrow then reads it, and reports what is wrong with it): also when the footer places it past the
+    end of the file (``file_size``), or gives it more bytes than ``record``-byte values and their page
+    headers can take, so that a damaged footer never sizes a buffer."""
     meta = metadata.row_group(row_group).column(column)
     schema = metadata.schema.column(column)
+    rows = metadata.row_group(row_group).num_rows
+    if meta.total_compressed_size > 2 * rows * (record + 4) + (1 << 20):
+        return None
+    if file_size is not None and meta.data_page_offset + meta.total_compressed_size > file_size:
+        return None
     if (meta.compression != "UNCOMPRESSED" or meta.physical_type != "BYTE_ARRAY" or meta.has_dictionary_page
             or not set(meta.encodings) <= _PLAIN_ENCODINGS or schema.max_definition_level != 0
             or schema.max_repetition_level != 0 or meta.total_compressed_size <= 0):
@@ -80,11 +92,17 @@ def _varint(b: memoryview, i: int) -> tuple[int, int]:
             raise ValueError("varint longer than 10 bytes")
 
 
-def _skip(b: memoryview, i: int, kind: int, depth: int) -> int:
+def _count(b: memoryview, i: int, n: int) -> int:
+    if n > len(b) - i:  # every element takes a byte at least: a count past the header is damage
+        raise ValueError(f"a container of {n} elements in {len(b) - i} bytes")
+    return n
+
+
+def _skip(b: memoryview, i: int, kind: int, depth: int, *, element: bool = False) -> int:
     if depth > 16:
         raise ValueError("structures nested too deep")
-    if kind in (1, 2):  # booleans live in the field header
-        return i
+    if kind in (1, 2):  # a field's boolean lives in its header; a container's booleans take a byte each
+        return i + 1 if element else i
     if kind == 3:
         return i + 1
     if kind in (4, 5, 6):
@@ -100,16 +118,16 @@ def _skip(b: memoryview, i: int, kind: int, depth: int) -> int:
         n, elem = head >> 4, head & 0x0F
         if n == 15:
             n, i = _varint(b, i)
-        for _ in range(n):
-            i = _skip(b, i, elem, depth + 1)
+        for _ in range(_count(b, i, n)):
+            i = _skip(b, i, elem, depth + 1, element=True)
         return i
     if kind == 11:  # map
         n, i = _varint(b, i)
         if n:
             kinds = b[i]
             i += 1
-            for _ in range(n):
-                i = _skip(b, _skip(b, i, kinds >> 4, depth + 1), kinds & 0x0F, depth + 1)
+            for _ in range(_count(b, i, n)):
+                i = _skip(b, _skip(b, i, kinds >> 4, depth + 1, element=True), kinds & 0x0F, depth + 1, element=True)
         return i
     if kind == 12:
         return _struct(b, i, None, depth + 1)[1]
@@ -170,7 +188,8 @@ def read_pages(buf: np.ndarray, *, record: int, rows: int, start: int, verify: b
         try:
             header, body = _struct(view, i, _PAGE_FIELDS)
         except (IndexError, ValueError, RecursionError) as exc:
-            raise PageError(f"page header at byte {at} does not parse ({exc or 'runs past the chunk'})", at) from None
+            why = "it runs past the chunk" if isinstance(exc, IndexError) else str(exc)
+            raise PageError(f"page header at byte {at} does not parse ({why})", at) from None
         kind, length = header.get(1), header.get(3)
         if not isinstance(length, int) or length < 0 or body + length > size:
             raise PageError(f"page at byte {at} claims {length} bytes, the chunk has {size - body} left", at)
@@ -180,16 +199,18 @@ def read_pages(buf: np.ndarray, *, record: int, rows: int, start: int, verify: b
             raise PageError(f"page at byte {at}: CRC-32 {_crc32(page):#010x} computed, {crc & 0xFFFFFFFF:#010x} "
                             "stored", at)
         if kind == DATA_PAGE:
-            count, skip = header.get(5, {}).get(1), 0
+            count, skip, encoding = header.get(5, {}).get(1), 0, header.get(5, {}).get(2)
         elif kind == DATA_PAGE_V2:
             v2 = header.get(8, {})
-            count, skip = v2.get(1), (v2.get(5) or 0) + (v2.get(6) or 0)
+            count, skip, encoding = v2.get(1), (v2.get(5) or 0) + (v2.get(6) or 0), v2.get(4)
             if not 0 <= skip <= length:
                 raise PageError(f"page at byte {at} claims {skip} bytes of levels in {length}", at)
             if v2.get(2):
                 raise PageError(f"page at byte {at} has {v2.get(2)} nulls in a required column", at)
         else:
             raise PageError(f"page at byte {at} has type {kind}, expected a data page", at)
+        if encoding != PLAIN:
+            raise PageError(f"page at byte {at} has encoding {encoding}, expected PLAIN (0)", at)
         if not isinstance(count, int) or count < 0 or length - skip != count * stride:
             raise PageError(f"page at byte {at} holds {length - skip} value bytes for {count} values; "
                             f"{record}-byte values need {count * stride if isinstance(count, int) else '?'}", at)
@@ -217,21 +238,21 @@ class BufferPool:
         keep: Free buffers kept at most (the rest are freed).
     """
 
-    def __init__(self, keep: int = 12) -> None:
+    def __init__(self, keep: int = 4) -> None:
         self.keep = keep
         self.largest = 0
         self._free: list[np.ndarray] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a finalizer may run inside a locked section (a GC pass)
         self.allocated = 0  # buffers made (instrumentation and tests)
 
     def take(self, size: int) -> np.ndarray:
         """A ``uint8`` array of ``size`` bytes, back in the pool once it and every view of it are gone."""
         with self._lock:
-            self.largest = max(self.largest, size)
             fits = [i for i, b in enumerate(self._free) if len(b) >= size]
             base = self._free.pop(fits[0]) if fits else None
         if base is None:
-            base = np.empty(self.largest, np.uint8)
+            base = np.empty(max(self.largest, size), np.uint8)
+            self.largest = max(self.largest, size)  # after the allocation: a failed one changes nothing
             self.allocated += 1
         # An array over a memoryview owns nothing, so every view of it keeps *it* alive (a plain slice of
         # ``base`` would not: numpy points views at the owner), and its finalizer runs after the last view.

@@ -189,6 +189,7 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                     future = pending.pop(u)
                 top_up(depth)  # the threads keep reading while this one is waited for (not one read at a time)
                 arena.put(u, future.result() if future is not None else reader.read(units[u], arena.region))
+                future = None  # the arena holds the unit now: its slot is freed at its release, not later
             top_up(depth)
             if len(items) != len(arena.tensors):  # the columns exist after the first put
                 items = list(arena.tensors.items())
@@ -198,9 +199,11 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                 arena.release(u)
             progress.yielded += 1
             yield batch if finish is None else finish(batch)
-    finally:
+    finally:  # dropped too: a kept traceback of this frame must not pin their buffers (region slots)
         for future in pending.values():
             future.cancel()
+        pending.clear()
+        future, upcoming = None, None  # the dataset keeps the next pass's plan where it is still of use
 
 
 def reader_pool(pools: tuple[int, ThreadPoolExecutor] | None) -> tuple[int, ThreadPoolExecutor]:

@@ -52,7 +52,7 @@ def test_pages_give_what_pyarrow_decodes(record: int, rows: int, page: int, vers
     assert got.shape == (rows, record)
     assert got.tobytes() == b"".join(values)
     md = pq.ParquetFile(io.BytesIO(data)).metadata
-    assert pages.plain_chunk(md, 0, 0) is not None  # the layout is recognised from the footer
+    assert pages.plain_chunk(md, 0, 0, record=record) is not None  # the layout is recognised from the footer
 
 
 @settings(max_examples=200, deadline=None)
@@ -101,10 +101,11 @@ def test_only_plain_uncompressed_required_chunks_take_the_raw_path() -> None:
         table = pa.table({"image": pa.array(values, pa.binary())},
                          schema=pa.schema([pa.field("image", pa.binary(), nullable=False)]))
         pq.write_table(table, sink, **{"compression": "none", "use_dictionary": False, **options})
-        assert (pages.plain_chunk(pq.ParquetFile(io.BytesIO(sink.getvalue())).metadata, 0, 0) is not None) == raw
+        assert (pages.plain_chunk(pq.ParquetFile(io.BytesIO(sink.getvalue())).metadata, 0, 0, record=8)
+                is not None) == raw
     sink = io.BytesIO()
     pq.write_table(pa.table({"image": pa.array(values, pa.binary())}), sink, compression="none")  # nullable
-    assert pages.plain_chunk(pq.ParquetFile(io.BytesIO(sink.getvalue())).metadata, 0, 0) is None
+    assert pages.plain_chunk(pq.ParquetFile(io.BytesIO(sink.getvalue())).metadata, 0, 0, record=8) is None
 
 
 def test_buffer_pool_reuses_a_buffer_only_after_its_last_view_is_gone() -> None:
@@ -262,3 +263,175 @@ def test_raw_pages_off_reads_with_pyarrow(tables: tuple[str, str], monkeypatch: 
     ds = DeltaIterableDataset(raw, split="train", batch_size=64, cache_bytes=0)
     _epochs(ds, range(2))
     assert ds._slots is not None and ds._slots.region is None
+
+
+def test_a_page_of_another_encoding_is_refused() -> None:
+    values = [b"\x03" * 8] * 10
+    buf, start, n = _chunk(_write(values, column_encoding={"image": "DELTA_LENGTH_BYTE_ARRAY"}))
+    with pytest.raises(pages.PageError, match=r"has encoding 6, expected PLAIN \(0\)"):
+        pages.read_pages(buf, record=8, rows=n, start=start, verify=True)
+
+
+@pytest.mark.parametrize("element", [0x01, 0x02])  # list<bool> (true, false)
+def test_a_damaged_header_with_a_huge_container_fails_at_once(element: int) -> None:
+    count = bytes([0x80] * 8 + [0x40])  # varint 2**62
+    for head in (bytes([0x99, 0xF0 | element]) + count, bytes([0x9B]) + count + bytes([0x11])):  # list, map
+        buf = np.frombuffer(head + b"\0" * 64, np.uint8).copy()
+        with pytest.raises(pages.PageError, match=r"page header at byte 100 does not parse \(a container of "):
+            pages.read_pages(buf, record=8, rows=1, start=100, verify=True)
+    with pytest.raises(pages.PageError, match=r"does not parse \(it runs past the chunk\)"):
+        pages.read_pages(np.frombuffer(bytes([0x15]), np.uint8).copy(), record=8, rows=1, start=0, verify=True)
+
+
+def test_a_footer_that_sizes_a_chunk_past_the_file_is_left_to_pyarrow() -> None:
+    data = _write([b"\x04" * 8] * 10)
+    md = pq.ParquetFile(io.BytesIO(data)).metadata
+    col = md.row_group(0).column(0)
+    assert pages.plain_chunk(md, 0, 0, record=8, file_size=len(data)) is not None
+    assert pages.plain_chunk(md, 0, 0, record=8, file_size=col.data_page_offset + col.total_compressed_size - 1) is None
+    assert pages.plain_chunk(md, 0, 0, record=8 * 10**6) is not None
+    assert pages.plain_chunk(md, 0, 0, record=8) is not None
+
+
+def test_buffer_pool_takes_back_a_buffer_freed_while_it_is_locked() -> None:
+    import threading
+
+    pool = pages.BufferPool()
+    view = pool.take(100)
+
+    def free_inside_the_lock() -> None:
+        nonlocal view
+        with pool._lock:  # a GC pass inside take() runs the finalizer here
+            del view
+
+    worker = threading.Thread(target=free_inside_the_lock, daemon=True)
+    worker.start()
+    worker.join(5)
+    assert not worker.is_alive(), "the pool deadlocked on its own lock"
+    assert pool.take(100) is not None and pool.allocated == 1
+
+
+def test_a_failed_allocation_does_not_poison_the_pool() -> None:
+    pool = pages.BufferPool()
+    with pytest.raises(MemoryError):
+        pool.take(2**62)
+    assert len(pool.take(1000)) == 1000 and pool.largest == 1000
+
+
+def test_int8_images_read_raw_keep_their_dtype(tmp_path: Path) -> None:
+    src = make_source(tmp_path / "src", rows={"train": 300}, dtype="int8", seed=4)
+    raw, lz4 = str(tmp_path / "raw"), str(tmp_path / "lz4")
+    ingest(src.root, raw, codec="UNCOMPRESSED", row_group_rows=64)
+    ingest(src.root, lz4, row_group_rows=64)
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            for dtype in ("native", "float32"):
+                got, want = (_epochs(DeltaIterableDataset(t, split="train", batch_size=50, cache_bytes=0,
+                                                          image_dtype=dtype), range(2)) for t in (raw, lz4))
+                _same(got, want)
+                assert got[0][0]["image"].dtype == (torch.int8 if dtype == "native" else torch.float32)
+        finally:
+            torch.set_num_threads(2)
+
+
+def test_a_kept_traceback_does_not_starve_the_next_pass(tables: tuple[str, str]) -> None:
+    raw, lz4 = tables
+    fail = {"at": -1, "seen": 0}
+
+    def transform(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        fail["seen"] += 1
+        if fail["seen"] == fail["at"]:
+            raise KeyboardInterrupt
+        return batch
+
+    ds = DeltaIterableDataset(raw, split="train", batch_size=32, cache_bytes=0, shuffle=False, transform=transform)
+    ref = DeltaIterableDataset(lz4, split="train", batch_size=32, cache_bytes=0, shuffle=False)
+    _epochs(ds, range(1))
+    kept = []
+    for e in (1, 1, 2):
+        fail["at"], fail["seen"] = 3, 0
+        ds.set_epoch(e)
+        try:
+            for _ in ds:
+                pass
+        except KeyboardInterrupt as exc:  # kept, as IPython keeps the last one: its frames live on
+            kept.append(exc)
+        fail["at"] = -1
+        _same(_epochs(ds, [e]), _epochs(ref, [e]))
+    assert len(kept) == 3
+
+
+def test_a_forked_process_makes_its_own_arena(tables: tuple[str, str]) -> None:
+    import multiprocessing
+
+    raw, _ = tables
+    ds = DeltaIterableDataset(raw, split="train", batch_size=64, cache_bytes=0)
+    _epochs(ds, range(2))
+    assert ds._slots is not None and ds._slots.decoded == 2 * len(ds.plan.units)
+    _FORKED[:] = [ds]  # inherited by the forked child, not pickled (a DataLoader worker's view)
+    context = multiprocessing.get_context("fork")
+    queue = context.SimpleQueue()
+    child = context.Process(target=_child_pass, args=(queue,), daemon=True)
+    child.start()
+    child.join(60)
+    if child.is_alive():
+        child.kill()
+    assert child.exitcode == 0
+    assert queue.get() == len(ds.plan.units)  # a fresh arena: not the parent's, whose slots its threads held
+
+
+_FORKED: list[DeltaIterableDataset] = []
+
+
+def _child_pass(queue: object) -> None:
+    torch.set_num_threads(1)  # as DataLoader's worker loop: OpenMP's pool does not survive a fork
+    ds = _FORKED[0]
+    parent = ds._slots
+    _epochs(ds, range(2, 3))
+    assert ds._slots is not None and ds._slots is not parent
+    queue.put(ds._slots.decoded)  # type: ignore[attr-defined]
+
+
+def test_reads_ahead_always_leave_a_slot_for_each_copy_still_to_come(tables: tuple[str, str]) -> None:
+    # A pass can mix raw reads and copies (row groups of another codec, appended by another writer)
+    from idxlake.loaders.arena import SPARE_SLOTS, Arena
+
+    raw, _ = tables
+    plan = DeltaIterableDataset(raw, split="train", batch_size=64, cache_bytes=0).plan
+    live, stride = 3, plan.snapshot.meta.record_nbytes + 4
+    arena = Arena(plan, cache=False, slots=live, region=True, spare=SPARE_SLOTS)
+    region = arena.region
+    assert region is not None and region.slots == live + SPARE_SLOTS
+
+    def copy(unit: int) -> dict[str, torch.Tensor]:
+        n = int(plan.unit_rows[unit])
+        return {"image": torch.zeros((n, 1, 28, 28), dtype=torch.uint8), "label": torch.zeros(n, dtype=torch.int64)}
+
+    reads = [region.chunk(stride, 4) for _ in range(2 * region.slots)]  # as many reads ahead as threads try
+    assert sum(r is not None for r in reads) == SPARE_SLOTS  # the rest of the region stays for the copies
+    for u in range(live):
+        arena.put(u, copy(u))  # every live unit copied in: each found a slot
+    assert arena.copied == live and region.free_slots() == 0
+    arena.release(0)
+    assert region.chunk(stride, 4) is None  # the released slot waits for the next unit, which may be a copy
+    arena.put(3, copy(3))
+    del reads  # the reads end: their slots go back to reading
+    assert region.chunk(stride, 4) is not None
+
+
+def test_a_region_with_pinned_slots_is_not_reused_for_a_pass_it_cannot_serve(tables: tuple[str, str]) -> None:
+    from idxlake.loaders.arena import SPARE_SLOTS, pass_arena
+
+    raw, _ = tables
+    plan = DeltaIterableDataset(raw, split="train", batch_size=64, cache_bytes=0).plan
+    arena = pass_arena(plan, None, None, 2, region=True, depth=0)
+    assert arena.region is not None and pass_arena(plan, None, arena, 2, region=True) is arena
+    stride = plan.snapshot.meta.record_nbytes + 4
+    pinned = [arena.region.chunk(stride, 4) for _ in range(SPARE_SLOTS + 1)]  # views an old traceback keeps
+    assert sum(p is not None for p in pinned) == SPARE_SLOTS and arena.region.free_slots() == 2
+    assert pass_arena(plan, None, arena, 2, region=True) is arena  # the two copies it may need still fit
+    arena.region.reserve = 0
+    pinned.append(arena.region.chunk(stride, 4))
+    fresh = pass_arena(plan, None, arena, 2, region=True)
+    assert fresh is not arena and fresh.region is not None and fresh.region.free_slots() == 2 + SPARE_SLOTS
