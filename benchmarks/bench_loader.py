@@ -74,6 +74,8 @@ CONFIGS: dict[str, dict] = {
     "loader uint8, 0 workers, ZSTD": {"kind": "loader", "workers": 0, "table": "zstd"},
     "loader uint8, no DataLoader, LZ4_RAW level 6": {"kind": "loader", "direct": True, "table": "lz4hc"},
     "loader uint8, no DataLoader, UNCOMPRESSED (raw pages)": {"kind": "loader", "direct": True, "table": "unc"},
+    "loader uint8, no DataLoader, UNCOMPRESSED read into slots": {"kind": "loader", "direct": True, "table": "unc",
+                                                                 "map": False},
     "loader uint8, no DataLoader, UNCOMPRESSED via pyarrow": {"kind": "loader", "direct": True, "table": "unc",
                                                              "raw": False},
     "loader uint8, 2 workers, ds.dataloader(), UNCOMPRESSED": {"kind": "loader", "workers": 2, "factory": True,
@@ -180,12 +182,14 @@ def make_runner(config: dict, tables: dict[str, str], bs: int):
         loader = DataLoader(ds, batch_size=None, num_workers=workers, persistent_workers=workers > 0)
 
     import idxlake.loaders.gather as gather
+    import idxlake.loaders.mapped as mapped
     import idxlake.loaders.pages as pages
     import idxlake.loaders.plan as plan
 
     def run(epoch: int) -> int:
         plan.PAGE_CHECKSUMS = config.get("checksums", True)  # read when a file is opened
         pages.RAW_PAGES = config.get("raw", True)  # read when a row group is first read
+        mapped.MAP_LOCAL_FILES = config.get("map", True)  # read when an arena is made (at the first pass)
         gather.NUMPY_WHILE_DECODING = config.get("numpy_gathers", True)
         ds.set_epoch(epoch)
         return sum(len(b["label"]) for b in loader)
@@ -303,12 +307,14 @@ def cold_consecutive(tables: dict[str, str], blocks: int = 6, epochs: int = 10, 
     one before), of the LZ4_RAW, the LZ4HC and the UNCOMPRESSED table (read raw), against blocks of as
     many limit epochs, the blocks alternating, the first ``drop`` epochs of each block left out (the first
     has nothing read ahead); medians. The throughput tables' blocks of 3 weigh that first epoch as one in three."""
+    import idxlake.loaders.mapped as mapped
     from idxlake.loaders import DeltaIterableDataset
 
     mem = make_runner(CONFIGS["in-memory"], tables, 256)
-    loaders = {name: DeltaIterableDataset(tables[name], split="train", batch_size=256, columns=("image", "label"),
-                                          cache_bytes=0) for name in ("lz4", "lz4hc", "unc")}
-    rates: dict[str, list[float]] = {"limit": [], "lz4": [], "lz4hc": [], "unc": []}
+    loaders = {name: DeltaIterableDataset(tables[name.split()[0]], split="train", batch_size=256,
+                                          columns=("image", "label"), cache_bytes=0)
+               for name in ("lz4", "lz4hc", "unc", "unc slots")}
+    rates: dict[str, list[float]] = {"limit": [], "lz4": [], "lz4hc": [], "unc": [], "unc slots": []}
     epoch = 0
     for _ in range(blocks):
         for name, kept in rates.items():
@@ -319,6 +325,7 @@ def cold_consecutive(tables: dict[str, str], blocks: int = 6, epochs: int = 10, 
                 if name == "limit":
                     n = mem(epoch)
                 else:
+                    mapped.MAP_LOCAL_FILES = name != "unc slots"  # read when its arena is made
                     loaders[name].set_epoch(epoch)
                     n = sum(len(b["label"]) for b in loaders[name])
                 block.append(n / (time.perf_counter() - start))
@@ -327,7 +334,8 @@ def cold_consecutive(tables: dict[str, str], blocks: int = 6, epochs: int = 10, 
     med = {name: statistics.median(values) for name, values in rates.items()}
     return {"limit M/s": med["limit"] / 1e6, "cold M/s": med["lz4"] / 1e6, "cold / limit": med["lz4"] / med["limit"],
             "cold LZ4HC M/s": med["lz4hc"] / 1e6, "cold LZ4HC / limit": med["lz4hc"] / med["limit"],
-            "cold UNCOMPRESSED M/s": med["unc"] / 1e6, "cold UNCOMPRESSED / limit": med["unc"] / med["limit"]}
+            "cold UNCOMPRESSED M/s": med["unc"] / 1e6, "cold UNCOMPRESSED / limit": med["unc"] / med["limit"],
+            "cold UNCOMPRESSED into slots / limit": med["unc slots"] / med["limit"]}
 
 
 def scale_sections(tables: dict[str, str], reps: int) -> dict:

@@ -10,6 +10,7 @@ region (``[length][record]`` rows, stride ``record + 4``), and nothing is copied
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 
@@ -18,8 +19,11 @@ import torch
 
 from idxlake.loaders.decode import Batch
 from idxlake.loaders.gather import numpy_now
+from idxlake.loaders.mapped import AddressSpace, local_paths
 from idxlake.loaders.plan import Plan
 from idxlake.schemas import IMAGE
+
+logger = logging.getLogger(__name__)
 
 SPARE_SLOTS = 4
 """Region slots beyond the units in use and the ``prefetch_depth`` reads in flight: the reads of an abandoned
@@ -32,17 +36,29 @@ class Region:
     A slot is free again once the arena has released its unit and every view of the chunk read into
     it is gone (a read-ahead future, an abandoned pass), so a slot is never written while read.
 
+    With ``files``, the slots are the head of an :class:`~idxlake.loaders.mapped.AddressSpace` into which
+    those local files are mapped (:attr:`space`): records read from a mapped file are in the range too.
+
     Args:
         slots: Number of slots.
         slot_rows: Records a slot holds (the largest unit's rows).
         record: Bytes of one record.
+        files: Local paths and recorded sizes of the data files to map, or ``None``.
     """
 
-    def __init__(self, slots: int, slot_rows: int, record: int) -> None:
-        self.slots, self.stride = slots, record + 4
+    def __init__(self, slots: int, slot_rows: int, record: int,
+                 files: tuple[list[str], list[int]] | None = None) -> None:
+        self.slots, self.stride, self.record = slots, record + 4, record
         self.span = slot_rows + 1  # rows per slot: the first holds the page header
         self.rows = slots * self.span
-        self.buffer = np.empty(self.rows * self.stride, np.uint8)
+        self.space: AddressSpace | None = None
+        if files is not None:
+            try:
+                self.space = AddressSpace(self.rows * self.stride, *files)
+            except (OSError, ValueError, OverflowError) as exc:  # e.g. no address space: read into slots
+                logger.debug("no address space for mapped files (%s); chunks are read into slots", exc)
+        self.buffer = (self.space.bytes[:self.rows * self.stride] if self.space is not None
+                       else np.empty(self.rows * self.stride, np.uint8))
         self.records = np.ndarray((self.rows, record), np.uint8, self.buffer, 4, (self.stride, 1))
         self._base = self.buffer.ctypes.data
         self._free = list(range(slots - 1, -1, -1))
@@ -85,6 +101,26 @@ class Region:
             raise RuntimeError("idxlake: arena region has no free slot")
         return slot * self.span + 1, self._held(slot, slot * self.span * self.stride, self.span * self.stride)
 
+    def image_rows(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """Every byte of the slots (and mapped files) as the start of a ``uint8`` record of ``shape``: the
+        arena's image column, indexed by byte offset (:meth:`byte`), so slot and file records are rows alike."""
+        data = self.space.bytes if self.space is not None else self.buffer
+        inner = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
+        return torch.from_numpy(data).as_strided((len(data) - self.record + 1, *shape), (1, *inner))
+
+    def byte(self, tensor: torch.Tensor) -> int | None:
+        """The byte offset (in :meth:`image_rows`) of the tensor's first record when it views records at this
+        region's stride in its slots or in a mapped file, else ``None``."""
+        if self.space is None:
+            row = self.row(tensor)
+            return None if row is None else row * self.stride + 4
+        if tensor.dtype != torch.uint8 or tensor.dim() == 0 or len(tensor) == 0 or tensor.stride(0) != self.stride:
+            return None
+        at = self.space.offset(tensor)
+        if at is None or at + (len(tensor) - 1) * self.stride + self.record > len(self.space.bytes):
+            return None
+        return at
+
     def row(self, tensor: torch.Tensor) -> int | None:
         """The region row of the tensor's first record when it views this region's records, else ``None``."""
         if tensor.dtype != torch.uint8 or tensor.dim() == 0 or len(tensor) == 0 or tensor.stride(0) != self.stride:
@@ -116,6 +152,7 @@ class Arena:
         self.capacity = int(self.offsets[-1]) if cache else slots * self.slot_rows
         self.free = [] if cache else list(range(slots - 1, -1, -1))
         self.shift = np.zeros(len(rows), dtype=np.int64)  # arena row = ref + shift[unit]
+        self.ishift = np.zeros(len(rows), dtype=np.int64)  # region arenas: image byte = ref * stride + ishift[unit]
         self.resident = np.zeros(len(rows), dtype=bool)
         self.tensors: Batch = {}
         self.decoded = 0  # units decoded into this arena (instrumentation and tests)
@@ -124,11 +161,15 @@ class Arena:
         self.held: dict[int, object] = {}  # unit -> what keeps its region slot (region arenas)
         if region and not cache and self.slot_rows:
             meta = plan.snapshot.meta
-            self.region = Region(slots + spare, self.slot_rows, meta.record_nbytes)
+            paths = local_paths(plan)
+            # mapped files: twice the slots, so that a later pass needing more still reuses this arena and its
+            # mappings; their records stay in the files, and a slot never used is address space only
+            self.region = Region((slots if paths is None else 2 * slots) + spare, self.slot_rows, meta.record_nbytes,
+                                 None if paths is None else (paths, [f.size for f in plan.files]))
             self.region.reserve = slots  # reads take a slot only while copies keep one each
             self.capacity = self.region.rows
             shape = (1, *meta.shape) if len(meta.shape) == 2 else tuple(meta.shape)  # as UnitReader.read
-            self.tensors[IMAGE] = torch.from_numpy(self.region.records).view(self.region.rows, *shape)
+            self.tensors[IMAGE] = self.region.image_rows(shape)  # indexed by byte (``ishift``)
 
     @property
     def used(self) -> int:
@@ -141,21 +182,28 @@ class Arena:
         if any(k not in self.tensors for k in data):  # the first put: the columns, in the unit's order
             self.tensors = {k: self.tensors[k] if k in self.tensors else
                             torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in data.items()}
-        direct = None
-        if self.region is not None:
+        direct = at = None
+        if self.region is not None:  # the image: in a slot it was read into, in a mapped file, or copied in
             image = data.get(IMAGE)
             direct = self.region.row(image) if image is not None else None
+            at = self.region.byte(image) if image is not None else None
+            # a slot for the other columns (and the image when copied), unless the image was read into one
             start, self.held[unit] = (direct, image) if direct is not None else self.region.slot()
+            self.ishift[unit] = (at if at is not None else start * self.region.stride + 4) \
+                - int(self.offsets[unit]) * self.region.stride
         else:
             start = int(self.offsets[unit]) if self.cache else self.free.pop() * self.slot_rows
         for k, v in data.items():  # numpy: one thread, torch's intra-op pool left asleep (``take``)
-            if k == IMAGE and direct is not None:
+            if k == IMAGE and at is not None:
+                continue
+            if k == IMAGE and self.region is not None:  # the records of a slot (the column views all bytes)
+                np.copyto(self.region.records[start:start + n], v.numpy().reshape(n, -1))
                 continue
             if numpy_now():
                 np.copyto(self.tensors[k][start:start + n].numpy(), v.numpy())
             else:
                 self.tensors[k][start:start + n].copy_(v)
-        self.copied += direct is None
+        self.copied += at is None
         self.shift[unit] = start - int(self.offsets[unit])
         self.resident[unit] = True
         self.decoded += 1

@@ -168,14 +168,23 @@ class UnitReader:
 
     def _raw_image(self, unit: Unit, source: pa.NativeFile, chunk: pages.Chunk, into: Region | None) -> torch.Tensor:
         meta, key = self.plan.snapshot.meta, (unit.file, unit.row_group)
-        header = self._headers.get(key)  # known once read: a one-page chunk can then land in ``into``
-        buf = into.chunk(chunk.size, header) if into is not None and header is not None else None
-        buf = self.pool.take(chunk.size) if buf is None else buf
-        source.seek(chunk.offset)
-        got = source.readinto(buf)
-        if got != chunk.size:
-            raise pages.PageError(f"the image chunk at byte {chunk.offset} has {got} of its {chunk.size} bytes; "
-                                  "file truncated?", chunk.offset + got)
+        space = into.space if into is not None else None
+        mapped = space.file(unit.file) if space is not None else None  # a local file mapped into the arena
+        if mapped is not None:
+            if chunk.offset + chunk.size > mapped:
+                raise pages.PageError(f"the image chunk at byte {chunk.offset} has {max(0, mapped - chunk.offset)} "
+                                      f"of its {chunk.size} bytes; file truncated?", min(mapped, chunk.offset))
+            buf = space.view(unit.file, chunk.offset, chunk.size)  # type: ignore[union-attr]
+        else:
+            header = self._headers.get(key)  # known once read: a one-page chunk can then land in ``into``
+            slotted = into is not None and header is not None and unit.rows is None
+            buf = into.chunk(chunk.size, header) if into is not None and header is not None and slotted else None
+            buf = self.pool.take(chunk.size) if buf is None else buf
+            source.seek(chunk.offset)
+            got = source.readinto(buf)
+            if got != chunk.size:
+                raise pages.PageError(f"the image chunk at byte {chunk.offset} has {got} of its {chunk.size} bytes; "
+                                      "file truncated?", chunk.offset + got)
         parts = pages.read_pages(buf, record=meta.record_nbytes, rows=unit.num_rows, start=chunk.offset,
                                  verify=plans.PAGE_CHECKSUMS)
         if len(parts) == 1:
@@ -210,7 +219,7 @@ class UnitReader:
             pf, source = self._file(unit.file)
             chunk = self._raw_chunk(unit, pf, source) if IMAGE in columns else None
             if chunk is not None:
-                out[IMAGE] = self._raw_image(unit, source, chunk, into if unit.rows is None else None)
+                out[IMAGE] = self._raw_image(unit, source, chunk, into)
                 columns.remove(IMAGE)
             table = pf.read_row_group(unit.row_group, columns=columns, use_threads=False) if columns else None
         except FileNotFoundError as exc:

@@ -127,7 +127,7 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
     pending = {} if pending is None else pending
     todo = [u for u in sched.order.tolist() if not arena.resident[u] and u not in pending]
     split: tuple[torch.Tensor, ...] | None = None
-    if not todo and not pending:  # warm: every unit resident
+    if not todo and not pending and arena.region is None:  # warm: every unit resident
         split = sched.split if arena.cache and sched.split else torch.split(torch.from_numpy(
             sched.refs if arena.cache else sched.refs + arena.shift[sched.units]), np.diff(sched.bounds).tolist())
     items = list(arena.tensors.items())
@@ -160,15 +160,19 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
     serial = split is None and numpy_now() and arena.region is None
     gatherer: Gatherer | None = None
 
-    def gather(index: torch.Tensor) -> StreamBatch:
+    # a region arena's image column starts a record at every byte: it is indexed by each record's byte offset
+    scaled = sched.refs * arena.region.stride if arena.region is not None else None
+
+    def gather(index: torch.Tensor, at: torch.Tensor | None = None) -> StreamBatch:
         nonlocal gatherer
         out = dest(len(index), arena.tensors) if dest is not None else None
         if serial:
             gatherer = gatherer or Gatherer(arena.tensors)  # the arena's columns exist after the first put
             return StreamBatch(gatherer(index, out))
         if out is None:
-            return StreamBatch({c: t.index_select(0, index) for c, t in items})
-        return StreamBatch({c: torch.index_select(t, 0, index, out=out[c]) for c, t in items})
+            return StreamBatch({c: t.index_select(0, at if at is not None and c == IMAGE else index) for c, t in items})
+        return StreamBatch({c: torch.index_select(t, 0, at if at is not None and c == IMAGE else index, out=out[c])
+                            for c, t in items})
 
     if split is not None:  # warm (all resident: a filled cache): no reads, no releases, one split index
         for index in split:
@@ -193,8 +197,9 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
             top_up(depth)
             if len(items) != len(arena.tensors):  # the columns exist after the first put
                 items = list(arena.tensors.items())
-            index = torch.from_numpy(sched.refs[lo:hi] + arena.shift[sched.units[lo:hi]])
-            batch = gather(index)
+            units_b = sched.units[lo:hi]
+            index = torch.from_numpy(sched.refs[lo:hi] + arena.shift[units_b])
+            batch = gather(index, None if scaled is None else torch.from_numpy(scaled[lo:hi] + arena.ishift[units_b]))
             for u in ends[b]:
                 arena.release(u)
             progress.yielded += 1

@@ -17,8 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from idxlake import DataCorruptionError, DeltaIterableDataset, SchemaMismatchError, ingest
-from idxlake.loaders import pages
+from idxlake.loaders import mapped, pages
 from idxlake.schemas import snapshot
+
+
+@pytest.fixture(autouse=True)
+def _slots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local chunks read into the region's slots, as every other store's are (test_loader_mapped.py
+    covers local files mapped into the arena)."""
+    monkeypatch.setattr(mapped, "MAP_LOCAL_FILES", False)
 
 
 def _chunk(data: bytes) -> tuple[np.ndarray, int, int]:

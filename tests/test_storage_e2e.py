@@ -107,7 +107,8 @@ def test_every_store_end_to_end(kind: str, request: pytest.FixtureRequest, tmp_p
 def test_raw_page_reads_on_every_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path,
                                        synthetic_source: SyntheticSource) -> None:
     """An UNCOMPRESSED table read cold from each store: its image pages read raw, later epochs straight
-    into the arena's region (``loaders/pages.py``, ``loaders/arena.py``), the same rows as written."""
+    into the arena's region (``loaders/pages.py``, ``loaders/arena.py``), a local file mapped into it
+    (``loaders/mapped.py``), the same rows as written."""
     loc = _location(kind, request, tmp_path)
     src = synthetic_source
     loc.ingest(src.root, loc.uri, storage_options=loc.options, row_group_rows=64, codec="UNCOMPRESSED")
@@ -124,4 +125,8 @@ def test_raw_page_reads_on_every_store(kind: str, request: pytest.FixtureRequest
         assert sorted(ids) == list(range(300))
     arena = ds._slots
     assert arena is not None and arena.region is not None
-    assert arena.decoded == 3 * 5 and arena.copied == 5  # the first epoch's 5 row groups copied, none later
+    if kind == "local":  # the file is mapped into the arena (loaders/mapped.py): nothing is copied
+        assert arena.decoded == 3 * 5 and arena.copied == 0 and arena.region.space is not None
+        assert list(arena.region.space.mapped) == [0]
+    else:  # read into the region's slots: the first epoch's 5 row groups copied, none later
+        assert arena.decoded == 3 * 5 and arena.copied == 5 and arena.region.space is None
