@@ -302,9 +302,8 @@ class DeltaIterableDataset(FixedOptions, PinnedPlan, IterableDataset):
         upcoming = functools.partial(self._pass_plan, progress.epoch + 1, world, tail, nxt)  # the next epoch's pass
         later = pass_key(progress.epoch + 1, world, nxt)
 
-        def following() -> PassPlan:  # the next pass, its first reads submitted ahead
-            self._next = upcoming()
-            return self._next
+        def following(plan: PassPlan) -> None:  # the next pass, planned in a reader thread: its first reads go ahead
+            self._next = plan
 
         advancing, self._last_epoch = self._last_epoch is not None and progress.epoch > self._last_epoch, progress.epoch
         pool = self._thread_pool()
@@ -318,7 +317,7 @@ class DeltaIterableDataset(FixedOptions, PinnedPlan, IterableDataset):
         ring = SlotWriter(self._ring) if self._ring is not None and get_worker_info() else None  # a ring's worker
         batches_out = consume(self.plan, self._reader, ahead.sched, arena, progress=progress, depth=self.prefetch_depth,
                               finish=finish, readers=pool, pending=ahead.take(),
-                              lookahead=following if advancing else None,  # not on a first/repeated epoch
+                              lookahead=upcoming if advancing else None, adopt=following,  # not a first/repeat
                               dest=ring.dest if ring is not None and finish is None else None)
         try:
             yield from batches_out if ring is None else ring.send(batches_out)

@@ -395,3 +395,35 @@ def test_a_failed_plan_ahead_leaves_the_pass_and_plans_the_next_in_place(many_gr
         assert [epoch_ids(ds, e) for e in range(3)] == [fresh(many_groups, e) for e in range(3)]
     assert failed == [2] and ds._next is not None and ds._next.key[0] == 3  # epoch 2's pass read epoch 3 ahead
     assert any("planning the next pass ahead failed" in r.getMessage() for r in caplog.records)
+
+
+def test_the_next_pass_is_planned_in_a_reader_thread(many_groups, decoded, monkeypatch) -> None:  # noqa: F811
+    """A cold pass plans the next epoch's pass behind its own reads, off the consumer's thread (a plan is a fifth
+    of a cold MNIST epoch); one whose plan arrives after its last batch still takes it up and reads ahead."""
+    import threading
+
+    import idxlake.loaders.dataset as dataset_module
+
+    threads: list[tuple[int, str]] = []
+    real = dataset_module.plan_pass
+
+    def recording(plan, key, **kwargs):  # type: ignore[no-untyped-def]
+        threads.append((key.epoch, threading.current_thread().name))
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.05)  # later than the pass's last batch on a small table
+        return real(plan, key, **kwargs)
+
+    monkeypatch.setattr(dataset_module, "plan_pass", recording)
+    ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4, cache_bytes=0)
+    assert epoch_ids(ds, 0) == fresh(many_groups, 0)
+    assert epoch_ids(ds, 1) == fresh(many_groups, 1)
+    assert (2, "MainThread") not in threads and any(e == 2 and n.startswith("idxlake-read") for e, n in threads)
+    assert ds._next is not None and ds._next.key[0] == 2 and ds._next.pending  # taken up, its reads ahead
+    ahead = len(ds._next.pending)
+    [f.result() for f in ds._next.pending.values()]
+    expected = fresh(many_groups, 2)  # a lone pass: reads all of its row groups
+    start = len(reads(decoded))
+    assert epoch_ids(ds, 2) == expected
+    assert ds._next is not None and ds._next.key[0] == 3
+    [f.result() for f in ds._next.pending.values()]
+    assert len(reads(decoded)) - start == UNITS - ahead + len(ds._next.pending)  # epoch 2's first were read ahead
