@@ -55,7 +55,10 @@ class Region:
         if files is not None:
             try:
                 self.space = AddressSpace(self.rows * self.stride, *files)
+                if len(self.space.bytes) * record >= 1 << 62:  # image_rows' elements must count in an int64
+                    raise OverflowError(f"{len(self.space.bytes)} bytes of {record}-byte records")
             except (OSError, ValueError, OverflowError) as exc:  # e.g. no address space: read into slots
+                self.space = None
                 logger.debug("no address space for mapped files (%s); chunks are read into slots", exc)
         self.buffer = (self.space.bytes[:self.rows * self.stride] if self.space is not None
                        else np.empty(self.rows * self.stride, np.uint8))
@@ -111,15 +114,13 @@ class Region:
     def byte(self, tensor: torch.Tensor) -> int | None:
         """The byte offset (in :meth:`image_rows`) of the tensor's first record when it views records at this
         region's stride in its slots or in a mapped file, else ``None``."""
-        if self.space is None:
-            row = self.row(tensor)
-            return None if row is None else row * self.stride + 4
-        if tensor.dtype != torch.uint8 or tensor.dim() == 0 or len(tensor) == 0 or tensor.stride(0) != self.stride:
+        row = self.row(tensor)
+        if row is not None:
+            return row * self.stride + 4
+        if self.space is None or tensor.dtype != torch.uint8 or tensor.dim() == 0 or len(tensor) == 0 \
+                or tensor.stride(0) != self.stride:
             return None
-        at = self.space.offset(tensor)
-        if at is None or at + (len(tensor) - 1) * self.stride + self.record > len(self.space.bytes):
-            return None
-        return at
+        return self.space.in_file(tensor, (len(tensor) - 1) * self.stride + self.record)
 
     def row(self, tensor: torch.Tensor) -> int | None:
         """The region row of the tensor's first record when it views this region's records, else ``None``."""

@@ -9,9 +9,10 @@ pass, or an epoch iterated again, never reads ahead), once it has submitted ever
 it plans the same consumer's full pass over ``e + 1`` (the order is a pure function of its
 parameters) in a reader thread, behind its own reads and off the consumer's thread (a plan of MNIST
 train is ~4 ms, a fifth of a cold epoch; a pass whose last batch comes first waits for it then), and
-reads that pass's first row groups, keeping at most ``prefetch_depth`` reads in flight or done ahead. The next pass takes them when it is that pass (same epoch, topology and first batch);
-any other pass (a resume, another epoch) discards them. What a pass yields never changes:
-only when its row groups are decoded.
+reads that pass's first row groups, keeping at most ``prefetch_depth`` reads in flight or done ahead.
+The next pass takes them when it is that pass (same epoch, topology and first batch); any other
+pass (a resume, another epoch) discards them. What a pass yields never changes: only when its row
+groups are decoded.
 
 A warm pass (every unit in the cache) reads nothing, so its planning, the order of the epoch, is
 the one cost a pass adds to the gathers. When torch's intra-op threads leave a CPU of this process

@@ -13,9 +13,11 @@ they read the page cache in place (each pass still parses the pages and verifies
 before a row is served). Those pages are the kernel's, shared and reclaimable: they count as the
 process's ``RssFile``, while its anonymous memory stays bounded by the slots.
 
-Linux only (elsewhere, and when a mapping fails, chunks are read into the slots). A data file that
-is truncated while mapped raises ``SIGBUS`` where a read would raise an error: Delta data files are
-never rewritten in place.
+Linux on x86-64 and arm64 only, and only files on a local disk or in memory
+(:mod:`idxlake.loaders.mounts`): a mapped page whose read fails raises ``SIGBUS`` where a read
+raises an error, which on FUSE, NFS or SMB a network error or another host's ``VACUUM`` can cause.
+Elsewhere, and when a mapping fails, chunks are read into the slots. A local data file truncated
+in place while mapped still raises ``SIGBUS``: Delta never rewrites a data file.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import ctypes
 import logging
 import mmap
 import os
+import platform
 import sys
 import threading
 
@@ -31,6 +34,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import torch
 
+from idxlake.loaders.mounts import mappable
 from idxlake.loaders.plan import Plan
 
 logger = logging.getLogger(__name__)
@@ -40,9 +44,12 @@ MAP_LOCAL_FILES = True
 benchmarks compare both). Read when an arena is made."""
 
 PAGE = mmap.PAGESIZE
-_MAP_FIXED, _MAP_NORESERVE = 0x10, 0x4000  # Linux values (Python's mmap module has no MAP_FIXED)
+_MAP_FIXED, _MAP_NORESERVE, _PROT_NONE = 0x10, 0x4000, 0  # Linux on x86-64 and arm64 (not in Python's mmap)
 MAX_SPACE = 1 << 44
 """Largest address range reserved (16 TiB): a plan whose files exceed it reads into slots."""
+MAX_FILES = 4096
+"""Files mapped into one range at most (each adds up to two of the process's ``vm.max_map_count``
+mappings, 65530 by default); the rest are read into slots."""
 
 
 def _round(n: int) -> int:
@@ -50,7 +57,7 @@ def _round(n: int) -> int:
 
 
 def _libc_mmap():  # type: ignore[no-untyped-def]
-    if not sys.platform.startswith("linux"):
+    if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "aarch64"):
         return None
     try:
         fn = ctypes.CDLL(None, use_errno=True).mmap
@@ -71,7 +78,8 @@ def local_paths(plan: Plan) -> list[str] | None:
         return None
     if not isinstance(plan.snapshot.filesystem(), pafs.LocalFileSystem):
         return None
-    return [plan.snapshot.file_path(f) for f in plan.files]
+    paths = [plan.snapshot.file_path(f) for f in plan.files]
+    return paths if mappable(paths) else None
 
 
 class AddressSpace:
@@ -100,6 +108,16 @@ class AddressSpace:
         self.mapped: dict[int, int] = {}  # file -> bytes mapped (its size when mapped)
         self.failed: set[int] = set()
         self._lock = threading.Lock()
+        self._inaccessible(self.head, size - self.head)  # the files' areas: no access, and no commit charge
+
+    def _inaccessible(self, start: int, size: int) -> bool:
+        """Cover ``size`` bytes from ``start`` with a fresh no-access anonymous mapping (also where a failed
+        ``MAP_FIXED`` may have left a hole another allocation could take)."""
+        if _MMAP is None or size <= 0:
+            return False
+        addr = self.base + start
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_FIXED | _MAP_NORESERVE
+        return bool(_MMAP(addr, size, _PROT_NONE, flags, -1, 0) == addr)
 
     def file(self, index: int) -> int | None:
         """Map file ``index`` (once) and return its mapped size, or ``None`` when it cannot be mapped
@@ -107,7 +125,7 @@ class AddressSpace:
         with self._lock:
             if index in self.mapped:
                 return self.mapped[index]
-            if index in self.failed or _MMAP is None:
+            if index in self.failed or _MMAP is None or len(self.mapped) >= MAX_FILES:
                 return None
             try:
                 fd = os.open(self.paths[index], os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -125,6 +143,8 @@ class AddressSpace:
                         return size
                     logger.debug("mapping %s failed (errno %d); it is read instead", self.paths[index],
                                  ctypes.get_errno())
+                    if not self._inaccessible(int(self.starts[index]), area):  # pragma: no cover - no memory
+                        raise OSError(f"cannot restore the area of {self.paths[index]} in the arena's range")
             finally:
                 os.close(fd)
             self.failed.add(index)
@@ -137,14 +157,13 @@ class AddressSpace:
             raise ValueError(f"bytes {offset}..{offset + size} are outside the {self.mapped[index]} mapped")
         return self.bytes[start:start + size]
 
-    def offset(self, array: np.ndarray | torch.Tensor) -> int | None:
-        """The byte offset in this range of the array's first element, or ``None`` when it is not in it."""
+    def in_file(self, array: np.ndarray | torch.Tensor, nbytes: int) -> int | None:
+        """The byte offset in this range of the array's first element when its ``nbytes`` lie in one
+        mapped file's bytes, else ``None`` (memory elsewhere, in the slots, or in an unmapped area)."""
         ptr = array.data_ptr() if isinstance(array, torch.Tensor) else array.__array_interface__["data"][0]
         at = ptr - self.base
-        return at if 0 <= at < len(self.bytes) else None
-
-    def rows(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """The range as ``uint8`` records of ``shape``, one starting at every byte (row ``i`` at byte ``i``)."""
-        record = int(np.prod(shape))
-        inner = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
-        return torch.from_numpy(self.bytes).as_strided((len(self.bytes) - record + 1, *shape), (1, *inner))
+        if not self.head <= at < len(self.bytes):
+            return None
+        index = int(np.searchsorted(self.starts, at, side="right")) - 1
+        size = self.mapped.get(index)
+        return at if size is not None and at + nbytes <= int(self.starts[index]) + size else None

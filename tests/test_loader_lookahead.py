@@ -150,8 +150,9 @@ def test_concurrent_iterators_do_not_read_a_unit_twice(many_groups, decoded) -> 
     ds.set_epoch(1)
     a = iter(ds)
     out_a = []
-    while ds._next is None:  # until pass A (epoch 1) plans epoch 2 ahead
+    while ds._next is None:  # until pass A (epoch 1) plans epoch 2 ahead (in a reader thread: steps take time)
         out_a.append(next(a)["id"].tolist())
+        time.sleep(0.005)
     ds.set_epoch(2)
     b = iter(ds)  # takes A's plan, while A still reads ahead into it
     out_b = []
@@ -403,17 +404,23 @@ def test_the_next_pass_is_planned_in_a_reader_thread(many_groups, decoded, monke
     import threading
 
     import idxlake.loaders.dataset as dataset_module
+    import idxlake.loaders.stream as stream_module
 
     threads: list[tuple[int, str]] = []
-    real = dataset_module.plan_pass
+    real, real_wait, last_batch_done = dataset_module.plan_pass, stream_module.wait, threading.Event()
 
     def recording(plan, key, **kwargs):  # type: ignore[no-untyped-def]
         threads.append((key.epoch, threading.current_thread().name))
         if threading.current_thread() is not threading.main_thread():
-            time.sleep(0.05)  # later than the pass's last batch on a small table
+            assert last_batch_done.wait(10)  # the plan comes after the pass's last batch
         return real(plan, key, **kwargs)
 
+    def after_last_batch(futures):  # type: ignore[no-untyped-def]
+        last_batch_done.set()
+        return real_wait(futures)
+
     monkeypatch.setattr(dataset_module, "plan_pass", recording)
+    monkeypatch.setattr(stream_module, "wait", after_last_batch)
     ds = DeltaIterableDataset(many_groups, split="train", batch_size=64, seed=4, cache_bytes=0)
     assert epoch_ids(ds, 0) == fresh(many_groups, 0)
     assert epoch_ids(ds, 1) == fresh(many_groups, 1)
@@ -422,6 +429,7 @@ def test_the_next_pass_is_planned_in_a_reader_thread(many_groups, decoded, monke
     ahead = len(ds._next.pending)
     [f.result() for f in ds._next.pending.values()]
     expected = fresh(many_groups, 2)  # a lone pass: reads all of its row groups
+    last_batch_done.clear()
     start = len(reads(decoded))
     assert epoch_ids(ds, 2) == expected
     assert ds._next is not None and ds._next.key[0] == 3
