@@ -24,7 +24,10 @@ interleaved block by block in one process so that machine noise hits them alike:
   and on 4x and 8x MNIST tables (memory must stay flat); and without verifying the Parquet
   page checksums (``loaders.plan.PAGE_CHECKSUMS``), to measure what the verification costs; and with
   torch's gathers and copies in the passes that decode (``loaders.gather.NUMPY_WHILE_DECODING``), to
-  measure what keeping torch's intra-op pool asleep there gains.
+  measure what keeping torch's intra-op pool asleep there gains; the LZ4_RAW table read by pyarrow
+  (``loaders.pages.RAW_PAGES = False``) against the loader's own LZ4 pages; an UNCOMPRESSED table
+  with its local file mapped into the arena, read into slots (``loaders.mapped.MAP_LOCAL_FILES =
+  False``, as on object storage), and read by pyarrow.
 
 After the tables, sections: a heavy transform with 2 workers against 0, the first epoch filling the
 cache, simulated world sizes, a warm epoch's gathers in one process against two at once
@@ -73,6 +76,7 @@ CONFIGS: dict[str, dict] = {
     "loader uint8, 0 workers, no page checksums": {"kind": "loader", "workers": 0, "checksums": False},
     "loader uint8, 0 workers, ZSTD": {"kind": "loader", "workers": 0, "table": "zstd"},
     "loader uint8, no DataLoader, LZ4_RAW level 6": {"kind": "loader", "direct": True, "table": "lz4hc"},
+    "loader uint8, no DataLoader, LZ4_RAW via pyarrow": {"kind": "loader", "direct": True, "raw": False},
     "loader uint8, no DataLoader, UNCOMPRESSED (raw pages)": {"kind": "loader", "direct": True, "table": "unc"},
     "loader uint8, no DataLoader, UNCOMPRESSED read into slots": {"kind": "loader", "direct": True, "table": "unc",
                                                                  "map": False},
@@ -304,17 +308,20 @@ def back_to_back(tables: dict[str, str], epochs: int = 40) -> dict:
 def cold_consecutive(tables: dict[str, str], blocks: int = 6, epochs: int = 10, drop: int = 2) -> dict:
     """Cold epochs as a training loop runs them: blocks of ``epochs`` consecutive cold epochs
     (``cache_bytes=0``, iterated directly, so each epoch's first row groups are read ahead during the
-    one before), of the LZ4_RAW, the LZ4HC and the UNCOMPRESSED table (read raw), against blocks of as
+    one before), of the LZ4_RAW table (read raw, and by pyarrow), the LZ4HC and the UNCOMPRESSED table (its file
+    mapped, and read into slots), against blocks of as
     many limit epochs, the blocks alternating, the first ``drop`` epochs of each block left out (the first
     has nothing read ahead); medians. The throughput tables' blocks of 3 weigh that first epoch as one in three."""
     import idxlake.loaders.mapped as mapped
+    import idxlake.loaders.pages as pages
     from idxlake.loaders import DeltaIterableDataset
 
     mem = make_runner(CONFIGS["in-memory"], tables, 256)
     loaders = {name: DeltaIterableDataset(tables[name.split()[0]], split="train", batch_size=256,
                                           columns=("image", "label"), cache_bytes=0)
-               for name in ("lz4", "lz4hc", "unc", "unc slots")}
-    rates: dict[str, list[float]] = {"limit": [], "lz4": [], "lz4hc": [], "unc": [], "unc slots": []}
+               for name in ("lz4", "lz4 pyarrow", "lz4hc", "unc", "unc slots")}
+    rates: dict[str, list[float]] = {"limit": [], "lz4": [], "lz4 pyarrow": [], "lz4hc": [], "unc": [],
+                                     "unc slots": []}
     epoch = 0
     for _ in range(blocks):
         for name, kept in rates.items():
@@ -326,13 +333,16 @@ def cold_consecutive(tables: dict[str, str], blocks: int = 6, epochs: int = 10, 
                     n = mem(epoch)
                 else:
                     mapped.MAP_LOCAL_FILES = name != "unc slots"  # read when its arena is made
+                    pages.RAW_PAGES = name != "lz4 pyarrow"  # read when its reader first reads a row group
                     loaders[name].set_epoch(epoch)
                     n = sum(len(b["label"]) for b in loaders[name])
                 block.append(n / (time.perf_counter() - start))
             kept.extend(block[drop:])
             time.sleep(SETTLE_S)
     med = {name: statistics.median(values) for name, values in rates.items()}
+    mapped.MAP_LOCAL_FILES = pages.RAW_PAGES = True
     return {"limit M/s": med["limit"] / 1e6, "cold M/s": med["lz4"] / 1e6, "cold / limit": med["lz4"] / med["limit"],
+            "cold LZ4_RAW via pyarrow / limit": med["lz4 pyarrow"] / med["limit"],
             "cold LZ4HC M/s": med["lz4hc"] / 1e6, "cold LZ4HC / limit": med["lz4hc"] / med["limit"],
             "cold UNCOMPRESSED M/s": med["unc"] / 1e6, "cold UNCOMPRESSED / limit": med["unc"] / med["limit"],
             "cold UNCOMPRESSED into slots / limit": med["unc slots"] / med["limit"]}

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from idxlake.loaders import pages
+from idxlake.loaders import buffers, lz4pages, pages
 from idxlake.loaders import plan as plans
 from idxlake.loaders.gather import numpy_now, take
 from idxlake.loaders.plan import Plan, Unit, corrupt_file_error, missing_file_error, open_source
@@ -123,7 +123,7 @@ class UnitReader:
         self.plan = plan
         self._local = threading.local()
         self._pid = os.getpid()
-        self.pool = pages.BufferPool()
+        self.pool = buffers.BufferPool()
         self._chunks: dict[tuple[int, int], pages.Chunk | None] = {}  # (file, row group) -> raw image chunk
         self._headers: dict[tuple[int, int], int] = {}  # (file, row group) -> bytes before its one page's records
 
@@ -135,7 +135,7 @@ class UnitReader:
 
     def _file(self, index: int) -> tuple[pq.ParquetFile, pa.NativeFile]:
         if self._pid != os.getpid():  # forked: do not share file handles (or buffers) with the parent
-            self._local, self._pid, self.pool = threading.local(), os.getpid(), pages.BufferPool()
+            self._local, self._pid, self.pool = threading.local(), os.getpid(), buffers.BufferPool()
         files = self._local.__dict__.setdefault("files", {})  # one reader per thread
         opened = files.get(index)
         if opened is None:
@@ -166,25 +166,39 @@ class UnitReader:
         except Exception:
             return False
 
-    def _raw_image(self, unit: Unit, source: pa.NativeFile, chunk: pages.Chunk, into: Region | None) -> torch.Tensor:
-        meta, key = self.plan.snapshot.meta, (unit.file, unit.row_group)
+    def _stored(self, unit: Unit, source: pa.NativeFile, chunk: pages.Chunk, into: Region | None,
+                header: int | None) -> np.ndarray:
+        """The chunk's bytes as stored: a view of its mapped file, else read into a slot of ``into`` placed
+        so that its records fall on region rows (``header``: the bytes before them, when known), else
+        into a pool buffer."""
         space = into.space if into is not None else None
         mapped = space.file(unit.file) if space is not None else None  # a local file mapped into the arena
         if mapped is not None:
             if chunk.offset + chunk.size > mapped:
                 raise pages.PageError(f"the image chunk at byte {chunk.offset} has {max(0, mapped - chunk.offset)} "
                                       f"of its {chunk.size} bytes; file truncated?", min(mapped, chunk.offset))
-            buf = space.view(unit.file, chunk.offset, chunk.size)  # type: ignore[union-attr]
-        else:
-            header = self._headers.get(key)  # known once read: a one-page chunk can then land in ``into``
-            slotted = into is not None and header is not None and unit.rows is None
-            buf = into.chunk(chunk.size, header) if into is not None and header is not None and slotted else None
-            buf = self.pool.take(chunk.size) if buf is None else buf
-            source.seek(chunk.offset)
-            got = source.readinto(buf)
-            if got != chunk.size:
-                raise pages.PageError(f"the image chunk at byte {chunk.offset} has {got} of its {chunk.size} bytes; "
-                                      "file truncated?", chunk.offset + got)
+            return space.view(unit.file, chunk.offset, chunk.size)  # type: ignore[union-attr]
+        buf = into.chunk(chunk.size, header) if into is not None and header is not None else None
+        buf = self.pool.take(chunk.size) if buf is None else buf
+        source.seek(chunk.offset)
+        got = source.readinto(buf)
+        if got != chunk.size:
+            raise pages.PageError(f"the image chunk at byte {chunk.offset} has {got} of its {chunk.size} bytes; "
+                                  "file truncated?", chunk.offset + got)
+        return buf
+
+    def _raw_image(self, unit: Unit, source: pa.NativeFile, chunk: pages.Chunk, into: Region | None) -> torch.Tensor:
+        meta, key = self.plan.snapshot.meta, (unit.file, unit.row_group)
+        whole = unit.rows is None  # a row selection is gathered out of a pool buffer, never a slot
+        if chunk.codec == "LZ4_RAW":  # decompressed into a slot (records on region rows), else a pool buffer
+            stored = self._stored(unit, source, chunk, into, None)
+            size = unit.num_rows * (meta.record_nbytes + 4)
+            out = into.chunk(size, 0) if into is not None and whole else None
+            images = lz4pages.decompress_pages(stored, self.pool.take(size) if out is None else out,
+                                               record=meta.record_nbytes, rows=unit.num_rows, start=chunk.offset,
+                                               verify=plans.PAGE_CHECKSUMS)
+            return _from_numpy(images.view(meta.image_dtype.little_endian).reshape(unit.num_rows, *meta.shape))
+        buf = self._stored(unit, source, chunk, into, self._headers.get(key) if whole else None)
         parts = pages.read_pages(buf, record=meta.record_nbytes, rows=unit.num_rows, start=chunk.offset,
                                  verify=plans.PAGE_CHECKSUMS)
         if len(parts) == 1:

@@ -15,18 +15,26 @@ or v2. Everything else is read by pyarrow.
 
 from __future__ import annotations
 
-import threading
-import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
 
+from idxlake.loaders.buffers import BufferPool  # noqa: F401 (re-exported: pages.BufferPool)
+
 try:  # ISA-L's CRC-32 runs at ~16 GB/s here, zlib's at ~4
     from isal.isal_zlib import crc32 as _crc32
 except ImportError:  # pragma: no cover - isal is a core dependency
     from zlib import crc32 as _crc32
+
+try:  # LZ4_RAW pages decompressed straight into the arena (loaders/lz4pages.py)
+    import cramjam as _cramjam  # noqa: F401
+    CODECS: frozenset[str] = frozenset({"UNCOMPRESSED", "LZ4_RAW"})
+except ImportError:  # pragma: no cover - cramjam is a core dependency
+    CODECS = frozenset({"UNCOMPRESSED"})
+"""Codecs whose image chunks are read here (the rest are left to pyarrow)."""
 
 RAW_PAGES = True
 """Read uncompressed PLAIN image chunks from their pages (``False``: always pyarrow; the benchmarks compare both).
@@ -34,9 +42,10 @@ Read when a reader first reads a row group: set it before a dataset's first pass
 
 DATA_PAGE, DATA_PAGE_V2 = 0, 3
 """Parquet ``PageType`` values read here (any other page type in an image chunk is refused)."""
-_PAGE_FIELDS = {1: None, 3: None, 4: None, 5: {1: None, 2: None}, 8: {1: None, 2: None, 4: None, 5: None, 6: None}}
-"""PageHeader fields read: type, compressed size, crc, DataPageHeader's num_values and encoding, and
-DataPageHeaderV2's num_values, num_nulls, encoding and the two level lengths."""
+_PAGE_FIELDS = {1: None, 2: None, 3: None, 4: None, 5: {1: None, 2: None},
+                8: {1: None, 2: None, 4: None, 5: None, 6: None, 7: None}}
+"""PageHeader fields read: type, uncompressed and compressed size, crc, DataPageHeader's num_values and
+encoding, and DataPageHeaderV2's num_values, num_nulls, encoding, the two level lengths and is_compressed."""
 PLAIN = 0
 """Parquet ``Encoding.PLAIN``: the only value encoding read here."""
 _PLAIN_ENCODINGS = frozenset({"PLAIN", "RLE", "BIT_PACKED"})
@@ -53,10 +62,23 @@ class PageError(ValueError):
 
 @dataclass(frozen=True)
 class Chunk:
-    """Where an image column chunk lies in its file."""
+    """Where an image column chunk lies in its file, and its codec (``UNCOMPRESSED`` or ``LZ4_RAW``)."""
 
     offset: int
     size: int
+    codec: str = "UNCOMPRESSED"
+
+
+@dataclass(frozen=True)
+class Page:
+    """A data page of a chunk, its header checked (:func:`chunk_pages`)."""
+
+    at: int  # byte offset of its header in the file
+    data: np.ndarray  # its bytes as stored, after the header
+    count: int  # values
+    skip: int  # bytes of levels before the values (data page v2; never compressed)
+    size: int  # bytes once decompressed (levels and values)
+    compressed: bool  # its values are compressed with the chunk's codec
 
 
 def plain_chunk(metadata: pq.FileMetaData, row_group: int, column: int, *, record: int,
@@ -72,11 +94,12 @@ def plain_chunk(metadata: pq.FileMetaData, row_group: int, column: int, *, recor
         return None
     if file_size is not None and meta.data_page_offset + meta.total_compressed_size > file_size:
         return None
-    if (meta.compression != "UNCOMPRESSED" or meta.physical_type != "BYTE_ARRAY" or meta.has_dictionary_page
+    codec = {"UNCOMPRESSED": "UNCOMPRESSED", "LZ4": "LZ4_RAW"}.get(meta.compression)  # pyarrow's "LZ4": LZ4_RAW
+    if (codec is None or codec not in CODECS or meta.physical_type != "BYTE_ARRAY" or meta.has_dictionary_page
             or not set(meta.encodings) <= _PLAIN_ENCODINGS or schema.max_definition_level != 0
             or schema.max_repetition_level != 0 or meta.total_compressed_size <= 0):
         return None
-    return Chunk(int(meta.data_page_offset), int(meta.total_compressed_size))
+    return Chunk(int(meta.data_page_offset), int(meta.total_compressed_size), codec)
 
 
 def _varint(b: memoryview, i: int) -> tuple[int, int]:
@@ -151,7 +174,9 @@ def _struct(b: memoryview, i: int, want: dict | None, depth: int = 0) -> tuple[d
             raw, i = _varint(b, i)
             field = (raw >> 1) ^ -(raw & 1)
         sub = want.get(field, False) if want is not None else False
-        if sub is None and kind in (3, 4, 5, 6):
+        if sub is None and kind in (1, 2):  # a boolean field: its value is its type (1 true, 2 false)
+            out[field] = int(kind == 1)
+        elif sub is None and kind in (3, 4, 5, 6):
             if kind == 3:
                 out[field], i = b[i] - 256 * (b[i] > 127), i + 1
             else:
@@ -161,6 +186,73 @@ def _struct(b: memoryview, i: int, want: dict | None, depth: int = 0) -> tuple[d
             out[field], i = _struct(b, i, sub, depth + 1)
         else:
             i = _skip(b, i, kind, depth)
+
+
+def chunk_pages(buf: np.ndarray, *, start: int, verify: bool, compressed: bool) -> Iterator[Page]:
+    """The data pages of a PLAIN, required ``BYTE_ARRAY`` column chunk, each header parsed and checked.
+
+    Args:
+        buf: The chunk's bytes as stored (``uint8``).
+        start: The chunk's byte offset in its file (for messages).
+        verify: Check each page's CRC-32 (of its bytes as stored) when the page has one (as pyarrow does).
+        compressed: The chunk has a codec (data page v1 values always compressed, v2 per its header).
+
+    Raises:
+        PageError: a header that does not parse or overruns the chunk, a CRC mismatch, a page type,
+            encoding, null count or level length that is not this layout.
+    """
+    view, size, i = buf.data, len(buf), 0
+    while i < size:
+        at = start + i
+        try:
+            header, body = _struct(view, i, _PAGE_FIELDS)
+        except (IndexError, ValueError, RecursionError) as exc:
+            why = "it runs past the chunk" if isinstance(exc, IndexError) else str(exc)
+            raise PageError(f"page header at byte {at} does not parse ({why})", at) from None
+        kind, length, full = header.get(1), header.get(3), header.get(2)
+        if not isinstance(length, int) or length < 0 or body + length > size:
+            raise PageError(f"page at byte {at} claims {length} bytes, the chunk has {size - body} left", at)
+        page = buf[body:body + length]
+        crc = header.get(4)
+        if verify and isinstance(crc, int) and _crc32(page) != crc & 0xFFFFFFFF:
+            raise PageError(f"page at byte {at}: CRC-32 {_crc32(page):#010x} computed, {crc & 0xFFFFFFFF:#010x} "
+                            "stored", at)
+        packed = compressed
+        if kind == DATA_PAGE:
+            count, skip, encoding = header.get(5, {}).get(1), 0, header.get(5, {}).get(2)
+        elif kind == DATA_PAGE_V2:
+            v2 = header.get(8, {})
+            count, skip, encoding = v2.get(1), (v2.get(5) or 0) + (v2.get(6) or 0), v2.get(4)
+            packed = compressed and v2.get(7, 1) == 1  # is_compressed: true unless written false
+            if not 0 <= skip <= length:
+                raise PageError(f"page at byte {at} claims {skip} bytes of levels in {length}", at)
+            if v2.get(2):
+                raise PageError(f"page at byte {at} has {v2.get(2)} nulls in a required column", at)
+        else:
+            raise PageError(f"page at byte {at} has type {kind}, expected a data page", at)
+        if encoding != PLAIN:
+            raise PageError(f"page at byte {at} has encoding {encoding}, expected PLAIN (0)", at)
+        if not isinstance(count, int) or count < 0:
+            raise PageError(f"page at byte {at} claims {count} values", at)
+        full = full if packed else length
+        if not isinstance(full, int) or full < skip:
+            raise PageError(f"page at byte {at} claims {full} bytes once decompressed, with {skip} of levels", at)
+        yield Page(at, page, count, skip, full, packed)
+        i = body + length
+
+
+def check_lengths(data: np.ndarray, offset: int, count: int, *, record: int, seen: int, at: int) -> None:
+    """The ``count`` 4-byte length prefixes in ``data`` from byte ``offset``, one every ``record + 4`` bytes,
+    are all ``record`` (one vectorised comparison); ``seen``: values before these (for messages).
+
+    Raises:
+        PageError: ``corrupt`` unset (readable, but not this table's records).
+    """
+    lengths = np.ndarray((count,), "<i4", data, offset, (record + 4,))
+    if count and not (lengths == record).all():
+        bad = int(np.argmax(lengths != record))
+        raise PageError(f"value {seen + bad} (page at byte {at}) is {int(lengths[bad])} bytes, expected {record}", at,
+                        corrupt=False)
 
 
 def read_pages(buf: np.ndarray, *, record: int, rows: int, start: int, verify: bool) -> list[np.ndarray]:
@@ -181,87 +273,16 @@ def read_pages(buf: np.ndarray, *, record: int, rows: int, start: int, verify: b
             size that is not this layout (``corrupt`` set), or a value that is not ``record`` bytes long
             (``corrupt`` unset).
     """
-    view, size, i, seen, parts = buf.data, len(buf), 0, 0, []
-    stride = record + 4
-    while i < size:
-        at = start + i
-        try:
-            header, body = _struct(view, i, _PAGE_FIELDS)
-        except (IndexError, ValueError, RecursionError) as exc:
-            why = "it runs past the chunk" if isinstance(exc, IndexError) else str(exc)
-            raise PageError(f"page header at byte {at} does not parse ({why})", at) from None
-        kind, length = header.get(1), header.get(3)
-        if not isinstance(length, int) or length < 0 or body + length > size:
-            raise PageError(f"page at byte {at} claims {length} bytes, the chunk has {size - body} left", at)
-        page = buf[body:body + length]
-        crc = header.get(4)
-        if verify and isinstance(crc, int) and _crc32(page) != crc & 0xFFFFFFFF:
-            raise PageError(f"page at byte {at}: CRC-32 {_crc32(page):#010x} computed, {crc & 0xFFFFFFFF:#010x} "
-                            "stored", at)
-        if kind == DATA_PAGE:
-            count, skip, encoding = header.get(5, {}).get(1), 0, header.get(5, {}).get(2)
-        elif kind == DATA_PAGE_V2:
-            v2 = header.get(8, {})
-            count, skip, encoding = v2.get(1), (v2.get(5) or 0) + (v2.get(6) or 0), v2.get(4)
-            if not 0 <= skip <= length:
-                raise PageError(f"page at byte {at} claims {skip} bytes of levels in {length}", at)
-            if v2.get(2):
-                raise PageError(f"page at byte {at} has {v2.get(2)} nulls in a required column", at)
-        else:
-            raise PageError(f"page at byte {at} has type {kind}, expected a data page", at)
-        if encoding != PLAIN:
-            raise PageError(f"page at byte {at} has encoding {encoding}, expected PLAIN (0)", at)
-        if not isinstance(count, int) or count < 0 or length - skip != count * stride:
-            raise PageError(f"page at byte {at} holds {length - skip} value bytes for {count} values; "
-                            f"{record}-byte values need {count * stride if isinstance(count, int) else '?'}", at)
-        if count:
-            lengths = np.ndarray((count,), "<i4", page, skip, (stride,))
-            if not (lengths == record).all():
-                bad = int(np.argmax(lengths != record))
-                raise PageError(f"value {seen + bad} (page at byte {at}) is {int(lengths[bad])} bytes, expected "
-                                f"{record}", at, corrupt=False)
-            parts.append(np.ndarray((count, record), np.uint8, page, skip + 4, (stride, 1)))
-        seen += count
-        i = body + length
+    stride, seen, parts = record + 4, 0, []
+    for page in chunk_pages(buf, start=start, verify=verify, compressed=False):
+        values = len(page.data) - page.skip
+        if values != page.count * stride:
+            raise PageError(f"page at byte {page.at} holds {values} value bytes for {page.count} values; "
+                            f"{record}-byte values need {page.count * stride}", page.at)
+        if page.count:
+            check_lengths(page.data, page.skip, page.count, record=record, seen=seen, at=page.at)
+            parts.append(np.ndarray((page.count, record), np.uint8, page.data, page.skip + 4, (stride, 1)))
+        seen += page.count
     if seen != rows:
         raise PageError(f"chunk at byte {start} holds {seen} values, the row group {rows}", start)
     return parts
-
-
-class BufferPool:
-    """Reusable chunk buffers: a fresh 6 MB buffer costs ~1500 page faults (~1.3 ms) to fill, a reused one none.
-
-    A buffer comes back to the pool when the last view of it dies, so a decoded unit that waits in
-    a read-ahead future, or that a consumer still holds, is never overwritten.
-
-    Args:
-        keep: Free buffers kept at most (the rest are freed).
-    """
-
-    def __init__(self, keep: int = 4) -> None:
-        self.keep = keep
-        self.largest = 0
-        self._free: list[np.ndarray] = []
-        self._lock = threading.RLock()  # a finalizer may run inside a locked section (a GC pass)
-        self.allocated = 0  # buffers made (instrumentation and tests)
-
-    def take(self, size: int) -> np.ndarray:
-        """A ``uint8`` array of ``size`` bytes, back in the pool once it and every view of it are gone."""
-        with self._lock:
-            fits = [i for i, b in enumerate(self._free) if len(b) >= size]
-            base = self._free.pop(fits[0]) if fits else None
-        if base is None:
-            base = np.empty(max(self.largest, size), np.uint8)
-            self.largest = max(self.largest, size)  # after the allocation: a failed one changes nothing
-            self.allocated += 1
-        # An array over a memoryview owns nothing, so every view of it keeps *it* alive (a plain slice of
-        # ``base`` would not: numpy points views at the owner), and its finalizer runs after the last view.
-        out = np.frombuffer(base.data[:size], np.uint8)
-        weakref.finalize(out, self._give_back, base)
-        return out
-
-    def _give_back(self, base: np.ndarray) -> None:
-        with self._lock:
-            if len(self._free) < self.keep:
-                self._free.append(base)
-

@@ -101,4 +101,5 @@ def test_torch_gathers_while_decoding_without_a_pool_or_when_switched(
     table, _ = synthetic_table
     ds = DeltaIterableDataset(table, split="train", batch_size=16, seed=3, cache_bytes=0)
     batches = list(ds)
-    assert torch_calls["index_select"] == 3 * len(batches) and torch_calls["copy_"] >= 3 * 5  # 5 row groups
+    # 5 row groups: label and id copied in (the image is decompressed into the arena's region itself)
+    assert torch_calls["index_select"] == 3 * len(batches) and torch_calls["copy_"] >= 2 * 5

@@ -1,0 +1,187 @@
+"""LZ4_RAW image chunks decompressed by the loader itself (``loaders/lz4pages.py``) into the arena's slots, and
+gathered there by numpy while a pass decodes (``loaders/gather.py`` ``SlotGatherer``): the rows pyarrow
+decodes, every page's CRC checked on its stored bytes, every size checked before the decoder sees it."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import make_source
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from idxlake import DataCorruptionError, DeltaIterableDataset, ingest
+from idxlake.loaders import pages
+from idxlake.loaders import stream as streams
+from idxlake.loaders.arena import Region
+from idxlake.loaders.gather import SlotGatherer
+from idxlake.loaders.lz4pages import decompress_pages
+from idxlake.schemas import snapshot
+
+
+def _write(values: list[bytes], **options: object) -> bytes:
+    schema = pa.schema([pa.field("image", pa.binary(), nullable=False)])
+    sink = io.BytesIO()
+    pq.write_table(pa.table({"image": pa.array(values, pa.binary())}, schema=schema), sink, compression="lz4",
+                   use_dictionary=False, **options)
+    return sink.getvalue()
+
+
+def _chunk(data: bytes) -> tuple[np.ndarray, int, int, pages.Chunk]:
+    md = pq.ParquetFile(io.BytesIO(data)).metadata
+    chunk = pages.plain_chunk(md, 0, 0, record=1)
+    assert chunk is not None and chunk.codec == "LZ4_RAW"
+    return np.frombuffer(data, np.uint8, chunk.size, chunk.offset).copy(), chunk.offset, md.row_group(0).num_rows, chunk
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(record=st.integers(1, 300), rows=st.integers(1, 400), page=st.sampled_from([64, 1000, 1 << 20]),
+       version=st.sampled_from(["1.0", "2.0"]), checksums=st.booleans(), seed=st.integers(0, 2**32 - 1),
+       repetitive=st.booleans())
+def test_lz4_pages_give_what_pyarrow_decodes(record: int, rows: int, page: int, version: str, checksums: bool,
+                                             seed: int, repetitive: bool) -> None:
+    rng = np.random.default_rng(seed)
+    high = 3 if repetitive else 256  # compressible values, and incompressible ones
+    values = [rng.integers(0, high, record, dtype=np.uint8).tobytes() for _ in range(rows)]
+    data = _write(values, data_page_size=page, data_page_version=version, write_page_checksum=checksums)
+    buf, start, n, _ = _chunk(data)
+    out = np.empty(n * (record + 4), np.uint8)
+    got = decompress_pages(buf, out, record=record, rows=n, start=start, verify=True)
+    assert got.shape == (rows, record) and got.tobytes() == b"".join(values)
+    assert got.base is out or np.shares_memory(got, out)  # the records are where they were decompressed
+
+
+@settings(max_examples=200, deadline=None)
+@given(cut=st.integers(0, 400), flips=st.lists(st.integers(0, 10**6), max_size=4), verify=st.booleans())
+def test_damaged_lz4_chunks_raise_page_errors_only(cut: int, flips: list[int], verify: bool) -> None:
+    values = [bytes([i % 7]) * 20 + bytes(range(i % 50, i % 50 + 12)) for i in range(200)]
+    buf, start, n, _ = _chunk(_write(values, data_page_size=1000))
+    damaged = buf[:max(0, len(buf) - cut)].copy()
+    for f in flips:
+        if len(damaged):
+            damaged[f % len(damaged)] ^= 1 << (f % 8)
+    out = np.empty(n * 36, np.uint8)
+    try:
+        got = decompress_pages(damaged, out, record=32, rows=n, start=start, verify=verify)
+    except pages.PageError:
+        return
+    assert got.shape == (n, 32)  # undamaged, or damage that still decodes to the right sizes (CRCs off)
+    if verify and not cut and not flips:
+        assert got.tobytes() == b"".join(values)
+
+
+def test_lz4_page_errors_name_what_was_found_and_expected() -> None:
+    values = [bytes([i % 5]) * 32 for i in range(100)]
+    buf, start, n, _ = _chunk(_write(values, write_page_checksum=False))
+    with pytest.raises(pages.PageError, match=r"holds 3600 value bytes once decompressed for 100 values; "
+                                              r"31-byte values need 3500"):
+        decompress_pages(buf, np.empty(n * 35, np.uint8), record=31, rows=n, start=start, verify=True)
+    with pytest.raises(ValueError, match=r"an output of 10 bytes for 100 values of 36"):
+        decompress_pages(buf, np.empty(10, np.uint8), record=32, rows=n, start=start, verify=True)
+    with pytest.raises(pages.PageError, match=r"holds 100 values, the row group 101"):
+        decompress_pages(buf, np.empty(101 * 36, np.uint8), record=32, rows=101, start=start, verify=True)
+    garbled = buf.copy()
+    body = len(garbled) - 40
+    garbled[body:] = 0xFF  # the LZ4 block's tail: a match reaching past the output
+    with pytest.raises(pages.PageError, match=rf"page at byte {start} (does not decompress as LZ4_RAW|decompresses)"):
+        decompress_pages(garbled, np.empty(n * 36, np.uint8), record=32, rows=n, start=start, verify=False)
+    lengths = [bytes([1]) * 32] * 5 + [bytes([1]) * 31] + [bytes([1]) * 33] + [bytes([1]) * 32] * 3
+    buf, start, n, _ = _chunk(_write(lengths))
+    with pytest.raises(pages.PageError, match=r"value 5 \(page at byte \d+\) is 31 bytes, expected 32") as info:
+        decompress_pages(buf, np.empty(n * 36, np.uint8), record=32, rows=n, start=start, verify=True)
+    assert not info.value.corrupt  # readable, not this table's records
+
+
+@pytest.fixture
+def lz4_table(tmp_path: Path) -> str:
+    src = make_source(tmp_path / "src", rows={"train": 700, "test": 50}, seed=11)
+    table = str(tmp_path / "lz4")
+    ingest(src.root, table, row_group_rows=96)
+    ingest(src.root, table, row_group_rows=64, mode="append", allow_duplicate=True)
+    return table
+
+
+def _epochs(ds: DeltaIterableDataset, epochs: range, *, raw_pages: bool = True) -> list[list[dict[str, torch.Tensor]]]:
+    out, before = [], pages.RAW_PAGES
+    pages.RAW_PAGES = raw_pages
+    try:
+        for e in epochs:
+            ds.set_epoch(e)
+            out.append([{k: v.clone() for k, v in b.items()} for b in ds])
+    finally:
+        pages.RAW_PAGES = before
+    return out
+
+
+def _same(a: list, b: list) -> None:
+    assert [len(x) for x in a] == [len(y) for y in b]
+    for x, y in zip(a, b, strict=True):
+        for bx, by in zip(x, y, strict=True):
+            assert bx.keys() == by.keys()
+            for k in bx:
+                assert bx[k].dtype == by[k].dtype and bx[k].is_contiguous() and torch.equal(bx[k], by[k]), k
+
+
+@pytest.mark.parametrize("numpy_gathers", [False, True])
+@pytest.mark.parametrize("options", [
+    {"cache_bytes": 0},
+    {"cache_bytes": 0, "prefetch": False},
+    {"cache_bytes": 0, "shuffle": False, "batch_size": 100},
+    {"cache_bytes": 0, "filter": "id IN (1, 2, 5, 7, 100, 101, 102, 103, 300, 650, 1200) OR label = 3"},
+    {"cache_bytes": 0, "drop_last": True, "columns": ("image",), "rank": 1, "world_size": 2},
+    {"cache_bytes": None},
+])
+def test_lz4_reads_give_the_batches_pyarrow_gives(lz4_table: str, options: dict, numpy_gathers: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(streams, "numpy_now", lambda: numpy_gathers)  # the slots' numpy gathers, on any machine
+    options = {"batch_size": 64, "seed": 5, **options}
+    ds = DeltaIterableDataset(lz4_table, split="train", **options)
+    got = _epochs(ds, range(3))
+    _same(got, _epochs(DeltaIterableDataset(lz4_table, split="train", **options), range(3), raw_pages=False))
+    if options["cache_bytes"] == 0 and "filter" not in options:
+        assert ds._slots.region is not None and ds._slots.copied == 0  # decompressed into the slots: no copy
+
+
+def test_lz4_reads_under_dataloader_workers(lz4_table: str) -> None:
+    got = {}
+    for raw_pages in (True, False):
+        before, pages.RAW_PAGES = pages.RAW_PAGES, raw_pages
+        try:
+            ds = DeltaIterableDataset(lz4_table, split="train", batch_size=50, cache_bytes=0)
+            loader = ds.dataloader(num_workers=2)
+            got[raw_pages] = [[{k: v.clone() for k, v in b.items()} for b in loader] for _ in range(2)]
+        finally:
+            pages.RAW_PAGES = before
+    _same(got[True], got[False])
+
+
+def test_a_flipped_bit_in_an_lz4_page_names_file_row_group_and_byte(lz4_table: str) -> None:
+    f = next(f for f in snapshot(lz4_table).files if f.split == "train")
+    path = Path(lz4_table) / f.path
+    col = pq.ParquetFile(path).metadata.row_group(3).column(2)
+    data = bytearray(path.read_bytes())
+    data[col.data_page_offset + col.total_compressed_size // 2] ^= 0x20
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataCorruptionError, match=rf"{f.path} row group 3 cannot be read: page at byte \d+: CRC-32 "
+                                                  r".* stored; run `idxlake verify"):
+        for _ in DeltaIterableDataset(lz4_table, split="train", batch_size=64, shuffle=False, cache_bytes=0):
+            pass
+
+
+def test_slot_gatherer_takes_slot_records_and_refuses_other_offsets() -> None:
+    region = Region(2, 3, 5)
+    region.records[:] = np.arange(len(region.records) * 5, dtype=np.uint8).reshape(-1, 5)
+    gather = SlotGatherer(region)
+    rows = torch.tensor([3, 0, 7, 3])
+    got = gather(rows * region.stride + 4)
+    assert got.is_contiguous() and torch.equal(got, torch.from_numpy(region.records[rows.numpy()]))
+    with pytest.raises(IndexError, match="outside the 8 slot rows"):
+        gather(torch.tensor([5]))  # not a record's offset
+    with pytest.raises(IndexError, match="outside the 8 slot rows"):
+        gather(torch.tensor([8 * region.stride + 4]))
