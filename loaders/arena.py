@@ -111,10 +111,6 @@ class Region:
         inner = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
         return torch.from_numpy(data).as_strided((len(data) - self.record + 1, *shape), (1, *inner))
 
-    def slot_rows(self) -> np.ndarray:
-        """The slots as contiguous ``[rows, record + 4]`` rows (row ``r`` at byte ``r * stride``)."""
-        return self.buffer.reshape(self.rows, self.stride)
-
     def byte(self, tensor: torch.Tensor) -> int | None:
         """The byte offset (in :meth:`image_rows`) of the tensor's first record when it views records at this
         region's stride in its slots or in a mapped file, else ``None``."""
@@ -158,7 +154,6 @@ class Arena:
         self.free = [] if cache else list(range(slots - 1, -1, -1))
         self.shift = np.zeros(len(rows), dtype=np.int64)  # arena row = ref + shift[unit]
         self.ishift = np.zeros(len(rows), dtype=np.int64)  # region arenas: image byte = ref * stride + ishift[unit]
-        self.filed = np.zeros(len(rows), dtype=bool)  # region arenas: the unit's records are in a mapped file
         self.resident = np.zeros(len(rows), dtype=bool)
         self.tensors: Batch = {}
         self.decoded = 0  # units decoded into this arena (instrumentation and tests)
@@ -197,7 +192,6 @@ class Arena:
             start, self.held[unit] = (direct, image) if direct is not None else self.region.slot()
             self.ishift[unit] = (at if at is not None else start * self.region.stride + 4) \
                 - int(self.offsets[unit]) * self.region.stride
-            self.filed[unit] = at is not None and direct is None
         else:
             start = int(self.offsets[unit]) if self.cache else self.free.pop() * self.slot_rows
         for k, v in data.items():  # numpy: one thread, torch's intra-op pool left asleep (``take``)

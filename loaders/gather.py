@@ -67,37 +67,3 @@ class Gatherer:
             np.take(a, ix, axis=0, out=out[c].numpy(), mode="clip")  # "clip": unbuffered
         return {c: out[c] for c in self.arrays}
 
-
-class SlotGatherer:
-    """Gathers of a raw-page region's slot records by numpy, on the calling thread with the GIL released
-    (the passes that decode, as :class:`Gatherer`): whole ``[length][record]`` rows taken from the slots'
-    contiguous rows, then their records copied out (a region's image column is strided, and numpy's
-    ``take`` would copy a strided source whole).
-
-    Args:
-        region: The arena's :class:`~idxlake.loaders.arena.Region` (duck-typed: ``slot_rows()``, ``stride``).
-    """
-
-    def __init__(self, region) -> None:  # type: ignore[no-untyped-def]
-        self.rows = region.slot_rows()
-        self.stride = region.stride
-        self._scratch = np.empty((0, self.stride), np.uint8)
-
-    def __call__(self, at: torch.Tensor) -> torch.Tensor:
-        """The records starting at the byte offsets ``at`` (each a slot row's: ``row * stride + 4``), as a new
-        contiguous ``[n, record]`` ``uint8`` tensor.
-
-        Raises:
-            IndexError: an offset that is not a slot record's.
-        """
-        offsets = at.numpy()
-        rows, rest = np.divmod(offsets - 4, self.stride)
-        if len(rows) and not (rest.max() == 0 == rest.min() and rows.min() >= 0 and rows.max() < len(self.rows)):
-            raise IndexError(f"gather offsets outside the {len(self.rows)} slot rows")
-        if len(self._scratch) < len(rows):
-            self._scratch = np.empty((len(rows), self.stride), np.uint8)
-        whole = self._scratch[:len(rows)]
-        np.take(self.rows, rows, axis=0, out=whole, mode="clip")  # checked above: "clip" is unbuffered
-        out = np.empty((len(rows), self.stride - 4), np.uint8)
-        np.copyto(out, whole[:, 4:])
-        return torch.from_numpy(out)

@@ -27,7 +27,7 @@ from torch.utils.data import get_worker_info
 
 from idxlake.loaders.arena import Arena
 from idxlake.loaders.decode import Batch, UnitReader
-from idxlake.loaders.gather import Gatherer, SlotGatherer, numpy_now
+from idxlake.loaders.gather import Gatherer, numpy_now
 from idxlake.loaders.misuse import StreamBatch
 from idxlake.loaders.plan import Plan
 from idxlake.loaders.world import World
@@ -166,27 +166,20 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                 upcoming.submitted += 1
 
     # a pass that decodes gathers with numpy (see gather.py), but not from a region: numpy copies a strided
-    # source whole on every take, torch gathers its rows as fast as contiguous ones (and raw reads decode little)
+    # source whole on every take, torch gathers its rows as fast as contiguous ones; numpy taking whole slot rows
+    # and copying the records out measured slower than torch's pool even beside LZ4 decompression (A/B, 2 threads)
     serial = split is None and numpy_now() and arena.region is None
     gatherer: Gatherer | None = None
 
     # a region arena's image column starts a record at every byte: it is indexed by each record's byte offset
     scaled = sched.refs * arena.region.stride if arena.region is not None else None
-    # ... and while it decodes, a batch whose records are all in slots is gathered by numpy from the slots' rows
-    slotted = SlotGatherer(arena.region) if arena.region is not None and split is None and numpy_now() \
-        and dest is None else None
 
-    def gather(index: torch.Tensor, at: torch.Tensor | None = None, units_b: np.ndarray | None = None) -> StreamBatch:
+    def gather(index: torch.Tensor, at: torch.Tensor | None = None) -> StreamBatch:
         nonlocal gatherer
         out = dest(len(index), arena.tensors) if dest is not None else None
         if serial:
             gatherer = gatherer or Gatherer(arena.tensors)  # the arena's columns exist after the first put
             return StreamBatch(gatherer(index, out))
-        if slotted is not None and at is not None and units_b is not None and not arena.filed[units_b].any():
-            others = {c: t for c, t in arena.tensors.items() if c != IMAGE}
-            gatherer = gatherer or (Gatherer(others) if others else None)
-            rest, shape = gatherer(index) if gatherer is not None else {}, arena.tensors[IMAGE].shape[1:]
-            return StreamBatch({c: slotted(at).view(len(at), *shape) if c == IMAGE else rest[c] for c in arena.tensors})
         if out is None:
             return StreamBatch({c: t.index_select(0, at if at is not None and c == IMAGE else index) for c, t in items})
         return StreamBatch({c: torch.index_select(t, 0, at if at is not None and c == IMAGE else index, out=out[c])
@@ -217,8 +210,7 @@ def consume(plan: Plan, reader: UnitReader, sched: Schedule, arena: Arena, *, pr
                 items = list(arena.tensors.items())
             units_b = sched.units[lo:hi]
             index = torch.from_numpy(sched.refs[lo:hi] + arena.shift[units_b])
-            batch = gather(index, None if scaled is None else torch.from_numpy(scaled[lo:hi] + arena.ishift[units_b]),
-                           units_b)
+            batch = gather(index, None if scaled is None else torch.from_numpy(scaled[lo:hi] + arena.ishift[units_b]))
             for u in ends[b]:
                 arena.release(u)
             progress.yielded += 1

@@ -1,6 +1,5 @@
-"""LZ4_RAW image chunks decompressed by the loader itself (``loaders/lz4pages.py``) into the arena's slots, and
-gathered there by numpy while a pass decodes (``loaders/gather.py`` ``SlotGatherer``): the rows pyarrow
-decodes, every page's CRC checked on its stored bytes, every size checked before the decoder sees it."""
+"""LZ4_RAW image chunks decompressed by the loader itself (``loaders/lz4pages.py``) into the arena's slots: the
+rows pyarrow decodes, every page's CRC checked on its stored bytes, every size checked before the decoder sees it."""
 
 from __future__ import annotations
 
@@ -18,9 +17,6 @@ from hypothesis import strategies as st
 
 from idxlake import DataCorruptionError, DeltaIterableDataset, ingest
 from idxlake.loaders import pages
-from idxlake.loaders import stream as streams
-from idxlake.loaders.arena import Region
-from idxlake.loaders.gather import SlotGatherer
 from idxlake.loaders.lz4pages import decompress_pages
 from idxlake.schemas import snapshot
 
@@ -128,7 +124,6 @@ def _same(a: list, b: list) -> None:
                 assert bx[k].dtype == by[k].dtype and bx[k].is_contiguous() and torch.equal(bx[k], by[k]), k
 
 
-@pytest.mark.parametrize("numpy_gathers", [False, True])
 @pytest.mark.parametrize("options", [
     {"cache_bytes": 0},
     {"cache_bytes": 0, "prefetch": False},
@@ -137,9 +132,7 @@ def _same(a: list, b: list) -> None:
     {"cache_bytes": 0, "drop_last": True, "columns": ("image",), "rank": 1, "world_size": 2},
     {"cache_bytes": None},
 ])
-def test_lz4_reads_give_the_batches_pyarrow_gives(lz4_table: str, options: dict, numpy_gathers: bool,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(streams, "numpy_now", lambda: numpy_gathers)  # the slots' numpy gathers, on any machine
+def test_lz4_reads_give_the_batches_pyarrow_gives(lz4_table: str, options: dict) -> None:
     options = {"batch_size": 64, "seed": 5, **options}
     ds = DeltaIterableDataset(lz4_table, split="train", **options)
     got = _epochs(ds, range(3))
@@ -172,16 +165,3 @@ def test_a_flipped_bit_in_an_lz4_page_names_file_row_group_and_byte(lz4_table: s
                                                   r".* stored; run `idxlake verify"):
         for _ in DeltaIterableDataset(lz4_table, split="train", batch_size=64, shuffle=False, cache_bytes=0):
             pass
-
-
-def test_slot_gatherer_takes_slot_records_and_refuses_other_offsets() -> None:
-    region = Region(2, 3, 5)
-    region.records[:] = np.arange(len(region.records) * 5, dtype=np.uint8).reshape(-1, 5)
-    gather = SlotGatherer(region)
-    rows = torch.tensor([3, 0, 7, 3])
-    got = gather(rows * region.stride + 4)
-    assert got.is_contiguous() and torch.equal(got, torch.from_numpy(region.records[rows.numpy()]))
-    with pytest.raises(IndexError, match="outside the 8 slot rows"):
-        gather(torch.tensor([5]))  # not a record's offset
-    with pytest.raises(IndexError, match="outside the 8 slot rows"):
-        gather(torch.tensor([8 * region.stride + 4]))
