@@ -232,6 +232,8 @@ class UnitReader:
         try:
             pf, source = self._file(unit.file)
             chunk = self._raw_chunk(unit, pf, source) if IMAGE in columns else None
+            if chunk is not None and chunk.codec != "UNCOMPRESSED" and into is None:
+                chunk = None  # decompressed here only into an arena's region: else pyarrow's buffers beat a pool's
             if chunk is not None:
                 out[IMAGE] = self._raw_image(unit, source, chunk, into)
                 columns.remove(IMAGE)

@@ -51,10 +51,14 @@ def test_one_flipped_bit_is_caught_by_loader_export_and_verify(
     _flip_a_bit_in_an_image_page(path)
     named = rf"{table}@v0: data file {rel} row group 1 cannot be read: .*CRC checksum verification failed"
 
-    ds = DeltaIterableDataset(table, split="train", batch_size=64, shuffle=False)
+    ds = DeltaIterableDataset(table, split="train", batch_size=64, shuffle=False)  # the cache's fill: pyarrow
+    with pytest.raises(DataCorruptionError, match=named):
+        for _ in ds:
+            pass
+    ds = DeltaIterableDataset(table, split="train", batch_size=64, shuffle=False, cache_bytes=0)
     with pytest.raises(DataCorruptionError, match=rf"{table}@v0: data file {rel} row group 1 cannot be read: page "
                                                   r"at byte \d+: CRC-32 0x[0-9a-f]{8} computed, 0x[0-9a-f]{8} stored"):
-        for _ in ds:  # the loader reads the LZ4_RAW pages itself (loaders/lz4pages.py)
+        for _ in ds:  # streaming: the loader reads the LZ4_RAW pages itself (loaders/lz4pages.py)
             pass
 
     out = tmp_path / "export"
