@@ -18,7 +18,7 @@ def _allocate(size: int) -> np.ndarray:
     if size < 1 << 20:
         return np.empty(size, np.uint8)
     try:
-        return np.frombuffer(mmap.mmap(-1, size), np.uint8)
+        return np.frombuffer(mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS), np.uint8)
     except (OSError, OverflowError) as exc:  # ENOMEM, or a size past the address space
         raise MemoryError(f"cannot map {size} bytes for a chunk buffer ({exc})") from None
 

@@ -191,6 +191,10 @@ class UnitReader:
         meta, key = self.plan.snapshot.meta, (unit.file, unit.row_group)
         whole = unit.rows is None  # a row selection is gathered out of a pool buffer, never a slot
         if chunk.codec == "LZ4_RAW":  # decompressed into a slot (records on region rows), else a pool buffer
+            recorded = self.plan.files[unit.file].num_records
+            if unit.num_rows > recorded:  # the footer sizes the output: never past what the Delta log records
+                raise pages.PageError(f"the row group claims {unit.num_rows} rows, the Delta log records "
+                                      f"{recorded} for the file", chunk.offset)
             stored = self._stored(unit, source, chunk, into, None)
             size = unit.num_rows * (meta.record_nbytes + 4)
             out = into.chunk(size, 0) if into is not None and whole else None

@@ -54,7 +54,8 @@ def decompress_pages(buf: np.ndarray, out: np.ndarray, *, record: int, rows: int
         values, into = page.data[page.skip:], out[pos:pos + want]
         if page.compressed:
             try:
-                got = int(cramjam.lz4.decompress_block_into(values.data, into.data))
+                # output_len: a raw block (without it, cramjam first reads a 4-byte size prefix)
+                got = int(cramjam.lz4.decompress_block_into(values.data, into.data, output_len=want))
             except cramjam.DecompressionError as exc:
                 raise PageError(f"page at byte {page.at} does not decompress as LZ4_RAW ({exc})", page.at) from None
             if got != want:

@@ -29,12 +29,8 @@ try:  # ISA-L's CRC-32 runs at ~16 GB/s here, zlib's at ~4
 except ImportError:  # pragma: no cover - isal is a core dependency
     from zlib import crc32 as _crc32
 
-try:  # LZ4_RAW pages decompressed straight into the arena (loaders/lz4pages.py)
-    import cramjam as _cramjam  # noqa: F401
-    CODECS: frozenset[str] = frozenset({"UNCOMPRESSED", "LZ4_RAW"})
-except ImportError:  # pragma: no cover - cramjam is a core dependency
-    CODECS = frozenset({"UNCOMPRESSED"})
-"""Codecs whose image chunks are read here (the rest are left to pyarrow)."""
+CODECS = frozenset({"UNCOMPRESSED", "LZ4_RAW"})
+"""Codecs whose image chunks are read here (LZ4_RAW by :mod:`idxlake.loaders.lz4pages`); others: pyarrow."""
 
 RAW_PAGES = True
 """Read uncompressed PLAIN image chunks from their pages (``False``: always pyarrow; the benchmarks compare both).
@@ -92,8 +88,9 @@ def plain_chunk(metadata: pq.FileMetaData, row_group: int, column: int, *, recor
     rows = metadata.row_group(row_group).num_rows
     if meta.total_compressed_size > 2 * rows * (record + 4) + (1 << 20):
         return None
-    if file_size is not None and meta.data_page_offset + meta.total_compressed_size > file_size:
-        return None
+    if meta.data_page_offset < 4 or (file_size is not None
+                                     and meta.data_page_offset + meta.total_compressed_size > file_size):
+        return None  # before the file's magic, or past its end
     codec = {"UNCOMPRESSED": "UNCOMPRESSED", "LZ4": "LZ4_RAW"}.get(meta.compression)  # pyarrow's "LZ4": LZ4_RAW
     if (codec is None or codec not in CODECS or meta.physical_type != "BYTE_ARRAY" or meta.has_dictionary_page
             or not set(meta.encodings) <= _PLAIN_ENCODINGS or schema.max_definition_level != 0

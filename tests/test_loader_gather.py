@@ -106,3 +106,4 @@ def test_torch_gathers_while_decoding_without_a_pool_or_when_switched(
     batches = list(ds)
     # 5 row groups: label and id copied in (the image is decompressed into the arena's region itself)
     assert torch_calls["index_select"] == 3 * len(batches) and torch_calls["copy_"] >= 2 * 5
+    assert ds._slots is not None and ds._slots.region is not None and ds._slots.copied == 0

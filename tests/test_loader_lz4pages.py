@@ -39,13 +39,14 @@ def _chunk(data: bytes) -> tuple[np.ndarray, int, int, pages.Chunk]:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(record=st.integers(1, 300), rows=st.integers(1, 400), page=st.sampled_from([64, 1000, 1 << 20]),
        version=st.sampled_from(["1.0", "2.0"]), checksums=st.booleans(), seed=st.integers(0, 2**32 - 1),
-       repetitive=st.booleans())
+       repetitive=st.booleans(), batch=st.sampled_from([1, 7, 1024]))
 def test_lz4_pages_give_what_pyarrow_decodes(record: int, rows: int, page: int, version: str, checksums: bool,
-                                             seed: int, repetitive: bool) -> None:
+                                             seed: int, repetitive: bool, batch: int) -> None:
     rng = np.random.default_rng(seed)
     high = 3 if repetitive else 256  # compressible values, and incompressible ones
     values = [rng.integers(0, high, record, dtype=np.uint8).tobytes() for _ in range(rows)]
-    data = _write(values, data_page_size=page, data_page_version=version, write_page_checksum=checksums)
+    data = _write(values, data_page_size=page, data_page_version=version, write_page_checksum=checksums,
+                  write_batch_size=batch)  # pyarrow cuts pages between write batches: small ones, many pages
     buf, start, n, _ = _chunk(data)
     out = np.empty(n * (record + 4), np.uint8)
     got = decompress_pages(buf, out, record=record, rows=n, start=start, verify=True)
@@ -57,15 +58,20 @@ def test_lz4_pages_give_what_pyarrow_decodes(record: int, rows: int, page: int, 
 @given(cut=st.integers(0, 400), flips=st.lists(st.integers(0, 10**6), max_size=4), verify=st.booleans())
 def test_damaged_lz4_chunks_raise_page_errors_only(cut: int, flips: list[int], verify: bool) -> None:
     values = [bytes([i % 7]) * 20 + bytes(range(i % 50, i % 50 + 12)) for i in range(200)]
-    buf, start, n, _ = _chunk(_write(values, data_page_size=1000))
+    buf, start, n, _ = _chunk(_write(values, data_page_size=1000, write_batch_size=50))  # several pages
     damaged = buf[:max(0, len(buf) - cut)].copy()
     for f in flips:
         if len(damaged):
             damaged[f % len(damaged)] ^= 1 << (f % 8)
-    out = np.empty(n * 36, np.uint8)
+    guarded = np.full(n * 36 + 2 * 4096, 0xA5, np.uint8)  # guard bytes on both sides of the output
+    out = guarded[4096:-4096]
     try:
         got = decompress_pages(damaged, out, record=32, rows=n, start=start, verify=verify)
     except pages.PageError:
+        got = None
+    finally:
+        assert (guarded[:4096] == 0xA5).all() and (guarded[-4096:] == 0xA5).all()  # nothing written outside
+    if got is None:
         return
     assert got.shape == (n, 32)  # undamaged, or damage that still decodes to the right sizes (CRCs off)
     if verify and not cut and not flips:
@@ -164,4 +170,39 @@ def test_a_flipped_bit_in_an_lz4_page_names_file_row_group_and_byte(lz4_table: s
     with pytest.raises(DataCorruptionError, match=rf"{f.path} row group 3 cannot be read: page at byte \d+: CRC-32 "
                                                   r".* stored; run `idxlake verify"):
         for _ in DeltaIterableDataset(lz4_table, split="train", batch_size=64, shuffle=False, cache_bytes=0):
+            pass
+
+
+def test_pages_are_decoded_as_raw_blocks_of_the_promised_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cramjam reads a 4-byte size prefix unless told the output length: a raw block whose first bytes
+    look like one would decode wrongly, so every call passes ``output_len`` (cramjam >= 2.11)."""
+    import cramjam
+
+    block = bytes([0x40, 1, 0, 0, 0])  # a raw block of 4 literals, also readable as "size 320" + a block
+    assert cramjam.lz4.decompress_block_into(block, np.zeros(4, np.uint8).data, output_len=4) == 4
+    calls = []
+    real = cramjam.lz4.decompress_block_into
+
+    def recording(src, dst, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs)
+        return real(src, dst, **kwargs)
+
+    monkeypatch.setattr(cramjam.lz4, "decompress_block_into", recording)
+    rng = np.random.default_rng(1)
+    values = [rng.integers(0, 256, 16, dtype=np.uint8).tobytes() for _ in range(400)]
+    buf, start, n, _ = _chunk(_write(values, data_page_size=1000, write_batch_size=50))  # several pages
+    got = decompress_pages(buf, np.empty(n * 20, np.uint8), record=16, rows=n, start=start, verify=True)
+    assert got.tobytes() == b"".join(values)
+    assert len(calls) > 1 and all(c.get("output_len", 0) > 0 for c in calls)  # several pages, each sized
+
+
+def test_a_footer_claiming_more_rows_than_the_log_is_corrupt(lz4_table: str) -> None:
+    import dataclasses
+
+    ds = DeltaIterableDataset(lz4_table, split="train", batch_size=64, cache_bytes=0)
+    plan = ds.plan
+    lying = dataclasses.replace(plan.files[0], num_records=10)  # fewer than a row group holds
+    ds._reader.plan = dataclasses.replace(plan, files=(lying, *plan.files[1:]))  # what the reader sizes by
+    with pytest.raises(DataCorruptionError, match=r"the row group claims \d+ rows, the Delta log records 10"):
+        for _ in ds:
             pass

@@ -448,3 +448,27 @@ def test_a_region_with_pinned_slots_is_not_reused_for_a_pass_it_cannot_serve(tab
     pinned.append(arena.region.chunk(stride, 4))
     fresh = pass_arena(plan, None, arena, 2, region=True)
     assert fresh is not arena and fresh.region is not None and fresh.region.free_slots() == 2 + SPARE_SLOTS
+
+
+def test_a_footer_placing_a_chunk_before_the_magic_is_left_to_pyarrow() -> None:
+    from types import SimpleNamespace as NS
+
+    def meta(offset: int) -> NS:
+        column = NS(data_page_offset=offset, total_compressed_size=16, compression="UNCOMPRESSED",
+                    physical_type="BYTE_ARRAY", has_dictionary_page=False, encodings=("PLAIN",))
+        group = NS(num_rows=1, column=lambda i: column)
+        return NS(row_group=lambda i: group, schema=NS(column=lambda i: NS(max_definition_level=0,
+                                                                           max_repetition_level=0)))
+
+    assert pages.plain_chunk(meta(4), 0, 0, record=8, file_size=100) is not None
+    assert pages.plain_chunk(meta(-8), 0, 0, record=8, file_size=100) is None  # a damaged footer
+    assert pages.plain_chunk(meta(0), 0, 0, record=8, file_size=100) is None  # inside the magic
+
+
+def test_large_pool_buffers_are_private_maps() -> None:
+    pool = pages.BufferPool(keep=0)
+    buf = pool.take(2 << 20)
+    start = buf.ctypes.data
+    maps = [line.split() for line in Path("/proc/self/maps").read_text().splitlines()]
+    mine = [m for m in maps if int(m[0].split("-")[0], 16) <= start < int(m[0].split("-")[1], 16)]
+    assert mine and mine[0][1].endswith("p")  # MAP_PRIVATE: copy-on-write across a fork, not shared memory
