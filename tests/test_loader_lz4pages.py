@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
+from batches import assert_same, epochs_of
 from conftest import make_source
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -109,27 +109,6 @@ def lz4_table(tmp_path: Path) -> str:
     return table
 
 
-def _epochs(ds: DeltaIterableDataset, epochs: range, *, raw_pages: bool = True) -> list[list[dict[str, torch.Tensor]]]:
-    out, before = [], pages.RAW_PAGES
-    pages.RAW_PAGES = raw_pages
-    try:
-        for e in epochs:
-            ds.set_epoch(e)
-            out.append([{k: v.clone() for k, v in b.items()} for b in ds])
-    finally:
-        pages.RAW_PAGES = before
-    return out
-
-
-def _same(a: list, b: list) -> None:
-    assert [len(x) for x in a] == [len(y) for y in b]
-    for x, y in zip(a, b, strict=True):
-        for bx, by in zip(x, y, strict=True):
-            assert bx.keys() == by.keys()
-            for k in bx:
-                assert bx[k].dtype == by[k].dtype and bx[k].is_contiguous() and torch.equal(bx[k], by[k]), k
-
-
 @pytest.mark.parametrize("options", [
     {"cache_bytes": 0},
     {"cache_bytes": 0, "prefetch": False},
@@ -141,8 +120,8 @@ def _same(a: list, b: list) -> None:
 def test_lz4_reads_give_the_batches_pyarrow_gives(lz4_table: str, options: dict) -> None:
     options = {"batch_size": 64, "seed": 5, **options}
     ds = DeltaIterableDataset(lz4_table, split="train", **options)
-    got = _epochs(ds, range(3))
-    _same(got, _epochs(DeltaIterableDataset(lz4_table, split="train", **options), range(3), raw_pages=False))
+    got = epochs_of(ds, range(3))
+    assert_same(got, epochs_of(DeltaIterableDataset(lz4_table, split="train", **options), range(3), raw_pages=False))
     if options["cache_bytes"] == 0 and "filter" not in options:
         assert ds._slots.region is not None and ds._slots.copied == 0  # decompressed into the slots: no copy
 
@@ -157,7 +136,7 @@ def test_lz4_reads_under_dataloader_workers(lz4_table: str) -> None:
             got[raw_pages] = [[{k: v.clone() for k, v in b.items()} for b in loader] for _ in range(2)]
         finally:
             pages.RAW_PAGES = before
-    _same(got[True], got[False])
+    assert_same(got[True], got[False])
 
 
 def test_a_flipped_bit_in_an_lz4_page_names_file_row_group_and_byte(lz4_table: str) -> None:

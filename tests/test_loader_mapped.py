@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from batches import assert_same, epochs_of
 from conftest import make_source
 from test_loader_rawpages import (  # noqa: F401 (fixture)  # collected here too: with local files mapped
     tables,
@@ -37,30 +38,8 @@ def raw(tmp_path: Path) -> str:
     return table
 
 
-def _epochs(ds: DeltaIterableDataset, epochs: range, *, raw_pages: bool = True) -> list[list[dict[str, torch.Tensor]]]:
-    """The batches of ``epochs`` (``raw_pages=False``: every chunk decoded by pyarrow, the reference)."""
-    out, before = [], pages.RAW_PAGES
-    pages.RAW_PAGES = raw_pages
-    try:
-        for e in epochs:
-            ds.set_epoch(e)
-            out.append([{k: v.clone() for k, v in b.items()} for b in ds])
-    finally:
-        pages.RAW_PAGES = before
-    return out
-
-
 def _pyarrow(table: str, epochs: range, **options: object) -> list[list[dict[str, torch.Tensor]]]:
-    return _epochs(DeltaIterableDataset(table, split="train", **options), epochs, raw_pages=False)
-
-
-def _same(a: list, b: list) -> None:
-    assert [len(x) for x in a] == [len(y) for y in b]
-    for x, y in zip(a, b, strict=True):
-        for bx, by in zip(x, y, strict=True):
-            assert bx.keys() == by.keys()
-            for k in bx:
-                assert bx[k].dtype == by[k].dtype and torch.equal(bx[k], by[k]), k
+    return epochs_of(DeltaIterableDataset(table, split="train", **options), epochs, raw_pages=False)
 
 
 @pytest.mark.parametrize("options", [
@@ -75,7 +54,7 @@ def _same(a: list, b: list) -> None:
 def test_mapped_reads_give_the_batches_pyarrow_gives(raw: str, options: dict) -> None:
     options = {"batch_size": 64, "seed": 5, **options}
     ds = DeltaIterableDataset(raw, split="train", **options)
-    _same(_epochs(ds, range(4)), _pyarrow(raw, range(4), **options))
+    assert_same(epochs_of(ds, range(4)), _pyarrow(raw, range(4), **options))
     space = ds._slots.region.space
     assert space is not None and sorted(space.mapped) == [0, 1]  # both train files, in one range
     if "filter" not in options:
@@ -96,7 +75,7 @@ def test_batches_mix_records_of_both_mapped_files(raw: str) -> None:
 
 def test_files_stay_mapped_and_are_verified_again_each_pass(raw: str) -> None:
     ds = DeltaIterableDataset(raw, split="train", batch_size=64, cache_bytes=0)
-    _epochs(ds, range(2))
+    epochs_of(ds, range(2))
     arena = ds._slots
     space = arena.region.space
     mapped_before = dict(space.mapped)
@@ -110,7 +89,7 @@ def test_files_stay_mapped_and_are_verified_again_each_pass(raw: str) -> None:
         fh.seek(at)
         fh.write(bytes([old[0] ^ 0x10]))
     with pytest.raises(DataCorruptionError, match=r"row group 1.*CRC-32"):  # epoch 2's first reads ran ahead
-        _epochs(ds, range(2, 4))
+        epochs_of(ds, range(2, 4))
     assert ds._slots is arena and arena.region.space is space
     assert space.mapped == mapped_before  # mapped once, read again: the CRC is checked on every pass
 
@@ -120,7 +99,7 @@ def test_a_file_that_cannot_be_mapped_is_read_into_the_slots(raw: str, monkeypat
     monkeypatch.setattr(mapped, "_MMAP", lambda addr, size, prot, flags, fd, offset:  # a file's mmap(2) fails
                         -1 if fd >= 0 else real(addr, size, prot, flags, fd, offset))
     ds = DeltaIterableDataset(raw, split="train", batch_size=64, seed=2, cache_bytes=0)
-    _same(_epochs(ds, range(3)), _pyarrow(raw, range(3), batch_size=64, seed=2, cache_bytes=0))
+    assert_same(epochs_of(ds, range(3)), _pyarrow(raw, range(3), batch_size=64, seed=2, cache_bytes=0))
     space = ds._slots.region.space
     assert space is not None and not space.mapped and space.failed == {0, 1}
     assert ds._slots.copied < ds._slots.decoded  # later reads landed in the slots, as on object storage
@@ -129,14 +108,14 @@ def test_a_file_that_cannot_be_mapped_is_read_into_the_slots(raw: str, monkeypat
 def test_no_address_space_falls_back_to_plain_slots(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mapped, "MAX_SPACE", 1)
     ds = DeltaIterableDataset(raw, split="train", batch_size=64, seed=3, cache_bytes=0)
-    _same(_epochs(ds, range(2)), _pyarrow(raw, range(2), batch_size=64, seed=3, cache_bytes=0))
+    assert_same(epochs_of(ds, range(2)), _pyarrow(raw, range(2), batch_size=64, seed=3, cache_bytes=0))
     assert ds._slots.region is not None and ds._slots.region.space is None
 
 
 def test_map_local_files_off_reads_into_slots(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mapped, "MAP_LOCAL_FILES", False)
     ds = DeltaIterableDataset(raw, split="train", batch_size=64, cache_bytes=0)
-    _epochs(ds, range(1))
+    epochs_of(ds, range(1))
     assert ds._slots.region is not None and ds._slots.region.space is None
 
 
@@ -149,14 +128,14 @@ def test_mapped_reads_under_dataloader_workers(raw: str) -> None:
             got[raw_pages] = [[{k: v.clone() for k, v in b.items()} for b in loader] for _ in range(2)]
         finally:
             pages.RAW_PAGES = before
-    _same(got[True], got[False])
+    assert_same(got[True], got[False])
     assert sorted(torch.cat([b["id"] for b in got[True][0]]).tolist()) == list(range(1000))
 
 
 def test_a_file_shorter_than_its_chunk_says_truncated(raw: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mapped, "MAP_LOCAL_FILES", False)
     ds = DeltaIterableDataset(raw, split="train", batch_size=64, cache_bytes=0)
-    _epochs(ds, range(1))  # the reader knows each unit's chunk now
+    epochs_of(ds, range(1))  # the reader knows each unit's chunk now
     reader: UnitReader = ds._reader
     unit = next(u for u in ds.plan.units if u.file == 0 and u.row_group == 1)
     path = Path(ds.plan.snapshot.file_path(ds.plan.files[0]))
@@ -191,7 +170,7 @@ def test_byte_offsets_address_slot_and_file_records_alike(tmp_path: Path) -> Non
 
 def test_an_arena_is_reused_by_a_pass_needing_more_slots(raw: str) -> None:
     ds = DeltaIterableDataset(raw, split="train", batch_size=64, cache_bytes=0)
-    _epochs(ds, range(1))
+    epochs_of(ds, range(1))
     arena, plan = ds._slots, ds.plan
     assert arena is not None and arena.region.space is not None
     space = arena.region.space
@@ -224,13 +203,13 @@ def test_files_on_network_or_fuse_filesystems_are_not_mapped(raw: str, monkeypat
     assert mounts.mappable([raw])  # this test's tmp_path is on a local disk
     monkeypatch.setattr(mounts, "MAPPABLE", frozenset())  # as if it were on NFS
     ds = DeltaIterableDataset(raw, split="train", batch_size=64, cache_bytes=0)
-    _epochs(ds, range(1))
+    epochs_of(ds, range(1))
     assert ds._slots.region is not None and ds._slots.region.space is None  # read into slots
 
 
 def test_forked_workers_of_a_dataset_that_mapped_its_files(raw: str) -> None:
     ds = DeltaIterableDataset(raw, split="train", batch_size=50, cache_bytes=0)
-    main = _epochs(ds, range(1))  # the parent's arena maps both files before the workers fork
+    main = epochs_of(ds, range(1))  # the parent's arena maps both files before the workers fork
     assert ds._slots.region.space is not None and ds._slots.region.space.mapped
     ds.set_epoch(0)
     got = [{k: v.clone() for k, v in b.items()} for b in ds.dataloader(num_workers=2)]
