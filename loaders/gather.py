@@ -66,4 +66,3 @@ class Gatherer:
         for c, a in self.arrays.items():
             np.take(a, ix, axis=0, out=out[c].numpy(), mode="clip")  # "clip": unbuffered
         return {c: out[c] for c in self.arrays}
-
